@@ -1,0 +1,5 @@
+import sys
+
+from medml.cli import main
+
+sys.exit(main())

@@ -1,0 +1,186 @@
+"""The ``medml`` command. Every user error is one line on stderr and exit code 2; never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from medml.errors import ConfigError, MedmlError
+
+COMMANDS = """
+commands:
+  list                       pipelines, with one line each
+  info                       versions, devices, optional codecs
+  inspect PATH [--json]      what medml finds in a file or folder
+  convert INPUT OUTPUT       e.g. a DICOM series folder to NIfTI with its geometry
+  prepare NAME --data DIR    check a dataset's official layout and build caches
+  train NAME --data DIR --out RUN [--config YAML] [--set key=value ...] [--resume]
+  predict NAME --input DIR --checkpoint CKPT --output DIR [--num-parts N --part-id I]
+  evaluate NAME --data DIR --checkpoint CKPT --out DIR [--split test]
+  demo [NAME]                synthetic data -> train tiny -> predict -> evaluate -> report.html
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medml", description="Published medical imaging methods on clinical files.",
+                                     epilog=COMMANDS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    sub.add_parser("list", help="pipelines, with one line each")
+    sub.add_parser("info", help="versions, devices, optional codecs")
+
+    p = sub.add_parser("inspect", help="what medml finds in a file or folder")
+    p.add_argument("path", type=Path)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("convert", help="convert a DICOM series or cine to NIfTI (or a mask to DICOM SEG)")
+    p.add_argument("input", type=Path)
+    p.add_argument("output", type=Path)
+    p.add_argument("--mask", type=Path, help="a label map to write as DICOM SEG referencing INPUT")
+
+    def add_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="recipe name (paper, tiny) or a YAML file; default: the paper recipe")
+        p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                       help="override config keys, e.g. --set train.batch_size=16 train.optim.lr=3e-4")
+
+    p = sub.add_parser("prepare", help="check a dataset's official layout and build caches")
+    p.add_argument("name")
+    p.add_argument("--data", type=Path, required=True)
+    add_config(p)
+
+    p = sub.add_parser("train", help="train a pipeline on its dataset")
+    p.add_argument("name")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_config(p)
+
+    p = sub.add_parser("predict", help="predict every case in a folder")
+    p.add_argument("name")
+    p.add_argument("--input", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--num-parts", type=int, default=1, help="split the cases into N parts ...")
+    p.add_argument("--part-id", type=int, default=0, help="... and process part I (0-based)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+
+    p = sub.add_parser("evaluate", help="score a checkpoint on a dataset split")
+    p.add_argument("name")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("demo", help="synthetic data -> train tiny -> predict -> evaluate -> report.html")
+    p.add_argument("name", nargs="?", help="one pipeline (default: all)")
+    p.add_argument("--out", type=Path, default=Path("medml-demo"), help="demo folder (default: ./medml-demo)")
+    return parser
+
+
+def _format_inspection(report: dict, indent: str = "") -> str:
+    """Readable text of ``medml.io.inspect``'s report: one block per case, then the errors."""
+    lines = []
+    for key, value in report.items():
+        if isinstance(value, dict):
+            lines.append(f"{indent}{key}:")
+            lines.append(_format_inspection(value, indent + "  "))
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            lines.append(f"{indent}{key}: {len(value)}")
+            for item in value:
+                lines.append(_format_inspection(item, indent + "    "))
+                lines.append("")
+        else:
+            lines.append(f"{indent}{key}: {value}")
+    return "\n".join(lines)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _pipeline(name: str, config: str | None, overrides: list[str]):
+    from medml.config import load_config, resolve_recipe
+    from medml.registry import get_pipeline
+
+    cls = get_pipeline(name)
+    return cls(load_config(cls.Config, resolve_recipe(name, config), overrides))
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return 0
+
+    if args.command == "list":
+        from medml.registry import get_pipeline, list_pipelines
+
+        for name in list_pipelines():
+            print(f"{name:10s} {get_pipeline(name).summary}")
+    elif args.command == "info":
+        from medml.info import info_lines
+
+        print("\n".join(info_lines()))
+    elif args.command == "inspect":
+        from medml import io
+
+        report = io.inspect(args.path)
+        print(json.dumps(report, indent=2, default=str) if args.json else _format_inspection(report))
+    elif args.command == "convert":
+        from medml import io
+
+        written = io.convert(args.input, args.output, mask=args.mask)
+        print(f"wrote {written}")
+    elif args.command == "prepare":
+        if not args.data.is_dir():
+            raise ConfigError("data folder not found", args.data)
+        summary = _pipeline(args.name, args.config, args.overrides).prepare(args.data)
+        print(json.dumps(summary, indent=2, default=str))
+    elif args.command == "train":
+        from medml.engine.train import train
+
+        result = train(_pipeline(args.name, args.config, args.overrides), args.data, args.out, resume=args.resume)
+        print(f"trained {args.name}: {result.checkpoint}")
+    elif args.command == "predict":
+        from medml.engine.checkpoint import load_checkpoint
+        from medml.engine.predict import predict_folder
+
+        pipeline, module = load_checkpoint(args.checkpoint, expect_pipeline=args.name, device=_device(args.device))
+        summary = predict_folder(pipeline, module, args.input, args.output, num_parts=args.num_parts,
+                                 part_id=args.part_id, checkpoint=args.checkpoint)
+        print(f"{summary.done} predicted, {summary.skipped} already done, {summary.failed} failed "
+              f"(see {summary.output_dir / 'failures.csv'})")
+    elif args.command == "evaluate":
+        from medml.engine.evaluate import evaluate
+
+        metrics = evaluate(args.name, args.data, args.checkpoint, args.out, split=args.split,
+                           device=_device(args.device))
+        print(json.dumps(metrics, indent=2, default=str))
+    elif args.command == "demo":
+        from medml.demo import run_demo
+
+        report = run_demo(args.out, names=[args.name] if args.name else None)
+        print(f"report: {report}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except MedmlError as exc:
+        print(f"medml: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medml: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Typed configs: pydantic models filled from YAML recipes and ``--set key=value`` overrides.
+
+Every pipeline's config subclasses `PipelineConfig`, whose defaults are the published configuration
+(``pipelines/<name>/paper.yaml`` repeats them for readers). A wrong key or value becomes a one-line
+`ConfigError` naming the dotted key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from medml.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RECIPES_DIR = REPO_ROOT / "pipelines"
+
+
+class Strict(BaseModel):
+    """Base for every config block: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class OptimConfig(Strict):
+    """Optimiser and learning-rate schedule of one training stage."""
+
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    schedule: Literal["none", "cosine", "step", "poly"] = "cosine"
+    warmup_epochs: float = 0.0  # linear warm-up from lr/100, counted in epochs (fractions allowed)
+    step_size: int = 30  # "step": epochs between decays
+    gamma: float = 0.1  # "step": decay factor
+    poly_power: float = 0.9  # "poly": lr * (1 - t/T)^power, as in nnU-Net and DiffRect
+
+
+class StageConfig(Strict):
+    """One stage of a multi-stage recipe: its own trainable parameters, optimiser and epochs.
+
+    ``kind: fit`` trains with the Lightning Trainer; ``kind: run`` calls the module's ``run_stage`` once
+    (for steps with no optimisation, such as pushing prototypes onto training data).
+    """
+
+    name: str
+    kind: Literal["fit", "run"] = "fit"
+    enabled: bool = True
+    epochs: int | None = None  # None: train.max_epochs
+    trainable: list[str] = []  # parameter-name prefixes; empty means every parameter
+    optim: OptimConfig | None = None  # None: train.optim
+    monitor: str | None = None  # None: train.monitor
+    monitor_mode: Literal["min", "max"] | None = None
+    patience: int | None = None  # None: train.patience
+
+
+class TrainConfig(Strict):
+    """Engine settings shared by every pipeline."""
+
+    seed: int = 42
+    batch_size: int = 32  # per device; the global batch is batch_size x devices x nodes
+    num_workers: int = 2
+    accelerator: str = "auto"  # auto | cpu | gpu | cuda | mps
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16-mixed on CUDA, else 32
+    max_epochs: int = 100
+    optim: OptimConfig = OptimConfig()
+    monitor: str | None = "val_loss"
+    monitor_mode: Literal["min", "max"] = "min"
+    patience: int | None = None  # early-stopping patience in validation rounds; None disables
+    save_top_k: int = 1
+    grad_clip: float | None = None
+    accumulate_grad_batches: int = 1
+    ema_decay: float | None = None  # keep an exponential moving average of the weights; validate and export it
+    sync_batchnorm: bool = False
+    deterministic: bool = False
+    check_val_every_n_epoch: int = 1
+    limit_train_batches: float | int = 1.0
+    limit_val_batches: float | int = 1.0
+    log_every_n_steps: int = 50
+    progress: bool = True
+
+
+class PipelineConfig(Strict):
+    """Base of every pipeline's config: engine settings plus the stage list."""
+
+    train: TrainConfig = TrainConfig()
+    stages: list[StageConfig] = [StageConfig(name="train")]
+
+
+C = TypeVar("C", bound=PipelineConfig)
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    got = first.get("input")
+    got_text = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+    more = len(err.errors()) - 1
+    tail = f"; and {more} more" if more else ""
+    return f"config key '{key}': {first['msg']}{got_text}{tail}"
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node: Any = tree
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"config key '{dotted}': '{part}' is not an index of a {len(node)}-item list")
+            idx = int(part)
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key '{dotted}': '{'.'.join(parts[:i])}' is not a section")
+        if last:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
+
+
+def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
+    """``["a.b=3", "c=[1,2]"]`` -> ``[("a.b", 3), ("c", [1, 2])]``; values are parsed as YAML scalars."""
+    parsed = []
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override '{item}' has no key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key, value))
+    return parsed
+
+
+def resolve_recipe(pipeline: str, config: str | Path | None) -> Path | None:
+    """A recipe name (``paper``, ``tiny``) or a YAML path -> a YAML path; ``None`` means the defaults."""
+    if config is None:
+        return None
+    path = Path(config)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError("config file not found", path)
+        return path
+    recipe = RECIPES_DIR / pipeline / f"{config}.yaml"
+    if not recipe.is_file():
+        raise ConfigError(f"no recipe '{config}' for pipeline '{pipeline}' (looked for {recipe})")
+    return recipe
+
+
+def load_config(
+    config_cls: type[C], source: str | Path | dict | None = None, overrides: list[str] | None = None
+) -> C:
+    """Build a validated config from defaults, then a YAML file (or dict), then ``key=value`` overrides."""
+    if isinstance(source, dict):
+        tree = dict(source)
+    elif source is None:
+        tree = {}
+    else:
+        try:
+            tree = yaml.safe_load(Path(source).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"not valid YAML: {str(exc).splitlines()[0]}", source) from None
+        if not isinstance(tree, dict):
+            raise ConfigError("a recipe must be a mapping of keys to values", source)
+    if overrides:
+        # Overrides address the full tree, so start from the defaults merged with the file.
+        tree = _validate(config_cls, tree).model_dump(mode="python")
+        for key, value in parse_overrides(overrides):
+            _set_dotted(tree, key, value)
+    return _validate(config_cls, tree)
+
+
+def _validate(config_cls: type[C], tree: dict) -> C:
+    try:
+        return config_cls.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def dump_config(config: PipelineConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

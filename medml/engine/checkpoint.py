@@ -1,0 +1,79 @@
+"""Saving and loading medml checkpoints. A checkpoint is untrusted input: it is only ever read with
+``torch.load(..., weights_only=True)``, so a pickle that would run code is refused, not executed."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import medml
+from medml.errors import CheckpointError, MedmlError
+from medml.utils.files import atomic_path
+
+FORMAT = 1
+
+
+def checkpoint_meta(pipeline_name: str, config: Any) -> dict[str, Any]:
+    return {"format": FORMAT, "pipeline": pipeline_name, "config": config.model_dump(mode="json"),
+            "medml_version": medml.__version__}
+
+
+def save_model(path: str | Path, pipeline: Any, module: torch.nn.Module) -> Path:
+    """Write a slim checkpoint: the resolved config and the weights (and buffers), nothing executable."""
+    path = Path(path)
+    payload = {"medml": checkpoint_meta(pipeline.name, pipeline.config),
+               "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True``; every failure becomes a one-line `CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("checkpoint file not found", path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"refused: it holds Python objects beyond tensors and plain data, which medml "
+                              f"never unpickles ({first})", path) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(f"not a readable PyTorch checkpoint ({type(exc).__name__})", path) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError("not a medml checkpoint (no state_dict)", path)
+    if not isinstance(ckpt.get("medml"), dict) or "pipeline" not in ckpt["medml"]:
+        raise CheckpointError("not a medml checkpoint (no 'medml' record of pipeline and config)", path)
+    return ckpt
+
+
+def load_checkpoint(path: str | Path, expect_pipeline: str | None = None, device: str | torch.device = "cpu"):
+    """Rebuild ``(pipeline, module)`` from a medml checkpoint (``model.ckpt`` or a Lightning stage checkpoint).
+
+    The module is in eval mode on ``device``.
+    """
+    from medml.config import load_config
+    from medml.registry import get_pipeline
+
+    ckpt = read_checkpoint(path)
+    meta = ckpt["medml"]
+    if expect_pipeline and meta["pipeline"] != expect_pipeline:
+        raise CheckpointError(f"checkpoint is for pipeline '{meta['pipeline']}', not '{expect_pipeline}'", path)
+    pipeline_cls = get_pipeline(meta["pipeline"])
+    try:
+        config = load_config(pipeline_cls.Config, meta["config"])
+    except MedmlError as exc:
+        raise CheckpointError(f"its config does not fit this medml version: {exc}", path) from None
+    pipeline = pipeline_cls(config)
+    module = pipeline.build_module(None)
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"weights do not fit the model: {str(exc).splitlines()[0]}", path) from None
+    module.pipeline_name = pipeline.name
+    return pipeline, module.to(device).eval()

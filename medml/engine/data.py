@@ -1,0 +1,47 @@
+"""DataLoaders that behave the same on one process and under DDP, and across ``--resume``.
+
+Training order comes from a `DistributedSampler` even on one process: its permutation is a function of
+(seed, epoch) only, and Lightning calls ``set_epoch`` every epoch, so a resumed run sees exactly the batches the
+uninterrupted run would have, and N processes with batch b see the same global batches as one process with N*b.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from medml.config import TrainConfig
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the current process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def train_loader(
+    dataset: Dataset, cfg: TrainConfig, collate_fn: Callable | None = None, batch_size: int | None = None,
+    drop_last: bool = True,
+) -> DataLoader:
+    rank, size = world()
+    sampler = DistributedSampler(dataset, num_replicas=size, rank=rank, shuffle=True, seed=cfg.seed,
+                                 drop_last=drop_last)
+    return DataLoader(
+        dataset, batch_size=batch_size or cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+        collate_fn=collate_fn, drop_last=drop_last, persistent_workers=cfg.num_workers > 0,
+        pin_memory=False,
+    )
+
+
+def eval_loader(
+    dataset: Dataset, cfg: TrainConfig, collate_fn: Callable | None = None, batch_size: int | None = None,
+    shard: bool = True,
+) -> DataLoader:
+    """In-order loader; under DDP each process takes every N-th sample (``shard=False`` to give each all)."""
+    rank, size = world()
+    sampler = DistributedSampler(dataset, num_replicas=size, rank=rank, shuffle=False) if shard and size > 1 else None
+    return DataLoader(dataset, batch_size=batch_size or cfg.batch_size, sampler=sampler, shuffle=False,
+                      num_workers=cfg.num_workers, collate_fn=collate_fn)

@@ -1,0 +1,234 @@
+"""The training engine: one Lightning Trainer per stage, with checkpoints, resume, DDP and run records.
+
+A run folder looks like::
+
+    RUN/config.yaml                 the resolved config
+    RUN/run.json                    versions, git commit, data fingerprint, split, seed, devices, final metrics
+    RUN/metrics.csv                 every logged value of every stage (column ``stage``)
+    RUN/model.ckpt                  the final weights + config (what ``predict`` and ``evaluate`` load)
+    RUN/stages/NN-name/             per stage: checkpoints/{best-*,last}.ckpt, metrics.csv, done.json
+    RUN/tensorboard/                TensorBoard logs
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from medml.config import StageConfig, TrainConfig, dump_config
+from medml.engine.callbacks import EMAWeights, RandomStateCallback
+from medml.engine.checkpoint import save_model
+from medml.engine.record import base_record, now
+from medml.errors import ConfigError
+from medml.utils.files import write_json, write_text
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0 and \
+        int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
+def resolve_devices(cfg: TrainConfig) -> dict[str, Any]:
+    """Accelerator, devices, nodes and strategy, honouring a ``torchrun`` or SLURM launch."""
+    accelerator = cfg.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    if "LOCAL_WORLD_SIZE" in os.environ and "WORLD_SIZE" in os.environ:  # launched by torchrun
+        local = int(os.environ["LOCAL_WORLD_SIZE"])
+        world = int(os.environ["WORLD_SIZE"])
+        return {"accelerator": accelerator, "devices": local, "num_nodes": max(1, world // local),
+                "strategy": "ddp" if world > 1 else "auto"}
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        per_node = int(os.environ.get("SLURM_NTASKS_PER_NODE", os.environ["SLURM_NTASKS"]).split("(")[0])
+        return {"accelerator": accelerator, "devices": per_node, "num_nodes": int(os.environ.get("SLURM_NNODES", 1)),
+                "strategy": "ddp"}
+    devices = cfg.devices
+    if devices == "auto":
+        devices = torch.cuda.device_count() if accelerator in ("gpu", "cuda") else 1
+    devices = int(devices)
+    many = devices * cfg.num_nodes > 1
+    return {"accelerator": accelerator, "devices": devices, "num_nodes": cfg.num_nodes,
+            "strategy": "ddp" if many else "auto"}
+
+
+def resolve_precision(cfg: TrainConfig, accelerator: str) -> str:
+    if cfg.precision != "auto":
+        return "32-true" if cfg.precision == "32" else cfg.precision
+    if accelerator in ("gpu", "cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def build_trainer(cfg: TrainConfig, stage: StageConfig, stage_dir: Path, run_dir: Path,
+                  manual_optimization: bool = False) -> tuple[L.Trainer, ModelCheckpoint]:
+    monitor = stage.monitor if stage.monitor is not None else cfg.monitor
+    mode = stage.monitor_mode or cfg.monitor_mode
+    patience = stage.patience if stage.patience is not None else cfg.patience
+    checkpoint = ModelCheckpoint(dirpath=stage_dir / "checkpoints", filename="best-{epoch:03d}", monitor=monitor,
+                                 mode=mode, save_top_k=cfg.save_top_k if monitor else 1, save_last=True,
+                                 auto_insert_metric_name=False)
+    callbacks: list[L.Callback] = [checkpoint, RandomStateCallback()]
+    if monitor and patience:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience))
+    if cfg.ema_decay:
+        callbacks.append(EMAWeights(cfg.ema_decay))
+    devices = resolve_devices(cfg)
+    loggers = [CSVLogger(save_dir=stage_dir, name="", version=""),
+               TensorBoardLogger(save_dir=run_dir / "tensorboard", name=stage_dir.name, version="")]
+    trainer = L.Trainer(
+        **devices,
+        precision=resolve_precision(cfg, devices["accelerator"]),
+        max_epochs=stage.epochs or cfg.max_epochs,
+        callbacks=callbacks,
+        logger=loggers,
+        gradient_clip_val=None if manual_optimization else cfg.grad_clip,
+        accumulate_grad_batches=1 if manual_optimization else cfg.accumulate_grad_batches,
+        deterministic=cfg.deterministic,
+        check_val_every_n_epoch=cfg.check_val_every_n_epoch,
+        limit_train_batches=cfg.limit_train_batches,
+        limit_val_batches=cfg.limit_val_batches,
+        log_every_n_steps=cfg.log_every_n_steps,
+        enable_progress_bar=cfg.progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,  # sanity runs would shift nothing but time; resume must equal the plain run
+        use_distributed_sampler=False,  # medml.engine.data builds the samplers
+        sync_batchnorm=cfg.sync_batchnorm,
+        default_root_dir=stage_dir,
+    )
+    return trainer, checkpoint
+
+
+def _stage_weights(checkpoint_path: str, use_ema: bool) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    if use_ema:
+        for key, state in ckpt.get("callbacks", {}).items():
+            if key.startswith("EMAWeights") and state.get("ema"):
+                return state["ema"]
+    return ckpt["state_dict"]
+
+
+def _merge_metrics(run_dir: Path, stage_dirs: list[tuple[str, Path]]) -> None:
+    """One table for the whole run: a row per (stage, epoch, step), with a ``stage`` column.
+
+    Lightning's CSVLogger writes training and validation values of one epoch on separate rows; they are joined.
+    """
+    rows: dict[tuple[str, str, str], dict[str, str]] = {}
+    columns = ["stage"]
+    for name, stage_dir in stage_dirs:
+        path = stage_dir / "metrics.csv"
+        if not path.is_file():
+            continue
+        with path.open() as fh:
+            for row in csv.DictReader(fh):
+                key = (name, row.get("epoch", ""), row.get("step", ""))
+                merged = rows.setdefault(key, {"stage": name})
+                merged.update({k: v for k, v in row.items() if v not in ("", None)})
+                columns += [c for c in row if c not in columns]
+    lines = [",".join(columns)] + [",".join(r.get(c, "") for c in columns) for r in rows.values()]
+    write_text(run_dir / "metrics.csv", "\n".join(lines) + "\n")
+
+
+def _last_values(stage_dir: Path) -> dict[str, float]:
+    path = stage_dir / "metrics.csv"
+    values: dict[str, float] = {}
+    if path.is_file():
+        with path.open() as fh:
+            for row in csv.DictReader(fh):
+                for key, val in row.items():
+                    if val not in ("", None):
+                        try:
+                            values[key] = float(val)
+                        except ValueError:
+                            pass
+    return values
+
+
+def train(pipeline: Any, data_dir: str | Path, run_dir: str | Path, resume: bool = False) -> TrainResult:
+    """Train ``pipeline`` on the dataset in ``data_dir`` into the run folder ``run_dir``."""
+    data_dir, run_dir = Path(data_dir), Path(run_dir)
+    if not data_dir.is_dir():
+        raise ConfigError("data folder not found", data_dir)
+    stages_root = run_dir / "stages"
+    if stages_root.exists() and not resume:
+        raise ConfigError("this run folder already holds a training run: pass --resume to continue it, "
+                          "or choose another --out", run_dir)
+    if resume and not stages_root.exists():
+        raise ConfigError("nothing to resume: the run folder has no stages/", run_dir)
+    cfg = pipeline.config
+    pipeline.check_layout(data_dir)
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+
+    datamodule = pipeline.datamodule(data_dir)
+    datamodule.setup("fit")
+    module = pipeline.build_module(datamodule)
+    module.pipeline_name = pipeline.name
+    stages = [s for s in cfg.stages if s.enabled]
+    if not stages:
+        raise ConfigError("config key 'stages': no stage is enabled")
+
+    rank0 = is_rank_zero()
+    record = base_record("train", pipeline.name, data_dir=str(data_dir.resolve()),
+                         data_fingerprint=pipeline.data_fingerprint(data_dir), seed=cfg.train.seed,
+                         split=pipeline.split_summary(datamodule), stages=[s.name for s in stages],
+                         devices=resolve_devices(cfg.train), resumed=resume)
+    if rank0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.yaml", dump_config(cfg))
+        write_json(run_dir / "run.json", record)
+
+    stage_dirs = [(s.name, stages_root / f"{i:02d}-{s.name}") for i, s in enumerate(stages)]
+    first_todo = 0
+    for i, (_, stage_dir) in enumerate(stage_dirs):
+        if (stage_dir / "done.json").exists():
+            first_todo = i + 1
+    if first_todo:  # resume: start from the weights the last finished stage left
+        done = stage_dirs[first_todo - 1][1]
+        module.load_state_dict(torch.load(done / "weights.pt", map_location="cpu", weights_only=True))
+
+    metrics: dict[str, float] = {}
+    for stage, (_, stage_dir) in list(zip(stages, stage_dirs))[first_todo:]:
+        module.start_stage(stage)
+        summary: dict[str, Any] = {"stage": stage.name, "kind": stage.kind, "started": now()}
+        if stage.kind == "fit":
+            trainer, checkpoint = build_trainer(cfg.train, stage, stage_dir, run_dir,
+                                                manual_optimization=not module.automatic_optimization)
+            last = stage_dir / "checkpoints" / "last.ckpt"
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None)
+            best = checkpoint.best_model_path or checkpoint.last_model_path
+            if best:
+                module.load_state_dict(_stage_weights(best, use_ema=bool(cfg.train.ema_decay)))
+            summary.update(best_checkpoint=best, best_score=None if checkpoint.best_model_score is None
+                           else float(checkpoint.best_model_score), epochs_run=trainer.current_epoch)
+            metrics.update(_last_values(stage_dir))
+        else:
+            summary["result"] = module.run_stage(stage, datamodule)
+        module.end_stage(stage)
+        if rank0:
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, stage_dir / "weights.pt")
+            summary["finished"] = now()
+            write_json(stage_dir / "done.json", summary)
+        resume = False  # later stages start fresh
+
+    checkpoint_path = run_dir / "model.ckpt"
+    if rank0:
+        save_model(checkpoint_path, pipeline, module)
+        _merge_metrics(run_dir, stage_dirs)
+        record.update(finished=now(), final_metrics=metrics)
+        write_json(run_dir / "run.json", record)
+    return TrainResult(run_dir=run_dir, checkpoint=checkpoint_path, metrics=metrics)

@@ -1,0 +1,206 @@
+"""What a pipeline is: the contract between the shared engine and one published method.
+
+A pipeline is a `Pipeline` subclass (registered with ``@register_pipeline``) plus a `MedmlModule`
+(a LightningModule). The engine (``medml.engine``) owns the training loop, stages, checkpoints, run records,
+folder prediction and the demo; the pipeline only says how to read its dataset and clinical files, which
+model to build, and how to write and score its outputs.
+
+Lifecycle of the engine calls, in order:
+
+* ``medml prepare``:   ``check_layout(data)`` then ``prepare(data)``
+* ``medml train``:     ``check_layout`` -> ``datamodule(data)`` -> ``build_module(datamodule)`` -> for each
+  enabled stage: ``module.start_stage(stage)`` then Trainer.fit (kind "fit") or ``module.run_stage(stage, dm)``
+  (kind "run") -> ``module.end_stage(stage)``
+* ``medml predict``:   ``discover(input)`` -> per case ``load_case`` -> batches of ``predict_batch`` ->
+  per case ``write_case`` (into that case's own output folder)
+* ``medml evaluate``:  ``evaluate(module, data, split, out)``
+* ``medml demo``:      ``synthesize(data)`` -> train with the ``tiny`` recipe -> ``synthesize_clinical(input)``
+  -> predict -> evaluate -> ``report_figures``
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+
+from medml.config import OptimConfig, PipelineConfig, StageConfig
+from medml.utils.files import folder_fingerprint
+
+
+class Pipeline(abc.ABC):
+    """One published method on one modality.
+
+    Class attributes:
+        name: registry name and CLI argument (``ecg``, ``angio``, ...).
+        summary: one line for ``medml list``.
+        Config: the pydantic config class; its defaults are the published configuration.
+        input_kinds: ``medml.io`` case kinds that ``predict`` accepts (e.g. ``("wfdb", "dicom_ecg")``).
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Config: ClassVar[type[PipelineConfig]]
+    input_kinds: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: PipelineConfig | None = None):
+        self.config = config if config is not None else self.Config()
+
+    # ----- dataset (official layout) -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def check_layout(self, data_dir: Path) -> None:
+        """Raise `DataLayoutError` naming the first missing file or wrong column; return quietly if usable."""
+
+    def prepare(self, data_dir: Path) -> dict[str, Any]:
+        """Check the layout and build caches; return a summary (counts per split, label counts, ...)."""
+        self.check_layout(data_dir)
+        return {}
+
+    @abc.abstractmethod
+    def datamodule(self, data_dir: Path) -> L.LightningDataModule:
+        """The DataModule for training and validation. Use `medml.engine.data.train_loader` / `eval_loader`."""
+
+    def data_fingerprint(self, data_dir: Path) -> str:
+        return folder_fingerprint(data_dir)
+
+    def split_summary(self, datamodule: L.LightningDataModule) -> dict[str, Any]:
+        """What goes under ``split`` in ``run.json`` (e.g. folds or video ids per split, sizes)."""
+        return getattr(datamodule, "split_summary", {})
+
+    @abc.abstractmethod
+    def synthesize(self, out_dir: Path, seed: int = 0) -> Path:
+        """Write a small synthetic dataset in the official layout with learnable, label-dependent signal."""
+
+    @abc.abstractmethod
+    def synthesize_clinical(self, out_dir: Path, seed: int = 0) -> Path:
+        """Write a small folder of clinical-format inputs (DICOM, WFDB, video, ...) for ``predict``."""
+
+    # ----- model ---------------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def build_module(self, datamodule: L.LightningDataModule | None) -> MedmlModule:
+        """The LightningModule. ``datamodule`` is given (set up for "fit") when training, ``None`` at prediction."""
+
+    # ----- prediction on clinical files ----------------------------------------------------------------------------
+    def discover(self, input_dir: Path) -> tuple[list[Any], list[tuple[str, str]]]:
+        """Cases under ``input_dir`` this pipeline can read, and (path, reason) for files it cannot."""
+        from medml import io
+
+        cases, failures = io.discover(input_dir)
+        accepted = [c for c in cases if c.kind in self.input_kinds]
+        skipped = [(str(c.paths[0]), f"a {c.kind} case is not an input of the {self.name} pipeline") for c in cases
+                   if c.kind not in self.input_kinds]
+        return accepted, failures + skipped
+
+    @abc.abstractmethod
+    def load_case(self, case: Any) -> dict[str, Any]:
+        """Read and preprocess one case; raise a `MedmlError` (file + reason) if it cannot be used."""
+
+    @abc.abstractmethod
+    def predict_batch(self, module: MedmlModule, samples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Run the model (already in eval mode, on its device) on a list of loaded samples."""
+
+    @abc.abstractmethod
+    def write_case(self, case: Any, sample: dict[str, Any], output: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+        """Write one case's outputs into ``out_dir`` (its own folder), atomically; return its predictions.csv row."""
+
+    predict_batch_size: ClassVar[int] = 8
+
+    # ----- evaluation and reports ----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def evaluate(self, module: MedmlModule, data_dir: Path, split: str, out_dir: Path) -> dict[str, float]:
+        """Score ``split`` of the dataset, write ``metrics.json`` and figures into ``out_dir``, return headline numbers."""
+
+    def report_figures(self, run_dir: Path, eval_dir: Path, pred_dir: Path) -> list[Path]:
+        """PNG figures for the demo report (training curves are added by the engine)."""
+        return sorted(eval_dir.glob("*.png")) + sorted(pred_dir.glob("*/*.png"))[:4]
+
+
+class MedmlModule(L.LightningModule):
+    """LightningModule base with stage handling and optimiser/schedule construction from the config.
+
+    Subclasses implement ``training_step`` / ``validation_step`` as usual (or set
+    ``self.automatic_optimization = False`` for teacher-student methods and step ``self.optimizers()`` themselves,
+    calling ``self.clip_gradients`` where ``train.grad_clip`` is set). The engine calls ``start_stage`` before each
+    stage, which freezes every parameter outside ``stage.trainable``.
+    """
+
+    def __init__(self, config: PipelineConfig):
+        super().__init__()
+        self.config = config
+        self.stage: StageConfig = next((s for s in config.stages if s.enabled), config.stages[0])
+
+    pipeline_name: str = ""  # set by the engine; recorded in every checkpoint
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from medml.engine.checkpoint import checkpoint_meta
+
+        checkpoint["medml"] = checkpoint_meta(self.pipeline_name, self.config)
+
+    # ----- stages --------------------------------------------------------------------------------------------------
+    def stage_parameters(self, stage: StageConfig) -> Iterable[tuple[str, torch.nn.Parameter]]:
+        """Named parameters trained in ``stage``: those whose names start with a ``stage.trainable`` prefix."""
+        for name, param in self.named_parameters():
+            if not stage.trainable or any(name.startswith(prefix) for prefix in stage.trainable):
+                yield name, param
+
+    def start_stage(self, stage: StageConfig) -> None:
+        self.stage = stage
+        trainable = {name for name, _ in self.stage_parameters(stage)}
+        for name, param in self.named_parameters():
+            param.requires_grad_(name in trainable)
+
+    def end_stage(self, stage: StageConfig) -> None:
+        """Hook after a stage (weights already restored to its best checkpoint for "fit" stages)."""
+
+    def run_stage(self, stage: StageConfig, datamodule: L.LightningDataModule) -> dict[str, Any]:
+        """Work of a ``kind: run`` stage (no optimiser); returns a record stored in the stage folder."""
+        raise NotImplementedError(f"{type(self).__name__} has no run stage '{stage.name}'")
+
+    # ----- optimisation --------------------------------------------------------------------------------------------
+    @property
+    def optim_config(self) -> OptimConfig:
+        return self.stage.optim or self.config.train.optim
+
+    def configure_optimizers(self):
+        cfg = self.optim_config
+        params = [p for _, p in self.stage_parameters(self.stage) if p.requires_grad]
+        if not params:
+            raise RuntimeError(f"stage '{self.stage.name}' has no trainable parameters")
+        if cfg.name == "sgd":
+            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        elif cfg.name == "adamw":
+            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.schedule == "none" and cfg.warmup_epochs == 0:
+            return opt
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, self.trainer.max_epochs or 1)
+        steps_per_epoch = max(1, total_steps // epochs)
+        schedule = lr_lambda(cfg, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def lr_lambda(cfg: OptimConfig, total_steps: int, steps_per_epoch: int):
+    """Multiplier of the base lr at optimiser step ``t`` (stepped every batch, so schedules are smooth)."""
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 0.01 + 0.99 * step / max(1, warmup)
+        t = (step - warmup) / max(1, total_steps - warmup)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+        if cfg.schedule == "poly":
+            return max(0.0, 1.0 - t) ** cfg.poly_power
+        if cfg.schedule == "step":
+            return cfg.gamma ** ((step - warmup) // max(1, cfg.step_size * steps_per_epoch))
+        return 1.0
+
+    return factor
