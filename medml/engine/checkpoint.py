@@ -40,9 +40,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"refused: it holds Python objects beyond tensors and plain data, which medml "
-                              f"never unpickles ({first})", path) from None
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "GLOBAL" in ln), None)
+        if detail:  # the file names Python callables: exactly what a malicious checkpoint does
+            raise CheckpointError(f"refused: it asks to load Python objects beyond tensors and plain data, which "
+                                  f"medml never unpickles ({detail})", path) from None
+        raise CheckpointError("not a readable PyTorch checkpoint (corrupt or not a torch.save file)", path) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise CheckpointError(f"not a readable PyTorch checkpoint ({type(exc).__name__})", path) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:

@@ -88,7 +88,8 @@ def build_trainer(cfg: TrainConfig, stage: StageConfig, stage_dir: Path, run_dir
     if cfg.ema_decay:
         callbacks.append(EMAWeights(cfg.ema_decay))
     devices = resolve_devices(cfg)
-    loggers = [CSVLogger(save_dir=stage_dir, name="", version=""),
+    attempt = len(list((stage_dir / "logs").glob("attempt*")))  # a resumed stage logs beside, not over, the first
+    loggers = [CSVLogger(save_dir=stage_dir, name="logs", version=f"attempt{attempt}"),
                TensorBoardLogger(save_dir=run_dir / "tensorboard", name=stage_dir.name, version="")]
     trainer = L.Trainer(
         **devices,
@@ -130,31 +131,34 @@ def _merge_metrics(run_dir: Path, stage_dirs: list[tuple[str, Path]]) -> None:
     rows: dict[tuple[str, str, str], dict[str, str]] = {}
     columns = ["stage"]
     for name, stage_dir in stage_dirs:
-        path = stage_dir / "metrics.csv"
-        if not path.is_file():
-            continue
-        with path.open() as fh:
-            for row in csv.DictReader(fh):
-                key = (name, row.get("epoch", ""), row.get("step", ""))
-                merged = rows.setdefault(key, {"stage": name})
-                merged.update({k: v for k, v in row.items() if v not in ("", None)})
-                columns += [c for c in row if c not in columns]
+        for row in _stage_rows(stage_dir):
+            key = (name, row.get("epoch", ""), row.get("step", ""))
+            merged = rows.setdefault(key, {"stage": name})
+            merged.update({k: v for k, v in row.items() if v not in ("", None)})
+            columns += [c for c in row if c not in columns]
     lines = [",".join(columns)] + [",".join(r.get(c, "") for c in columns) for r in rows.values()]
     write_text(run_dir / "metrics.csv", "\n".join(lines) + "\n")
 
 
-def _last_values(stage_dir: Path) -> dict[str, float]:
-    path = stage_dir / "metrics.csv"
-    values: dict[str, float] = {}
-    if path.is_file():
+def _stage_rows(stage_dir: Path) -> list[dict[str, str]]:
+    """Logged rows of a stage across its attempts (first run, then each resume), in order."""
+    rows = []
+    attempts = sorted((stage_dir / "logs").glob("attempt*/metrics.csv"), key=lambda p: int(p.parent.name[7:]))
+    for path in attempts:
         with path.open() as fh:
-            for row in csv.DictReader(fh):
-                for key, val in row.items():
-                    if val not in ("", None):
-                        try:
-                            values[key] = float(val)
-                        except ValueError:
-                            pass
+            rows += list(csv.DictReader(fh))
+    return rows
+
+
+def _last_values(stage_dir: Path) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for row in _stage_rows(stage_dir):
+        for key, val in row.items():
+            if val not in ("", None):
+                try:
+                    values[key] = float(val)
+                except ValueError:
+                    pass
     return values
 
 

@@ -1,7 +1,7 @@
 """A minimal pipeline used to test the engine on its own: noisy linear regression from CSV rows.
 
 It has what the engine must handle for real pipelines (two stages, one of them a ``run`` stage that changes a
-buffer, dropout so random state matters, BatchNorm so DDP needs SyncBatchNorm), and nothing else.
+buffer, dropout so random state matters, optional BatchNorm), and nothing else.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ N_FEATURES = 6
 class ToyModel(Strict):
     hidden: int = 16
     dropout: float = 0.2
+    batchnorm: bool = True
 
 
 class ToyConfig(PipelineConfig):
@@ -44,7 +45,8 @@ class ToyModule(MedmlModule):
     def __init__(self, config: ToyConfig):
         super().__init__(config)
         m = config.model
-        self.net = nn.Sequential(nn.Linear(N_FEATURES, m.hidden), nn.BatchNorm1d(m.hidden), nn.ReLU(),
+        self.net = nn.Sequential(nn.Linear(N_FEATURES, m.hidden),
+                                 nn.BatchNorm1d(m.hidden) if m.batchnorm else nn.Identity(), nn.ReLU(),
                                  nn.Dropout(m.dropout), nn.Linear(m.hidden, 1))
         self.register_buffer("offset", torch.zeros(1))
         self.kill_at_epoch = int(os.environ.get("TOY_KILL_AT_EPOCH", "-1"))

@@ -1,0 +1,18 @@
+"""Fixtures shared across test folders."""
+
+import pytest
+
+from tests.engine.toy_pipeline import ToyPipeline
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory):
+    return ToyPipeline().synthesize(tmp_path_factory.mktemp("toy") / "data")
+
+
+@pytest.fixture(scope="session")
+def toy_run(tmp_path_factory, toy_data):
+    """One finished toy training run, shared by the tests that only read it."""
+    from medml.engine.train import train
+
+    return train(ToyPipeline(), toy_data, tmp_path_factory.mktemp("toyrun") / "run")

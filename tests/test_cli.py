@@ -1,0 +1,76 @@
+"""The ``medml`` command: help, list, info, and one-line errors with exit code 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+import tests.engine.toy_pipeline  # noqa: F401  (registers the toy pipeline in this process)
+from medml.cli import main
+from medml.registry import list_pipelines
+
+
+def _medml(*args):
+    return subprocess.run([sys.executable, "-m", "medml", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_list_info():
+    helped = _medml("--help")
+    assert helped.returncode == 0
+    for verb in ("list", "info", "inspect", "convert", "prepare", "train", "predict", "evaluate", "demo"):
+        assert verb in helped.stdout
+    listed = _medml("list")
+    assert listed.returncode == 0
+    names = [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
+    assert names == sorted(n for n in list_pipelines() if n != "toy")  # every built-in pipeline, one line each
+    info = _medml("info")
+    assert info.returncode == 0
+    for word in ("torch", "monai", "cuda", "openjpeg", "dciodvfy"):
+        assert word in info.stdout
+
+
+def _one_line_error(capsys, argv, *expected):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("medml: error:")
+    for text in expected:
+        assert text in err
+    return err
+
+
+def test_bad_set_is_a_one_line_error(capsys, toy_data, tmp_path):
+    _one_line_error(capsys, ["train", "toy", "--data", str(toy_data), "--out", str(tmp_path / "r"),
+                             "--set", "train.batch_size=abc"], "train.batch_size")
+    _one_line_error(capsys, ["train", "toy", "--data", str(toy_data), "--out", str(tmp_path / "r"),
+                             "--set", "model.no_such_key=1"], "model.no_such_key")
+
+
+def test_missing_data_unknown_pipeline_missing_recipe(capsys, tmp_path):
+    _one_line_error(capsys, ["train", "toy", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")],
+                    "data folder not found", "nope")
+    _one_line_error(capsys, ["train", "nosuch", "--data", str(tmp_path), "--out", str(tmp_path / "r")],
+                    "unknown pipeline 'nosuch'")
+    _one_line_error(capsys, ["train", "toy", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
+                             "--config", "nosuchrecipe"], "no recipe 'nosuchrecipe'")
+    _one_line_error(capsys, ["predict", "toy", "--input", str(tmp_path), "--checkpoint", str(tmp_path / "x.ckpt"),
+                             "--output", str(tmp_path / "o")], "checkpoint file not found")
+
+
+def test_cli_train_predict_evaluate_roundtrip(capsys, toy_data, tmp_path):
+    assert main(["train", "toy", "--data", str(toy_data), "--out", str(tmp_path / "run"),
+                 "--set", "train.max_epochs=2"]) == 0
+    clinical = tests.engine.toy_pipeline.ToyPipeline().synthesize_clinical(tmp_path / "in")
+    assert main(["predict", "toy", "--input", str(clinical), "--checkpoint", str(tmp_path / "run" / "model.ckpt"),
+                 "--output", str(tmp_path / "pred")]) == 0
+    assert "5 predicted" in capsys.readouterr().out
+    assert main(["evaluate", "toy", "--data", str(toy_data), "--checkpoint", str(tmp_path / "run" / "model.ckpt"),
+                 "--out", str(tmp_path / "eval")]) == 0
+    assert (tmp_path / "eval" / "run.json").is_file()
+
+
+@pytest.mark.parametrize("name", [n for n in list_pipelines() if n != "toy"])
+def test_every_pipeline_rejects_a_bad_set_in_one_line(name, tmp_path):
+    proc = _medml("train", name, "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--set", "train.seed=x")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "train.seed" in proc.stderr
