@@ -20,7 +20,7 @@ lint: venv
 	$(BIN)/ruff check .
 
 test: venv lint
-	$(BIN)/pytest -n 2 --dist loadgroup -q
+	$(BIN)/pytest -n 2 --dist loadfile -q
 
 clean:
 	rm -rf $(VENV) medml-demo .pytest_cache
