@@ -209,6 +209,9 @@ def train(pipeline: Any, data_dir: str | Path, run_dir: str | Path, resume: bool
         module.start_stage(stage)
         summary: dict[str, Any] = {"stage": stage.name, "kind": stage.kind, "started": now()}
         if stage.kind == "fit":
+            if not any(p.requires_grad for p in module.parameters()):
+                raise ConfigError(f"config key 'stages': stage '{stage.name}' trains nothing: no parameter name "
+                                  f"starts with {stage.trainable}")
             trainer, checkpoint = build_trainer(cfg.train, stage, stage_dir, run_dir,
                                                 manual_optimization=not module.automatic_optimization)
             last = stage_dir / "checkpoints" / "last.ckpt"

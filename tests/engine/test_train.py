@@ -123,3 +123,9 @@ def test_ema_update_rule():
 def _no_leftover_runs(tmp_path):
     yield
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_a_stage_that_trains_nothing_is_a_config_error(toy_data, tmp_path):
+    cfg = load_config(ToyPipeline.Config, None, ["stages=[{name: head, trainable: [no_such_module]}]"])
+    with pytest.raises(ConfigError, match="stage 'head' trains nothing"):
+        train(ToyPipeline(cfg), toy_data, tmp_path / "run")
