@@ -80,23 +80,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _format_inspection(report: dict, indent: str = "") -> str:
-    """Readable text of ``medml.io.inspect``'s report: one block per case, then the errors."""
-    lines = []
-    for key, value in report.items():
-        if isinstance(value, dict):
-            lines.append(f"{indent}{key}:")
-            lines.append(_format_inspection(value, indent + "  "))
-        elif isinstance(value, list) and value and isinstance(value[0], dict):
-            lines.append(f"{indent}{key}: {len(value)}")
-            for item in value:
-                lines.append(_format_inspection(item, indent + "    "))
-                lines.append("")
-        else:
-            lines.append(f"{indent}{key}: {value}")
-    return "\n".join(lines)
-
-
 def _device(name: str) -> str:
     import torch
 
@@ -132,7 +115,7 @@ def run(argv: list[str] | None = None) -> int:
         from medml import io
 
         report = io.inspect(args.path)
-        print(json.dumps(report, indent=2, default=str) if args.json else _format_inspection(report))
+        print(json.dumps(report, indent=2, default=str) if args.json else io.format_inspect(report))
     elif args.command == "convert":
         from medml import io
 

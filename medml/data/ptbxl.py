@@ -1,0 +1,714 @@
+"""PTB-XL in its official PhysioNet layout: layout check, a memory-mapped signal cache, label sets and splits.
+
+PTB-XL (Wagner et al., Scientific Data 2020; PhysioNet, CC BY 4.0) holds 10-s 12-lead ECGs as WFDB records at
+100 Hz (``records100/``) and 500 Hz (``records500/``), described by ``ptbxl_database.csv`` (one row per ``ecg_id``,
+with ``scp_codes`` and the stratified ``strat_fold``) and ``scp_statements.csv`` (the 71 SCP-ECG statements).
+See ``datasets/ptb-xl.md``. This module follows ProtoECGNet's data conventions (spec §1.2, §1.9, §1.11):
+
+* signals at 100 Hz in mV, leads I, II, III, aVR, aVL, aVF, V1-V6, an order-1 0.5 Hz Butterworth high-pass applied
+  with zero-phase filtering, no standardisation unless asked (then per lead, fitted on folds 1-8);
+* 71-dim multi-hot targets in ``scp_statements.csv`` row order; a code is positive whatever its likelihood;
+* folds 1-8 train, 9 validation, 10 test; records without a label are dropped only for the sub/superdiagnostic sets;
+* the benchmark's label aggregation (Strodthoff et al. 2020) for diagnostic, subdiagnostic, superdiagnostic, form
+  and rhythm, and ProtoECGNet's three branch partitions (`SCP_BRANCH`, our own table of spec §1.3).
+
+Signals are read once by `prepare_ptbxl` into a float32 ``.npy`` array that training memory-maps, so no epoch ever
+parses WFDB again. The cache lives outside the dataset, is keyed by the dataset fingerprint and the preprocessing
+settings, and is built in a temporary folder renamed into place at the end, so a killed prepare leaves no half cache.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from medml import errors
+from medml.errors import ConfigError, CorruptFileError, DataLayoutError, MedmlError, SignalError
+from medml.transforms.ecg import Standardize, highpass_filter, resample_signal
+from medml.utils.files import cache_root, folder_fingerprint, write_json
+
+__all__ = [
+    "LABEL_SETS",
+    "LEAD_NAMES",
+    "PTBXL",
+    "PTBXL_LEAD_NAMES",
+    "SCP_BRANCH",
+    "ECGDataset",
+    "check_ptbxl_layout",
+    "class_pos_weight",
+    "find_ptbxl_root",
+    "fit_standardizer",
+    "label_aggregation",
+    "label_cooccurrence",
+    "prepare_ptbxl",
+    "read_ptbxl_record",
+]
+
+LEAD_NAMES = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+PTBXL_LEAD_NAMES = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")  # as in the headers
+
+# ProtoECGNet's branch of every SCP statement (spec §1.3; the ``prototype_category`` column of the authors'
+# regrouped statements file), in scp_statements.csv row order: 1 = rhythm (1D, 16 codes), 3 = time-localised
+# morphology (2D partial, 52 codes), 4 = global 12-lead pattern (2D global, 3 codes). Category 2 is unused.
+SCP_BRANCH: dict[str, int] = {
+    "NDT": 3, "NST_": 3, "DIG": 4, "LNGQT": 3, "NORM": 4, "IMI": 3, "ASMI": 3, "LVH": 3, "LAFB": 3, "ISC_": 3,
+    "IRBBB": 3, "1AVB": 1, "IVCD": 1, "ISCAL": 3, "CRBBB": 3, "CLBBB": 3, "ILMI": 3, "LAO/LAE": 3, "AMI": 3,
+    "ALMI": 3, "ISCIN": 3, "INJAS": 3, "LMI": 3, "ISCIL": 3, "LPFB": 3, "ISCAS": 3, "INJAL": 3, "ISCLA": 3,
+    "RVH": 3, "ANEUR": 3, "RAO/RAE": 3, "EL": 4, "WPW": 3, "ILBBB": 3, "IPLMI": 3, "ISCAN": 3, "IPMI": 3,
+    "SEHYP": 3, "INJIN": 3, "INJLA": 3, "PMI": 3, "3AVB": 1, "INJIL": 3, "2AVB": 1, "ABQRS": 3, "PVC": 3,
+    "STD_": 3, "VCLVH": 3, "QWAVE": 3, "LOWT": 3, "NT_": 3, "PAC": 3, "LPR": 3, "INVT": 3, "LVOLT": 3, "HVOLT": 3,
+    "TAB_": 3, "STE_": 3, "PRC(S)": 3, "SR": 1, "AFIB": 1, "STACH": 1, "SARRH": 1, "SBRAD": 1, "PACE": 1,
+    "SVARR": 1, "BIGU": 1, "AFLT": 1, "SVTAC": 1, "PSVT": 1, "TRIGU": 1,
+}
+BRANCH_LABEL_SETS = {"branch_rhythm": 1, "branch_morphology": 3, "branch_global": 4}
+LABEL_SETS = ("all", "diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm", "branch_rhythm",
+              "branch_morphology", "branch_global")
+SPLIT_FOLDS = {"train": (1, 2, 3, 4, 5, 6, 7, 8), "val": (9,), "test": (10,)}
+
+DATABASE_CSV = "ptbxl_database.csv"
+STATEMENTS_CSV = "scp_statements.csv"
+DATABASE_COLUMNS = ("patient_id", "scp_codes", "strat_fold", "filename_lr", "filename_hr")
+STATEMENT_COLUMNS = ("description", "diagnostic", "form", "rhythm", "diagnostic_class", "diagnostic_subclass")
+SOURCES = {"records100": ("filename_lr", 100), "records500": ("filename_hr", 500)}
+CACHE_FORMAT = 1  # bump when the cache's content or layout changes
+RECORD_SECONDS = 10
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layout
+
+
+def find_ptbxl_root(root: str | Path) -> Path:
+    """The folder holding ``ptbxl_database.csv``: ``root`` itself or its only such subfolder.
+
+    PhysioNet's zip unpacks into ``ptb-xl-a-large-publicly-available-electrocardiography-dataset-1.0.3/`` (or
+    ``...-1.0.1/``), so users often point at the folder above it.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataLayoutError("dataset folder not found", root)
+    if (root / DATABASE_CSV).is_file():
+        return root
+    nested = [p for p in sorted(root.iterdir()) if p.is_dir() and (p / DATABASE_CSV).is_file()]
+    return nested[0] if len(nested) == 1 else root
+
+
+def _read_statements(root: Path) -> pd.DataFrame:
+    path = root / STATEMENTS_CSV
+    if not path.is_file():
+        raise DataLayoutError(f"missing {STATEMENTS_CSV} (the PTB-XL folder holds {DATABASE_CSV}, "
+                              f"{STATEMENTS_CSV} and records100/)", root)
+    try:
+        statements = pd.read_csv(path, index_col=0)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataLayoutError(f"not a readable CSV ({str(exc).splitlines()[0]})", path) from None
+    missing = [c for c in STATEMENT_COLUMNS if c not in statements.columns]
+    if missing:
+        raise DataLayoutError(f"missing column(s) {', '.join(repr(c) for c in missing)} in {STATEMENTS_CSV}", path)
+    statements.index = statements.index.astype(str)
+    unknown = [c for c in statements.index if c not in SCP_BRANCH]
+    absent = [c for c in SCP_BRANCH if c not in set(statements.index)]
+    if unknown or absent or statements.index.duplicated().any():
+        what = (f"unknown code {unknown[0]!r}" if unknown else f"code {absent[0]!r} missing" if absent
+                else "duplicate codes")
+        raise DataLayoutError(f"{STATEMENTS_CSV} must list PTB-XL's 71 SCP statements once each ({what})", path)
+    return statements
+
+
+def _read_database(root: Path, statements: pd.DataFrame) -> pd.DataFrame:
+    path = root / DATABASE_CSV
+    if not path.is_file():
+        raise DataLayoutError(f"missing {DATABASE_CSV} (the PTB-XL folder holds {DATABASE_CSV}, "
+                              f"{STATEMENTS_CSV} and records100/)", root)
+    try:
+        db = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataLayoutError(f"not a readable CSV ({str(exc).splitlines()[0]})", path) from None
+    missing = [c for c in ("ecg_id", *DATABASE_COLUMNS) if c not in db.columns]
+    if missing:
+        raise DataLayoutError(f"missing column(s) {', '.join(repr(c) for c in missing)} in {DATABASE_CSV}", path)
+    if db.empty:
+        raise DataLayoutError("no records", path)
+    ecg_id = pd.to_numeric(db["ecg_id"], errors="coerce")
+    if ecg_id.isna().any() or (ecg_id % 1 != 0).any() or ecg_id.duplicated().any():
+        raise DataLayoutError("ecg_id must be unique integers", path)
+    db["ecg_id"] = ecg_id.astype(np.int64)
+    fold = pd.to_numeric(db["strat_fold"], errors="coerce")
+    bad = ~fold.isin(range(1, 11))
+    if bad.any():
+        first = db.loc[bad.idxmax()]
+        raise DataLayoutError(f"strat_fold must be an integer 1-10; ecg_id {first['ecg_id']} has "
+                              f"{first['strat_fold']} ({int(bad.sum())} such rows)", path)
+    db["strat_fold"] = fold.astype(np.int64)
+    patient = pd.to_numeric(db["patient_id"], errors="coerce")
+    if patient.isna().any():
+        first = db.loc[patient.isna().idxmax(), "ecg_id"]
+        raise DataLayoutError(f"patient_id missing or not a number for ecg_id {first}", path)
+    db["patient_id"] = patient.astype(np.int64)
+    known = set(statements.index)
+    parsed = []
+    for ecg, text in zip(db["ecg_id"], db["scp_codes"], strict=True):
+        try:
+            codes = ast.literal_eval(text) if isinstance(text, str) else None
+        except (ValueError, SyntaxError):
+            codes = None
+        if not isinstance(codes, dict):
+            raise DataLayoutError(f"scp_codes of ecg_id {ecg} is not a dict literal like {{'NORM': 100.0}}", path)
+        stray = [c for c in codes if c not in known]
+        if stray:
+            raise DataLayoutError(f"scp_codes of ecg_id {ecg} names {stray[0]!r}, which {STATEMENTS_CSV} lacks", path)
+        parsed.append(codes)
+    db["scp_codes"] = parsed
+    return db.set_index("ecg_id", drop=False)
+
+
+def _check_records(root: Path, db: pd.DataFrame, source: str) -> None:
+    column, _ = SOURCES[source]
+    if not (root / source).is_dir():
+        hint = " (sampling_rate 100 reads records100/; pass source='records500' to resample the 500 Hz records)"
+        raise DataLayoutError(f"missing {source}/ folder{hint if source == 'records100' else ''}", root)
+    missing = []
+    for ecg, name in zip(db["ecg_id"], db[column], strict=True):
+        if not isinstance(name, str) or not name:
+            raise DataLayoutError(f"{column} is empty for ecg_id {ecg}", root / DATABASE_CSV)
+        for ext in (".hea", ".dat"):
+            if not (root / (name + ext)).is_file():
+                missing.append((ecg, name + ext))
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        ecg, name = missing[0]
+        raise DataLayoutError(f"record file {name} of ecg_id {ecg} is missing{more}", root)
+
+
+def check_ptbxl_layout(root: str | Path, source: str = "records100") -> None:
+    """Check a PTB-XL folder (v1.0.1 or v1.0.3) the way nnU-Net checks a dataset, before anything is cached.
+
+    Raises `DataLayoutError` with a one-line reason and the path for: a missing dataset folder, a missing or
+    unreadable ``ptbxl_database.csv`` / ``scp_statements.csv``, missing columns, statements other than PTB-XL's 71,
+    duplicate or non-integer ``ecg_id``, ``strat_fold`` outside 1-10, unparsable ``scp_codes`` or codes the statements
+    table lacks, a missing ``records100/`` (or ``records500/``) folder, and any listed record whose ``.hea`` or
+    ``.dat`` file is missing.
+
+    Args:
+        root: the PTB-XL folder (or the folder above PhysioNet's nested one).
+        source: which record folder must be complete, "records100" or "records500".
+    """
+    _load_tables(root, source)
+
+
+def _load_tables(root: str | Path, source: str) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+    if source not in SOURCES:
+        raise ConfigError(f"source must be one of {', '.join(SOURCES)} (got {source!r})")
+    root = find_ptbxl_root(root)
+    if not (root / DATABASE_CSV).is_file():  # the main file first: a wrong folder should say so
+        raise DataLayoutError(f"missing {DATABASE_CSV} (the PTB-XL folder holds {DATABASE_CSV}, "
+                              f"{STATEMENTS_CSV} and records100/)", root)
+    statements = _read_statements(root)
+    db = _read_database(root, statements)
+    _check_records(root, db, source)
+    return root, db, statements
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading one record
+
+_GAIN = re.compile(r"^(?P<gain>[-+0-9.eE]+)(?:\((?P<baseline>-?\d+)\))?(?:/(?P<units>\S+))?$")
+_UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "v": 1e3}
+
+
+def _parse_simple_header(hea: Path) -> tuple[float, int, str, np.ndarray, np.ndarray, list[str], list[str]] | None:
+    """The header of a single-file format-16 record, or None when it needs wfdb's general reader.
+
+    wfdb.rdsamp spends about a millisecond per call on header and format generality, which dominates 1000-sample
+    PTB-XL records; every PTB-XL record is one little-endian int16 file with no offsets, skew or multi-frame
+    samples, so that case is read here with `numpy.fromfile` and everything else goes to wfdb. Tests check both
+    paths against `wfdb.rdsamp`.
+    """
+    lines = [ln for ln in hea.read_text(errors="replace").splitlines() if ln.strip() and not ln.startswith("#")]
+    head = lines[0].split()
+    if len(head) < 4 or "/" in head[0] or not head[1].isdigit():
+        return None
+    nsig = int(head[1])
+    try:
+        fs, siglen = float(head[2].split("/")[0].split("(")[0]), int(head[3])
+    except ValueError:
+        return None
+    if len(lines) != nsig + 1 or nsig == 0:
+        return None
+    files, gains, baselines, units, names = set(), [], [], [], []
+    for line in lines[1:]:
+        parts = line.split()
+        if len(parts) < 9 or parts[1] != "16":
+            return None
+        match = _GAIN.match(parts[2])
+        if match is None or float(match["gain"]) == 0:
+            return None
+        files.add(parts[0])
+        gains.append(float(match["gain"]))
+        baselines.append(int(match["baseline"]) if match["baseline"] is not None else int(parts[4]))
+        units.append(match["units"] or "mV")
+        names.append(" ".join(parts[8:]))
+    if len(files) != 1:
+        return None
+    return fs, siglen, files.pop(), np.array(gains), np.array(baselines, dtype=np.float64), units, names
+
+
+def read_ptbxl_record(stem: str | Path) -> tuple[np.ndarray, float]:
+    """Read a WFDB record (path without extension) as ``(signal, fs)``: (12, T) float64 mV in lead order I..V6, Hz.
+
+    Raises:
+        CorruptFileError: unreadable header or truncated ``.dat``.
+        SignalError: leads missing, units not a voltage, or invalid (NaN) samples.
+    """
+    stem = Path(stem)
+    hea = stem.with_name(stem.name + ".hea")
+    try:
+        header = _parse_simple_header(hea)
+    except (OSError, IndexError) as exc:
+        raise CorruptFileError(f"unreadable WFDB header ({exc.__class__.__name__})", hea) from None
+    if header is not None:
+        fs, siglen, dat_name, gains, baselines, units, names = header
+        dat = hea.parent / dat_name
+        try:
+            raw = np.fromfile(dat, dtype="<i2")
+        except OSError as exc:
+            raise CorruptFileError(f"unreadable signal file ({exc.__class__.__name__})", dat) from None
+        if raw.size != siglen * len(names):
+            raise CorruptFileError(f"expected {siglen * len(names)} samples in {dat.name}, found {raw.size}", dat)
+        digital = raw.reshape(siglen, len(names)).T
+        signal = (digital - baselines[:, None]) / gains[:, None]
+        signal[digital == -32768] = np.nan  # format 16's invalid-sample marker, as wfdb does
+    else:
+        import wfdb
+
+        try:
+            data, fields = wfdb.rdsamp(str(stem))
+        except Exception as exc:  # wfdb raises bare ValueError/OSError/IndexError for broken records
+            raise CorruptFileError(f"wfdb cannot read the record ({exc.__class__.__name__}: {exc})", hea) from None
+        signal, fs = np.asarray(data, dtype=np.float64).T, float(fields["fs"])
+        units, names = list(fields["units"]), list(fields["sig_name"])
+    return _standard_leads(signal, names, units, hea), fs
+
+
+def _standard_leads(signal: np.ndarray, names: list[str], units: list[str], path: Path) -> np.ndarray:
+    """Reorder to I..V6 (names matched case-insensitively), convert to mV, refuse missing leads and NaNs."""
+    lookup = {n.strip().upper(): i for i, n in enumerate(names)}
+    missing = [lead for lead in LEAD_NAMES if lead.upper() not in lookup]
+    if missing:
+        raise SignalError(f"lead(s) {', '.join(missing)} missing (found {', '.join(names)})", path)
+    order = [lookup[lead.upper()] for lead in LEAD_NAMES]
+    scale = []
+    for i in order:
+        unit = units[i].strip().lower()
+        if unit not in _UNIT_TO_MV:
+            raise SignalError(f"lead {names[i]} is in {units[i]!r}, not a voltage", path)
+        scale.append(_UNIT_TO_MV[unit])
+    out = signal[order] * np.array(scale)[:, None]
+    if np.isnan(out).any():
+        raise SignalError("invalid (NaN) samples", path)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Cache
+
+
+def _preprocess(signal: np.ndarray, fs_in: float, rate: int, highpass: bool) -> np.ndarray:
+    """Resample to ``rate`` if needed, then the order-1 0.5 Hz zero-phase high-pass (ProtoECGNet's baseline removal)."""
+    x = resample_signal(signal, fs_in, rate) if fs_in != rate else signal
+    return highpass_filter(x, rate, 0.5, 1) if highpass else x
+
+
+def _fill_chunk(args: tuple) -> tuple[int, str, str, str | None] | None:
+    """Read, preprocess and store records ``start:start+len(names)`` into the cache array (runs in a worker).
+
+    Workers write straight into the memory-mapped file, so no signal is pickled back. Records of one sampling rate
+    and length are filtered as one batch (one ``filtfilt`` call per chunk rather than per record). A medml error
+    comes back as (row, class name, reason, path) since exception pickling would drop the path.
+    """
+    npy, root, names, start, rate, highpass, length = args
+    signals, rates = [], []
+    for offset, name in enumerate(names):
+        try:
+            signal, fs = read_ptbxl_record(root / name)
+        except MedmlError as err:
+            return start + offset, type(err).__name__, err.reason, err.path
+        signals.append(signal)
+        rates.append(fs)
+    out = np.load(npy, mmap_mode="r+")
+    for fs in sorted(set(rates)):
+        rows = [k for k, f in enumerate(rates) if f == fs]
+        for n_samples in sorted({signals[k].shape[-1] for k in rows}):
+            same = [k for k in rows if signals[k].shape[-1] == n_samples]
+            x = _preprocess(np.stack([signals[k] for k in same]), fs, rate, highpass)
+            if x.shape[-1] != length:
+                k = same[0]
+                return (start + k, "SignalError", f"{n_samples} samples at {fs:g} Hz; PTB-XL records are "
+                        f"{RECORD_SECONDS} s ({length} samples at {rate} Hz)", str(root / names[k]))
+            for j, k in enumerate(same):
+                out[start + k] = x[j]
+    out.flush()
+    return None
+
+
+def _cache_name(fingerprint: str, rate: int, source: str, highpass: bool) -> str:
+    filt = "hp0.5" if highpass else "raw"
+    return f"{fingerprint[:16]}-{rate}hz-{source}-{filt}"
+
+
+def _remove_stale_parts(parent: Path, name: str) -> None:
+    """Delete half-built caches of this key left by processes that no longer run (killed prepares)."""
+    for part in parent.glob(f".{name}.part-*"):
+        pid = part.name.rsplit("-", 1)[-1]
+        try:
+            os.kill(int(pid), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(part, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+def prepare_ptbxl(root: str | Path, cache_dir: str | Path | None = None, sampling_rate: int = 100,
+                  highpass: bool = True, workers: int | None = None, progress: bool = True,
+                  source: str | None = None) -> Path:
+    """Check the layout, then read every record once into a memory-mapped cache; reuse it when complete.
+
+    The cache folder ``<cache_dir>/<fingerprint[:16]>-<rate>hz-<source>-<filter>`` (``cache_dir`` defaults to
+    ``cache_root()/"ptbxl"``) holds ``signals.npy`` (float32, (N, 12, T), mV), ``index.npz`` (``ecg_id``,
+    ``patient_id``, ``strat_fold``, ``labels`` (N, 71) uint8 in statement order), a copy of the statements table and
+    ``meta.json``. It is built under a temporary name and renamed when complete.
+
+    Args:
+        root: PTB-XL folder.
+        cache_dir: parent folder of the caches (must lie outside the dataset).
+        sampling_rate: rate of the cached signals in Hz (100 in ProtoECGNet).
+        highpass: apply the order-1 0.5 Hz zero-phase high-pass.
+        workers: processes reading records; default one per usable CPU (at most 8); 1 reads in this process.
+        progress: show a progress bar while building.
+        source: "records100" or "records500"; default records100 at 100 Hz, else records500 (resampled to
+            ``sampling_rate`` when they differ).
+
+    Returns:
+        The cache folder.
+    """
+    if sampling_rate <= 0:
+        raise ConfigError(f"sampling_rate must be positive (got {sampling_rate})")
+    source = source or ("records100" if sampling_rate == 100 else "records500")
+    if source not in SOURCES:
+        raise ConfigError(f"source must be one of {', '.join(SOURCES)} (got {source!r})")
+    root = find_ptbxl_root(root)
+    parent = Path(cache_dir) if cache_dir is not None else cache_root() / "ptbxl"
+    if parent.resolve().is_relative_to(root.resolve()):
+        raise ConfigError("the PTB-XL cache must lie outside the dataset folder (inputs are never written to)", parent)
+    # Listing (names and sizes) of the CSVs and the record folder: cheap, and changes with any edit that matters.
+    fingerprint = folder_fingerprint(root, (DATABASE_CSV, STATEMENTS_CSV, f"{source}/*/*"))
+    name = _cache_name(fingerprint, sampling_rate, source, highpass)
+    final = parent / name
+    if (final / "meta.json").is_file():
+        return final
+
+    root, db, statements = _load_tables(root, source)
+    column, _ = SOURCES[source]
+    names = db[column].tolist()
+    n = len(names)
+    length = int(round(RECORD_SECONDS * sampling_rate))
+    codes = statements.index.tolist()
+    col = {c: j for j, c in enumerate(codes)}
+    labels = np.zeros((n, len(codes)), dtype=np.uint8)
+    for i, record_codes in enumerate(db["scp_codes"]):
+        labels[i, [col[c] for c in record_codes]] = 1
+
+    parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(parent, name)
+    part = parent / f".{name}.part-{os.getpid()}"
+    shutil.rmtree(part, ignore_errors=True)
+    part.mkdir()
+    try:
+        npy = part / "signals.npy"
+        np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=(n, 12, length)).flush()
+        started = time.perf_counter()
+        _fill(npy, root, names, sampling_rate, highpass, length, workers, progress)
+        seconds = time.perf_counter() - started
+        np.savez(part / "index.npz", ecg_id=db["ecg_id"].to_numpy(np.int64),
+                 patient_id=db["patient_id"].to_numpy(np.int64), strat_fold=db["strat_fold"].to_numpy(np.int64),
+                 labels=labels, filenames=np.array(names))
+        statements.to_csv(part / STATEMENTS_CSV)
+        write_json(part / "meta.json", {  # written last: its presence marks a complete cache
+            "format": CACHE_FORMAT, "root": str(root), "fingerprint": fingerprint, "source": source,
+            "sampling_rate": sampling_rate, "highpass": {"enabled": highpass, "cutoff_hz": 0.5, "order": 1,
+                                                         "zero_phase": True},
+            "n_records": n, "samples": length, "leads": list(LEAD_NAMES), "units": "mV", "codes": codes,
+            "seconds_to_build": round(seconds, 3),
+        })
+        try:
+            part.rename(final)
+        except OSError:
+            if not (final / "meta.json").is_file():  # not a concurrent prepare that finished first
+                shutil.rmtree(final, ignore_errors=True)
+                part.rename(final)
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
+    return final
+
+
+def _fill(npy: Path, root: Path, names: list[str], rate: int, highpass: bool, length: int, workers: int | None,
+          progress: bool) -> None:
+    n = len(names)
+    workers = min(8, _usable_cpus()) if workers is None else max(1, int(workers))
+    chunk = max(32, min(512, -(-n // (workers * 8))))  # several chunks per worker to balance, few enough to be cheap
+    jobs = [(npy, root, names[s:s + chunk], s, rate, highpass, length) for s in range(0, n, chunk)]
+    bar = _progress_bar(n, progress)
+    try:
+        if workers == 1 or len(jobs) == 1:
+            results = (_fill_chunk(job) for job in jobs)
+            for job, result in zip(jobs, results, strict=True):
+                _raise_worker_error(result)
+                bar.update(len(job[2]))
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                for job, result in zip(jobs, pool.map(_fill_chunk, jobs), strict=True):
+                    _raise_worker_error(result)
+                    bar.update(len(job[2]))
+    finally:
+        bar.close()
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (respects affinity masks set by SLURM, taskset or containers)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _raise_worker_error(result: tuple[int, str, str, str | None] | None) -> None:
+    if result is not None:
+        _, cls_name, reason, path = result
+        raise getattr(errors, cls_name, MedmlError)(reason, path)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc="PTB-XL cache", unit="rec")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Labels
+
+
+def label_aggregation(statements: pd.DataFrame, label_set: str) -> tuple[list[str], np.ndarray]:
+    """How a label set's columns are made from the 71 statements: (names, A (71, K) uint8), Y_set = (Y_all @ A > 0).
+
+    ``all`` and the ``branch_*`` sets keep statements in row order; the benchmark sets follow Strodthoff et al.:
+    ``diagnostic``/``form``/``rhythm`` are the statements with that flag, ``subdiagnostic``/``superdiagnostic`` the
+    ``diagnostic_subclass``/``diagnostic_class`` of the diagnostic statements, in sorted order (the benchmark's
+    ``MultiLabelBinarizer`` order). A set's score for a record can be taken as the maximum over its member columns.
+    """
+    codes = statements.index.tolist()
+    if label_set == "all":
+        return codes, np.eye(len(codes), dtype=np.uint8)
+    if label_set in BRANCH_LABEL_SETS:
+        keep = [j for j, c in enumerate(codes) if SCP_BRANCH[c] == BRANCH_LABEL_SETS[label_set]]
+        return [codes[j] for j in keep], np.eye(len(codes), dtype=np.uint8)[:, keep]
+    if label_set in ("diagnostic", "form", "rhythm"):
+        member = {c: c for c in codes if statements.at[c, label_set] == 1}
+    elif label_set in ("subdiagnostic", "superdiagnostic"):
+        column = "diagnostic_subclass" if label_set == "subdiagnostic" else "diagnostic_class"
+        member = {c: str(statements.at[c, column]) for c in codes
+                  if statements.at[c, "diagnostic"] == 1 and pd.notna(statements.at[c, column])}
+    else:
+        raise ConfigError(f"label set must be one of {', '.join(LABEL_SETS)} (got {label_set!r})")
+    names = sorted(set(member.values()))
+    aggregation = np.zeros((len(codes), len(names)), dtype=np.uint8)
+    for j, code in enumerate(codes):
+        if code in member:
+            aggregation[j, names.index(member[code])] = 1
+    return names, aggregation
+
+
+def label_cooccurrence(labels: np.ndarray) -> np.ndarray:
+    """Jaccard co-occurrence J (K, K) of multi-hot ``labels`` (N, K): |i∧k| / (|i|+|k|-|i∧k|) (spec §1.7).
+
+    The denominator is floored at 1e-6, so a pair of classes that never occur gets 0 (also on the diagonal).
+    """
+    y = np.asarray(labels, dtype=np.float64)
+    both = y.T @ y
+    count = np.diag(both)
+    union = count[:, None] + count[None, :] - both
+    return (both / np.maximum(union, 1e-6)).astype(np.float32)
+
+
+def class_pos_weight(labels: np.ndarray) -> np.ndarray:
+    """ProtoECGNet's BCE ``pos_weight``: w_c = (Σ_k n_k − n_c) / n_c with n_c the positives of class c (spec §1.7).
+
+    Σ_k n_k is the total number of positive labels, not of records. A class without positives gets 1 (it has no
+    positive term to weight).
+    """
+    count = np.asarray(labels, dtype=np.float64).sum(axis=0)
+    weight = np.ones_like(count)
+    has = count > 0
+    weight[has] = (count.sum() - count[has]) / count[has]
+    return weight.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dataset
+
+
+class PTBXL:
+    """A prepared PTB-XL: memory-mapped signals, ids, folds and the 71-label targets.
+
+    ``PTBXL(root)`` checks the layout and builds the cache on first use (see `prepare_ptbxl`); later opens only map
+    the cache. Attributes: ``signals`` (N, 12, T) float32 mV memmap, ``ecg_ids``, ``patient_ids``, ``folds`` (N,)
+    int64, ``codes`` (71 statements in ``scp_statements.csv`` order), ``labels`` (N, 71) uint8, ``statements``
+    (the statements table), ``sampling_rate``, ``cache_path``.
+    """
+
+    def __init__(self, root: str | Path, sampling_rate: int = 100, cache_dir: str | Path | None = None,
+                 highpass: bool = True, source: str | None = None, workers: int | None = None,
+                 progress: bool = False) -> None:
+        self.root = find_ptbxl_root(root)
+        self.sampling_rate = int(sampling_rate)
+        self.cache_path = prepare_ptbxl(self.root, cache_dir, sampling_rate, highpass, workers, progress, source)
+        self.meta = json.loads((self.cache_path / "meta.json").read_text())
+        with np.load(self.cache_path / "index.npz") as index:
+            self.ecg_ids = index["ecg_id"]
+            self.patient_ids = index["patient_id"]
+            self.folds = index["strat_fold"]
+            self.labels = index["labels"]
+            self._filenames = index["filenames"].tolist()
+        self.statements = pd.read_csv(self.cache_path / STATEMENTS_CSV, index_col=0)
+        self.statements.index = self.statements.index.astype(str)
+        self.codes: list[str] = list(self.meta["codes"])
+        self._signals: np.memmap | None = None
+
+    @property
+    def signals(self) -> np.memmap:
+        if self._signals is None:  # opened lazily so DataLoader workers map the file instead of copying an array
+            self._signals = np.load(self.cache_path / "signals.npy", mmap_mode="r")
+        return self._signals
+
+    def __len__(self) -> int:
+        return len(self.ecg_ids)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_signals"] = None  # pickling a memmap would copy the whole array into every worker
+        return state
+
+    def label_aggregation(self, label_set: str) -> tuple[list[str], np.ndarray]:
+        """See `label_aggregation`: (names, A (71, K)) for ``label_set``."""
+        return label_aggregation(self.statements, label_set)
+
+    def label_matrix(self, label_set: str = "all") -> tuple[list[str], np.ndarray]:
+        """(label names, Y (N, K) uint8) of a label set for every record."""
+        names, aggregation = self.label_aggregation(label_set)
+        y = (self.labels.astype(np.int32) @ aggregation.astype(np.int32)) > 0
+        return names, y.astype(np.uint8)
+
+    def split_indices(self, split: str, label_set: str | None = None) -> np.ndarray:
+        """Row indices of a split (train: folds 1-8, val: 9, test: 10).
+
+        With ``label_set`` "subdiagnostic" or "superdiagnostic", records with no positive label in that set are
+        dropped (ProtoECGNet, spec §1.9); for every other set all records are kept.
+        """
+        if split not in SPLIT_FOLDS:
+            raise ConfigError(f"split must be one of {', '.join(SPLIT_FOLDS)} (got {split!r})")
+        keep = np.isin(self.folds, SPLIT_FOLDS[split])
+        if label_set is not None:
+            _, y = self.label_matrix(label_set)
+            if label_set in ("subdiagnostic", "superdiagnostic"):
+                keep &= y.any(axis=1)
+        return np.flatnonzero(keep)
+
+    def record_path(self, i: int) -> Path:
+        """The WFDB record (path without extension, as ``wfdb.rdsamp`` takes it) of row ``i``."""
+        return self.root / self._filenames[int(i)]
+
+    def index_of(self, ecg_id: int) -> int:
+        """Row index of an ``ecg_id``."""
+        hits = np.flatnonzero(self.ecg_ids == int(ecg_id))
+        if hits.size == 0:
+            raise KeyError(f"ecg_id {ecg_id} is not in this dataset")
+        return int(hits[0])
+
+
+def fit_standardizer(signals: np.ndarray, indices: Sequence[int] | np.ndarray,
+                     chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per-lead mean and standard deviation over the given records (pass the training folds only), float32 (12,)."""
+    indices = np.sort(np.asarray(indices, dtype=np.int64))
+    if indices.size == 0:
+        raise ValueError("no records to fit the standardiser on")
+    total = np.zeros(signals.shape[1])
+    total_sq = np.zeros(signals.shape[1])
+    count = 0
+    for s in range(0, indices.size, chunk):  # chunks keep memory flat on the full 21k-record memmap
+        x = np.asarray(signals[indices[s:s + chunk]], dtype=np.float64)
+        total += x.sum(axis=(0, 2))
+        total_sq += np.square(x).sum(axis=(0, 2))
+        count += x.shape[0] * x.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+class ECGDataset(Dataset):
+    """Records of a `PTBXL` as tensors: ``{"signal": (12, T) float32, "target": (K,) float32, "ecg_id", "index"}``.
+
+    Args:
+        ptbxl: the prepared dataset.
+        indices: row indices (e.g. ``ptbxl.split_indices("train")``).
+        label_set: one of `LABEL_SETS`; ``target`` has that set's K columns (``label_names``).
+        mean, std: per-lead statistics from `fit_standardizer` (training folds); None keeps the signal in mV.
+        transform: optional callable applied to the (12, T) float32 array after standardisation.
+    """
+
+    def __init__(self, ptbxl: PTBXL, indices: Sequence[int] | np.ndarray, label_set: str = "all",
+                 mean: np.ndarray | None = None, std: np.ndarray | None = None, transform=None) -> None:
+        self.ptbxl = ptbxl
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.label_set = label_set
+        self.label_names, y = ptbxl.label_matrix(label_set)
+        self.targets = y[self.indices].astype(np.float32)
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither")
+        self.standardize = Standardize(mean, std) if mean is not None else None
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> dict:
+        i = int(self.indices[k])
+        signal = np.array(self.ptbxl.signals[i], dtype=np.float32)  # copy out of the read-only map
+        if self.standardize is not None:
+            signal = self.standardize(signal)
+        if self.transform is not None:
+            signal = self.transform(signal)
+        return {"signal": torch.as_tensor(signal), "target": torch.from_numpy(self.targets[k]),
+                "ecg_id": int(self.ptbxl.ecg_ids[i]), "index": i}

@@ -1,0 +1,222 @@
+"""12-lead ECGs from WFDB records and DICOM waveform objects, read into one `EcgRecord`.
+
+Whatever the source order and naming (``AVR``, ``Lead II``, SCP-ECG or MDC codes), the signal comes back as
+(12, n) float32 millivolts in the standard order I, II, III, aVR, aVL, aVF, V1..V6. Records that store only the
+eight independent leads (I, II, V1..V6), as many carts do, get III, aVR, aVL and aVF from Einthoven's and
+Goldberger's equations; any other missing lead, a NaN or a flat line is a `SignalError`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medml.errors import CorruptFileError, SignalError, UnsupportedFormatError
+from medml.io.types import STANDARD_LEADS, EcgRecord
+
+# Lead codes: SCP-ECG (DICOM CID 3001) and ISO/IEEE 11073 MDC ("2:n" as DICOM writes them).
+LEAD_CODES = {
+    "5.6.3-9-1": "I",
+    "5.6.3-9-2": "II",
+    "5.6.3-9-61": "III",
+    "5.6.3-9-62": "aVR",
+    "5.6.3-9-63": "aVL",
+    "5.6.3-9-64": "aVF",
+    "5.6.3-9-3": "V1",
+    "5.6.3-9-4": "V2",
+    "5.6.3-9-5": "V3",
+    "5.6.3-9-6": "V4",
+    "5.6.3-9-7": "V5",
+    "5.6.3-9-8": "V6",
+    "2:1": "I",
+    "2:2": "II",
+    "2:61": "III",
+    "2:62": "aVR",
+    "2:63": "aVL",
+    "2:64": "aVF",
+    "2:3": "V1",
+    "2:4": "V2",
+    "2:5": "V3",
+    "2:6": "V4",
+    "2:7": "V5",
+    "2:8": "V6",
+}
+_ALIASES = {"D1": "I", "D2": "II", "D3": "III", "DI": "I", "DII": "II", "DIII": "III"}
+# Below this peak-to-peak amplitude (mV) a lead carries no ECG: a disconnected electrode or a zero-filled channel.
+FLAT_LEAD_MV = 0.005
+UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3, "nv": 1e-6}
+
+
+def standard_lead_name(name: str) -> str | None:
+    """Map a lead label (``AVR``, ``Lead II``, ``lead_v1``, ``D2``, ``Lead I (Einthoven)``) to its standard name."""
+    text = re.sub(r"\(.*?\)", "", str(name)).strip()
+    text = re.sub(r"^(lead|ecg)[\s_-]*", "", text, flags=re.IGNORECASE).strip()
+    upper = text.upper().replace(" ", "")
+    if upper in _ALIASES:
+        return _ALIASES[upper]
+    for lead in STANDARD_LEADS:
+        if upper == lead.upper():
+            return lead
+    return None
+
+
+def assemble_leads(
+    signals: np.ndarray,
+    names: list[str],
+    fs: float,
+    path: str | Path,
+    *,
+    derive_limb_leads: bool = True,
+    check: bool = True,
+) -> tuple[np.ndarray, list[str]]:
+    """Reorder (leads, n) mV signals to the standard 12, deriving missing limb leads from I and II if allowed.
+
+    Returns:
+        The (12, n) float32 signal and the list of leads that were derived rather than recorded.
+
+    Raises:
+        SignalError: a lead missing (and not derivable), NaN samples, a flat lead, or fewer than 1 s of samples.
+    """
+    by_name: dict[str, np.ndarray] = {}
+    for row, name in zip(signals, names, strict=True):
+        lead = standard_lead_name(name)
+        if lead is not None and lead not in by_name:
+            by_name[lead] = np.asarray(row, np.float64)
+    derived: list[str] = []
+    if derive_limb_leads and "I" in by_name and "II" in by_name:
+        lead_i, lead_ii = by_name["I"], by_name["II"]
+        formulas = {
+            "III": lambda: lead_ii - lead_i,
+            "aVR": lambda: -(lead_i + lead_ii) / 2,
+            "aVL": lambda: lead_i - lead_ii / 2,
+            "aVF": lambda: lead_ii - lead_i / 2,
+        }
+        for lead, formula in formulas.items():
+            if lead not in by_name:
+                by_name[lead] = formula()
+                derived.append(lead)
+    missing = [lead for lead in STANDARD_LEADS if lead not in by_name]
+    if missing:
+        raise SignalError(f"missing lead(s) {', '.join(missing)} (found: {', '.join(map(str, names))})", path)
+    signal = np.stack([by_name[lead] for lead in STANDARD_LEADS]).astype(np.float32)
+    if check:
+        check_signal(signal, fs, path)
+    return signal, derived
+
+
+def check_signal(signal: np.ndarray, fs: float, path: str | Path) -> None:
+    """Raise `SignalError` for NaN, flat leads, a non-positive sampling rate or under one second of signal."""
+    if not fs or fs <= 0 or not np.isfinite(fs):
+        raise SignalError(f"invalid sampling frequency {fs}", path)
+    if signal.shape[1] < fs:
+        raise SignalError(f"only {signal.shape[1]} samples ({signal.shape[1] / fs:.2f} s); need at least 1 s", path)
+    bad = [STANDARD_LEADS[i] for i in range(signal.shape[0]) if not np.all(np.isfinite(signal[i]))]
+    if bad:
+        raise SignalError(f"NaN or infinite samples in lead(s) {', '.join(bad)}", path)
+    flat = [STANDARD_LEADS[i] for i in range(signal.shape[0]) if np.ptp(signal[i]) < FLAT_LEAD_MV]
+    if flat:
+        raise SignalError(f"flat lead(s) {', '.join(flat)} (peak-to-peak below {FLAT_LEAD_MV} mV)", path)
+
+
+def read_wfdb(path: str | Path, *, derive_limb_leads: bool = True, check: bool = True) -> EcgRecord:
+    """Read a WFDB record (``.hea`` + signal files, any sampling rate and format) as an `EcgRecord`.
+
+    Args:
+        path: the record path, with or without ``.hea``.
+        derive_limb_leads: compute missing III/aVR/aVL/aVF from I and II.
+        check: reject NaN and flat leads.
+    """
+    import wfdb
+
+    path = Path(path)
+    record_path = path.with_suffix("") if path.suffix.lower() in (".hea", ".dat") else path
+    hea = record_path.with_suffix(".hea")
+    if not hea.is_file():
+        raise UnsupportedFormatError("no WFDB header (.hea) for this record", hea)
+    try:
+        record = wfdb.rdrecord(str(record_path))
+    except FileNotFoundError as exc:
+        raise CorruptFileError(f"WFDB signal file missing ({Path(str(exc.filename or exc)).name})", hea) from None
+    except Exception as exc:  # wfdb raises ValueError, IndexError, struct errors on malformed records
+        raise CorruptFileError(f"cannot read WFDB record ({type(exc).__name__}: {str(exc)[:200]})", hea) from None
+    if record.p_signal is None:
+        raise CorruptFileError("WFDB record has no physical signal", hea)
+    units = [str(u or "mV") for u in (record.units or ["mV"] * record.n_sig)]
+    scale = np.array([UNIT_TO_MV.get(u.strip().lower(), np.nan) for u in units])
+    if np.any(np.isnan(scale)):
+        bad = sorted({u for u, s in zip(units, scale, strict=True) if np.isnan(s)})
+        raise SignalError(f"unknown signal unit(s) {bad}; expected mV, uV or V", hea)
+    signals = record.p_signal.T * scale[:, None]
+    signal, derived = assemble_leads(
+        signals, list(record.sig_name), float(record.fs), hea, derive_limb_leads=derive_limb_leads, check=check
+    )
+    meta: dict[str, Any] = {
+        "record": record.record_name,
+        "source_leads": list(record.sig_name),
+        "derived_leads": derived,
+        "comments": list(record.comments or []),
+    }
+    return EcgRecord(signal, float(record.fs), STANDARD_LEADS, meta)
+
+
+def _channel_lead(channel: Any) -> str:
+    source = channel.ChannelSourceSequence[0] if channel.get("ChannelSourceSequence") else None
+    if source is None:
+        return str(channel.get("ChannelLabel", ""))
+    code = str(source.get("CodeValue", ""))
+    if code in LEAD_CODES:
+        return LEAD_CODES[code]
+    return str(source.get("CodeMeaning", channel.get("ChannelLabel", code)))
+
+
+def _channel_unit_scale(channel: Any) -> float:
+    units = channel.get("ChannelSensitivityUnitsSequence")
+    code = str(units[0].get("CodeValue", "uV")) if units else "uV"
+    return UNIT_TO_MV.get(code.strip().lower(), 1e-3)
+
+
+def read_dicom_ecg(path: str | Path, *, derive_limb_leads: bool = True, check: bool = True) -> EcgRecord:
+    """Read a DICOM waveform ECG (12-lead, general or ambulatory) from its rhythm multiplex group."""
+    from medml.io.dicom import _common_meta, read_dataset
+
+    path = Path(path)
+    ds = read_dataset(path)
+    groups = ds.get("WaveformSequence")
+    if not groups:
+        raise UnsupportedFormatError("no WaveformSequence: not a waveform object", path)
+    # Prefer the rhythm group (the full recording) over median beats; else the longest group.
+    order = sorted(
+        range(len(groups)),
+        key=lambda i: (
+            "RHYTHM" not in str(groups[i].get("MultiplexGroupLabel", "")).upper(),
+            -int(groups[i].get("NumberOfWaveformSamples", 0) or 0),
+        ),
+    )
+    index = order[0]
+    group = groups[index]
+    try:
+        data = ds.waveform_array(index)  # (samples, channels) with sensitivity and baseline applied
+    except Exception as exc:  # pydicom raises ValueError/AttributeError/KeyError on malformed waveform modules
+        raise CorruptFileError(f"cannot decode waveform ({type(exc).__name__}: {str(exc)[:200]})", path) from None
+    channels = group.ChannelDefinitionSequence
+    if data.shape[1] != len(channels):
+        raise CorruptFileError(f"{data.shape[1]} waveform channels but {len(channels)} channel definitions", path)
+    scale = np.array([_channel_unit_scale(ch) for ch in channels])
+    names = [_channel_lead(ch) for ch in channels]
+    fs = float(group.get("SamplingFrequency", 0) or 0)
+    signal, derived = assemble_leads(
+        data.T * scale[:, None], names, fs, path, derive_limb_leads=derive_limb_leads, check=check
+    )
+    meta = _common_meta(ds)
+    meta.update(
+        {
+            "SOPInstanceUID": str(ds.get("SOPInstanceUID", "")),
+            "source_leads": names,
+            "derived_leads": derived,
+            "multiplex_group": str(group.get("MultiplexGroupLabel", "")),
+        }
+    )
+    return EcgRecord(signal, fs, STANDARD_LEADS, meta)

@@ -1,0 +1,209 @@
+"""The public readers: one entry point per record type, accepting a `Case` or a path.
+
+A path may name a file, a series folder, or a WFDB record (with or without ``.hea``). When a folder holds several
+cases the reader refuses to guess and names them; pass the `Case` from `discover` instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medml.errors import GeometryError, MedmlError, ReadError, UnsupportedFormatError
+from medml.io.types import Case, EcgRecord, Image2D, Video, Volume
+
+VOLUME_KINDS = ("dicom_series", "dicom_multiframe", "nifti", "mha", "nrrd")
+IMAGE_KINDS = ("dicom_image", "image", "dicom_multiframe")
+VIDEO_KINDS = ("dicom_multiframe", "video", "frames", "dicom_image")
+ECG_KINDS = ("wfdb", "dicom_ecg")
+
+
+def case_for_path(path: str | Path, wanted: tuple[str, ...] = ()) -> Case:
+    """The one case a path names; `ReadError` subclasses for unreadable files, or when a folder holds several."""
+    from medml.io.discover import _dicom_meta, _relative_id, discover, sniff
+
+    path = Path(path)
+    if not path.exists() and path.with_suffix(".hea").is_file():
+        path = path.with_suffix(".hea")  # a WFDB record named without extension, as wfdb.rdrecord takes it
+    if not path.exists():
+        raise ReadError("no such file or folder", path)
+    if path.is_file():
+        kind = sniff(path)
+        if kind is None:
+            raise UnsupportedFormatError(
+                "unrecognised file format (not DICOM, NIfTI, MHA, NRRD, WFDB, image, video)", path
+            )
+        if kind == "dicom":
+            from medml.io.dicom import number_of_frames, read_dataset
+
+            header = read_dataset(path, stop_before_pixels=True)
+            if "WaveformSequence" in header:
+                kind = "dicom_ecg"
+            elif "Rows" not in header:
+                from medml.io.dicom import _sop_class_name
+
+                raise UnsupportedFormatError(f"no pixel data or waveform ({_sop_class_name(header)})", path)
+            else:
+                kind = "dicom_multiframe" if number_of_frames(header) > 1 else "dicom_image"
+            return Case(_relative_id(path, path.parent), kind, [path], _dicom_meta(header, path))
+        cases, failures = discover(path)
+        if not cases:
+            raise UnsupportedFormatError(failures[0][1] if failures else "no readable case", path)
+        return cases[0]
+    cases, failures = discover(path)
+    usable = [c for c in cases if not wanted or c.kind in wanted]
+    if len(usable) == 1:
+        return usable[0]
+    if not usable:
+        found = ", ".join(sorted({c.kind for c in cases})) or "nothing readable"
+        detail = f"; first failure: {failures[0][0]}: {failures[0][1]}" if failures else ""
+        raise UnsupportedFormatError(f"no {'/'.join(wanted) or 'case'} here (found {found}){detail}", path)
+    names = ", ".join(c.case_id for c in usable[:5])
+    raise UnsupportedFormatError(
+        f"folder holds {len(usable)} cases ({names}{', ...' if len(usable) > 5 else ''}); "
+        "pass one of them (see medml inspect)",
+        path,
+    )
+
+
+def _case(case_or_path: Case | str | Path, wanted: tuple[str, ...]) -> Case:
+    return case_or_path if isinstance(case_or_path, Case) else case_for_path(case_or_path, wanted)
+
+
+def read_volume(case_or_path: Case | str | Path, *, strict: bool = False, workers: int | None = None) -> Volume:
+    """A 3D volume from a DICOM series, an enhanced multi-frame DICOM, NIfTI, MHA/MHD or NRRD.
+
+    Args:
+        case_or_path: a `Case` or a path (series folder, file).
+        strict: raise `GeometryError` for uneven spacing, missing slices or tilt instead of listing them in
+            ``Volume.warnings``.
+        workers: threads for DICOM series decoding (default: 1 for uncompressed slices, up to 4 for compressed).
+    """
+    if not isinstance(case_or_path, Case) and Path(case_or_path).is_dir():
+        volume = _read_plain_series_folder(Path(case_or_path), strict, workers)
+        if volume is not None:
+            return volume
+    case = _case(case_or_path, VOLUME_KINDS)
+    if case.kind == "dicom_series":
+        from medml.io.dicom import read_dicom_series
+
+        return read_dicom_series(case.paths, strict=strict, workers=workers, folder=case.path)
+    if case.kind == "dicom_multiframe":
+        from medml.io.dicom import read_multiframe_volume
+
+        return read_multiframe_volume(case.paths[0], strict=strict)
+    if case.kind == "dicom_image":
+        raise GeometryError("series has 1 slice; a volume needs at least 2", case.paths[0])
+    if case.kind == "nifti":
+        from medml.io.nifti import read_nifti
+
+        return read_nifti(case.paths[0])
+    if case.kind in ("mha", "nrrd"):
+        from medml.io.nifti import read_itk_image
+
+        return read_itk_image(case.paths[0])
+    raise UnsupportedFormatError(f"a {case.kind} case is not a volume", case.path)
+
+
+def _read_plain_series_folder(folder: Path, strict: bool, workers: int | None) -> Volume | None:
+    """Read a folder that holds exactly one DICOM series in a single pass, or return None to use `discover`."""
+    from medml.io.dicom import NotOneSeries, read_dicom_series
+
+    files = [
+        p
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
+    if len(files) < 2:
+        return None
+    try:
+        return read_dicom_series(files, strict=strict, workers=workers, folder=folder, require_one_series=True)
+    except NotOneSeries:
+        return None
+
+
+def read_image(case_or_path: Case | str | Path, *, voi: bool = False, rgb: bool = False, frame: int = 0) -> Image2D:
+    """A 2D image from a DICOM file (DX/CR/photograph/one slice; ``frame`` of a multi-frame) or PNG/JPEG/BMP/TIFF.
+
+    Args:
+        case_or_path: a `Case` or a file path.
+        voi: apply the DICOM VOI LUT/window (MONOCHROME1 is always inverted).
+        rgb: return HxWx3 RGB whatever is stored (image files only; DICOM colour is always RGB).
+        frame: frame index of a multi-frame DICOM.
+    """
+    case = _case(case_or_path, IMAGE_KINDS)
+    if case.kind in ("dicom_image", "dicom_multiframe"):
+        from medml.io.dicom import read_dicom_image
+
+        image = read_dicom_image(case.paths[0], voi=voi, frame=frame)
+        if rgb and image.array.ndim == 2:
+            from medml.io.image import to_uint8_rgb
+
+            image.array = to_uint8_rgb(image.array)
+        return image
+    if case.kind == "image":
+        from medml.io.image import read_image_file
+
+        return read_image_file(case.paths[0], rgb=rgb)
+    raise UnsupportedFormatError(f"a {case.kind} case is not a 2D image", case.path)
+
+
+def read_video(case_or_path: Case | str | Path, *, fps: float | None = None, voi: bool = False) -> Video:
+    """Frames and frame times from a DICOM cine (XA/XRF/US), a video file or a folder of numbered frames.
+
+    Args:
+        case_or_path: a `Case` or a path.
+        fps: frame rate for frame folders (which store none); ignored where the source has timing.
+        voi: apply the DICOM VOI LUT/window.
+    """
+    case = _case(case_or_path, VIDEO_KINDS)
+    if case.kind in ("dicom_multiframe", "dicom_image"):
+        from medml.io.dicom import read_dicom_video
+
+        return read_dicom_video(case.paths[0], voi=voi)
+    if case.kind == "video":
+        from medml.io.video import read_video_file
+
+        return read_video_file(case.paths[0])
+    if case.kind == "frames":
+        from medml.io.video import read_frame_folder
+
+        return read_frame_folder(case.paths, fps)
+    raise UnsupportedFormatError(f"a {case.kind} case is not a video", case.path)
+
+
+def read_ecg(case_or_path: Case | str | Path, *, derive_limb_leads: bool = True, check: bool = True) -> EcgRecord:
+    """A 12-lead ECG from a WFDB record or a DICOM waveform, as (12, n) float32 mV in the standard lead order.
+
+    Args:
+        case_or_path: a `Case`, a ``.hea`` path, a record path without extension, or a DICOM file.
+        derive_limb_leads: compute III, aVR, aVL, aVF from I and II when the source stores only 8 leads.
+        check: raise `SignalError` for NaN or flat leads.
+    """
+    case = _case(case_or_path, ECG_KINDS)
+    if case.kind == "wfdb":
+        from medml.io.ecg import read_wfdb
+
+        return read_wfdb(case.paths[0], derive_limb_leads=derive_limb_leads, check=check)
+    if case.kind == "dicom_ecg":
+        from medml.io.ecg import read_dicom_ecg
+
+        return read_dicom_ecg(case.paths[0], derive_limb_leads=derive_limb_leads, check=check)
+    raise UnsupportedFormatError(f"a {case.kind} case is not an ECG", case.path)
+
+
+def read_case(case: Case) -> Volume | Image2D | Video | EcgRecord:
+    """Read a case with the reader its kind implies (volumes for series, videos for multi-frame, ...)."""
+    if case.kind in ECG_KINDS:
+        return read_ecg(case)
+    if case.kind in ("video", "frames"):
+        return read_video(case)
+    if case.kind == "dicom_multiframe":
+        from medml.io.dicom import is_enhanced_volume, read_dataset
+
+        header = read_dataset(case.paths[0], stop_before_pixels=True)
+        return read_volume(case) if is_enhanced_volume(header) else read_video(case)
+    if case.kind in ("dicom_image", "image"):
+        return read_image(case)
+    if case.kind in VOLUME_KINDS:
+        return read_volume(case)
+    raise MedmlError(f"unknown case kind {case.kind}", case.path)

@@ -1,0 +1,500 @@
+"""DICOM Segmentation and Structured Report writers.
+
+* `write_dicom_seg` writes a BINARY Segmentation object that references its source instances. Sources with
+  patient-space plane geometry (CT/MR series, enhanced multi-frame) go through highdicom. Sources without it
+  (XA/XRF cines, 2D photographs) are built with pydicom per the Segmentation IOD, because highdicom 0.28 refuses
+  multi-frame sources lacking plane geometry and a Frame of Reference: no Frame of Reference module, one
+  Derivation Image item per frame whose Source Image item carries the ReferencedFrameNumber, and the source frame
+  number as the temporal dimension index.
+* `write_dicom_sr` writes a Comprehensive 3D SR with a TID 1500 Measurement Report holding image- or study-level
+  findings as qualitative evaluations (present/absent), with their probabilities as measurements.
+
+Segment descriptions need coded concepts; each pipeline passes its own label table of `SegmentSpec`.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from medml.errors import UnsupportedFormatError
+from medml.utils.files import atomic_path
+
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+CodeTuple = tuple[str, str, str]  # (code value, coding scheme designator, code meaning)
+
+# Common segmented property categories (SNOMED CT, from DICOM CID 7150).
+CATEGORY_ANATOMY: CodeTuple = ("91723000", "SCT", "Anatomical Structure")
+CATEGORY_TISSUE: CodeTuple = ("85756007", "SCT", "Tissue")
+CATEGORY_MORPHOLOGY: CodeTuple = ("49755003", "SCT", "Morphologically Altered Structure")
+CATEGORY_DEVICE: CodeTuple = ("260787004", "SCT", "Physical object")
+CATEGORY_FINDING: CodeTuple = ("404684003", "SCT", "Clinical finding")
+
+MEDML_MANUFACTURER = "medml"
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """One label of a pipeline's label table.
+
+    Attributes:
+        label: the value in the mask.
+        name: SegmentLabel shown by viewers.
+        category: SegmentedPropertyCategoryCodeSequence (code, scheme, meaning).
+        property_type: SegmentedPropertyTypeCodeSequence (code, scheme, meaning).
+        color: display colour as RGB 0..255.
+    """
+
+    label: int
+    name: str
+    category: CodeTuple
+    property_type: CodeTuple
+    color: tuple[int, int, int] | None = None
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("medml")
+    except Exception:  # not installed as a distribution (running from a checkout)
+        return "0.0.0"
+
+
+def _code(code: CodeTuple) -> Any:
+    from pydicom.sr.coding import Code
+
+    return Code(code[0], code[1], code[2])
+
+
+def _code_item(code: CodeTuple) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
+    return item
+
+
+def _segments(masks: np.ndarray, table: Sequence[SegmentSpec] | Mapping[int, SegmentSpec]) -> list[SegmentSpec]:
+    specs = list(table.values()) if isinstance(table, Mapping) else list(table)
+    labels = {int(v) for v in np.unique(masks)} - {0}
+    known = {s.label for s in specs}
+    unknown = sorted(labels - known)
+    if unknown:
+        raise ValueError(f"mask labels {unknown} have no entry in the segment table")
+    return sorted(specs, key=lambda s: s.label)
+
+
+def _has_plane_geometry(source: Sequence[Dataset]) -> bool:
+    first = source[0]
+    if "FrameOfReferenceUID" not in first:
+        return False
+    if int(first.get("NumberOfFrames", 1) or 1) > 1:
+        shared = first.get("SharedFunctionalGroupsSequence")
+        per_frame = first.get("PerFrameFunctionalGroupsSequence")
+        return (
+            bool(per_frame)
+            and "PlanePositionSequence" in per_frame[0]
+            and ("PlaneOrientationSequence" in per_frame[0] or (shared and "PlaneOrientationSequence" in shared[0]))
+        )
+    return all("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds for ds in source)
+
+
+def write_dicom_seg(
+    source: Sequence[Dataset] | Dataset,
+    masks: np.ndarray,
+    segment_table: Sequence[SegmentSpec] | Mapping[int, SegmentSpec],
+    path: str | Path,
+    *,
+    series_description: str = "medml segmentation",
+    algorithm_name: str = "medml",
+    algorithm_version: str | None = None,
+    series_number: int = 901,
+) -> Path:
+    """Write a DICOM SEG of integer label masks that references the source instances (and frames).
+
+    Args:
+        source: the single-frame datasets of a series (``masks[i]`` labels ``source[i]``) or one multi-frame
+            dataset (``masks[t]`` labels frame ``t + 1``). Use `source_datasets_in_volume_order` to get a series
+            in the order of `read_volume`'s array.
+        masks: (n, rows, cols) integer labels; 0 is background. A 2D mask is allowed for a one-frame source.
+        segment_table: the pipeline's `SegmentSpec` per label; every non-zero label in ``masks`` needs one.
+        path: output file.
+        series_description: SeriesDescription of the SEG series.
+        algorithm_name, algorithm_version: recorded in each segment's algorithm identification.
+        series_number: SeriesNumber of the SEG series.
+    """
+    sources = [source] if isinstance(source, Dataset) else list(source)
+    if not sources:
+        raise ValueError("write_dicom_seg needs at least one source dataset")
+    masks = np.asarray(masks)
+    if masks.ndim == 2:
+        masks = masks[None]
+    frames = int(sources[0].get("NumberOfFrames", 1) or 1) if len(sources) == 1 else len(sources)
+    rows, cols = int(sources[0].Rows), int(sources[0].Columns)
+    if masks.shape != (frames, rows, cols):
+        raise ValueError(f"masks shape {masks.shape} does not match the source ({frames}, {rows}, {cols})")
+    if np.any(masks < 0) or not np.issubdtype(masks.dtype, np.integer):
+        raise ValueError("masks must hold non-negative integer labels")
+    specs = _segments(masks, segment_table)
+    version = algorithm_version or _version()
+    build = _seg_with_highdicom if _has_plane_geometry(sources) else _seg_without_geometry
+    dataset = build(sources, masks, specs, series_description, algorithm_name, version, series_number)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        dataset.save_as(tmp, enforce_file_format=True)
+    return path
+
+
+def _seg_with_highdicom(
+    sources: list[Dataset],
+    masks: np.ndarray,
+    specs: list[SegmentSpec],
+    description: str,
+    algorithm: str,
+    version: str,
+    series_number: int,
+) -> Dataset:
+    import highdicom as hd
+
+    algorithm_id = hd.AlgorithmIdentificationSequence(
+        name=algorithm, version=version, family=hd.sr.CodedConcept("123109", "DCM", "Artificial Intelligence")
+    )
+    descriptions, remapped = [], np.zeros(masks.shape, np.uint16)
+    for number, spec in enumerate(specs, start=1):
+        remapped[masks == spec.label] = number  # segment numbers must be 1..N
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=spec.name,
+                segmented_property_category=_code(spec.category),
+                segmented_property_type=_code(spec.property_type),
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm_id,
+                display_color=hd.color.CIELabColor(*_lab_float(spec.color)) if spec.color else None,
+            )
+        )
+    pixel_array = remapped if len(sources) > 1 or int(sources[0].get("NumberOfFrames", 1) or 1) > 1 else remapped[0]
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=MEDML_MANUFACTURER,
+        manufacturer_model_name=algorithm,
+        software_versions=version,
+        device_serial_number="0",
+        omit_empty_frames=False,
+        content_description=description[:64],
+        content_label="MEDML",
+        series_description=description,
+    )
+    return seg
+
+
+def _lab_float(rgb: Sequence[int]) -> tuple[float, float, float]:
+    """sRGB 0..255 to CIE L*a*b* (D65), which highdicom's CIELabColor takes."""
+    c = np.asarray(rgb[:3], float) / 255.0
+    c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ c
+    xyz /= np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    lab = (116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2]))
+    return float(np.clip(lab[0], 0, 100)), float(np.clip(lab[1], -128, 127)), float(np.clip(lab[2], -128, 127))
+
+
+def _dicom_lab(rgb: Sequence[int]) -> list[int]:
+    """CIELab as DICOM stores it (RecommendedDisplayCIELabValue: three unsigned 16-bit values)."""
+    lightness, a, b = _lab_float(rgb)
+    return [round(lightness * 65535 / 100), round((a + 128) * 65535 / 255), round((b + 128) * 65535 / 255)]
+
+
+def _copy(src: Dataset, dst: Dataset, keys: Sequence[str]) -> None:
+    for key in keys:
+        if key in src:
+            dst[key] = src[key]
+        else:
+            setattr(dst, key, "")
+
+
+PATIENT_STUDY_KEYS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def _seg_without_geometry(
+    sources: list[Dataset],
+    masks: np.ndarray,
+    specs: list[SegmentSpec],
+    description: str,
+    algorithm: str,
+    version: str,
+    series_number: int,
+) -> Dataset:
+    """Build a BINARY SEG for sources without plane geometry (cines, 2D photographs) with pydicom."""
+    from pydicom.pixels import pack_bits
+
+    first = sources[0]
+    single_object = len(sources) == 1
+    # Frame numbers are only meaningful (and only allowed) when the referenced object has several frames.
+    multi = single_object and int(first.get("NumberOfFrames", 1) or 1) > 1
+    n_source_frames = masks.shape[0]
+    now = datetime.datetime.now()
+    sop_uid = generate_uid()
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = SEGMENTATION_STORAGE
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SpecificCharacterSet = first.get("SpecificCharacterSet", "ISO_IR 192") or "ISO_IR 192"
+    _copy(first, ds, PATIENT_STUDY_KEYS)
+    ds.SOPClassUID = SEGMENTATION_STORAGE
+    ds.SOPInstanceUID = sop_uid
+    ds.Modality = "SEG"
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = description
+    ds.InstanceNumber = 1
+    ds.ContentDate = now.strftime("%Y%m%d")
+    ds.ContentTime = now.strftime("%H%M%S")
+    ds.SeriesDate, ds.SeriesTime = ds.ContentDate, ds.ContentTime
+    ds.Manufacturer = MEDML_MANUFACTURER
+    ds.ManufacturerModelName = algorithm
+    ds.DeviceSerialNumber = "0"
+    ds.SoftwareVersions = version
+    ds.ImageType = ["DERIVED", "PRIMARY"]
+    # Type 2C when there is no plane orientation: the source's row/column directions, or empty if unknown.
+    ds.PatientOrientation = first.get("PatientOrientation", "") or ""
+    ds.ContentLabel = "MEDML"
+    ds.ContentDescription = description[:64]
+    ds.ContentCreatorName = ""
+    ds.SegmentationType = "BINARY"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(first.Rows), int(first.Columns)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
+    ds.LossyImageCompression = "00"
+    if "BodyPartExamined" in first:
+        ds.BodyPartExamined = first.BodyPartExamined
+
+    algorithm_family = _code_item(("123109", "DCM", "Artificial Intelligence"))
+    segment_items = []
+    for number, spec in enumerate(specs, start=1):
+        item = Dataset()
+        item.SegmentNumber = number
+        item.SegmentLabel = spec.name
+        item.SegmentedPropertyCategoryCodeSequence = DicomSequence([_code_item(spec.category)])
+        item.SegmentedPropertyTypeCodeSequence = DicomSequence([_code_item(spec.property_type)])
+        item.SegmentAlgorithmType = "AUTOMATIC"
+        item.SegmentAlgorithmName = algorithm
+        alg = Dataset()
+        alg.AlgorithmFamilyCodeSequence = DicomSequence([algorithm_family])
+        alg.AlgorithmName = algorithm
+        alg.AlgorithmVersion = version
+        item.SegmentationAlgorithmIdentificationSequence = DicomSequence([alg])
+        if spec.color:
+            item.RecommendedDisplayCIELabValue = _dicom_lab(spec.color)
+        segment_items.append(item)
+    ds.SegmentSequence = DicomSequence(segment_items)
+
+    dim_uid = generate_uid()
+    dim_segment, dim_time = Dataset(), Dataset()
+    dim_segment.DimensionOrganizationUID = dim_time.DimensionOrganizationUID = dim_uid
+    dim_segment.DimensionIndexPointer = pydicom.tag.Tag("ReferencedSegmentNumber")
+    dim_segment.FunctionalGroupPointer = pydicom.tag.Tag("SegmentIdentificationSequence")
+    dim_segment.DimensionDescriptionLabel = "Segment Number"
+    dim_time.DimensionIndexPointer = pydicom.tag.Tag("TemporalPositionIndex")
+    dim_time.FunctionalGroupPointer = pydicom.tag.Tag("FrameContentSequence")
+    dim_time.DimensionDescriptionLabel = "Source Frame Number"
+    organization = Dataset()
+    organization.DimensionOrganizationUID = dim_uid
+    ds.DimensionOrganizationSequence = DicomSequence([organization])
+    ds.DimensionIndexSequence = DicomSequence([dim_segment, dim_time])
+
+    shared = Dataset()
+    spacing = first.get("PixelSpacing") or first.get("ImagerPixelSpacing")
+    if spacing:
+        measures = Dataset()
+        measures.PixelSpacing = [float(v) for v in spacing]
+        measures.SliceThickness = 1.0
+        shared.PixelMeasuresSequence = DicomSequence([measures])
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+
+    per_frame, planes = [], []
+    purpose = _code_item(("121322", "DCM", "Source image for image processing operation"))
+    derivation_code = _code_item(("113076", "DCM", "Segmentation"))
+    for number, spec in enumerate(specs, start=1):
+        for t in range(n_source_frames):
+            src = first if single_object else sources[t]
+            ref = Dataset()
+            ref.ReferencedSOPClassUID = src.SOPClassUID
+            ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
+            if multi:
+                ref.ReferencedFrameNumber = t + 1
+            ref.PurposeOfReferenceCodeSequence = DicomSequence([purpose])
+            derivation = Dataset()
+            derivation.DerivationCodeSequence = DicomSequence([derivation_code])
+            derivation.SourceImageSequence = DicomSequence([ref])
+            content = Dataset()
+            content.DimensionIndexValues = [number, t + 1]
+            content.TemporalPositionIndex = t + 1
+            identification = Dataset()
+            identification.ReferencedSegmentNumber = number
+            frame = Dataset()
+            frame.DerivationImageSequence = DicomSequence([derivation])
+            frame.FrameContentSequence = DicomSequence([content])
+            frame.SegmentIdentificationSequence = DicomSequence([identification])
+            per_frame.append(frame)
+            planes.append(masks[t] == spec.label)
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
+    ds.NumberOfFrames = len(per_frame)
+    packed = pack_bits(np.stack(planes).astype(np.uint8))
+    ds.PixelData = packed + (b"\x00" if len(packed) % 2 else b"")
+    ds["PixelData"].VR = "OB"
+
+    referenced = Dataset()
+    referenced.SeriesInstanceUID = first.SeriesInstanceUID
+    instances = []
+    for src in sources:
+        inst = Dataset()
+        inst.ReferencedSOPClassUID = src.SOPClassUID
+        inst.ReferencedSOPInstanceUID = src.SOPInstanceUID
+        instances.append(inst)
+    referenced.ReferencedInstanceSequence = DicomSequence(instances)
+    ds.ReferencedSeriesSequence = DicomSequence([referenced])
+    return ds
+
+
+def source_datasets_in_volume_order(paths: Sequence[str | Path]) -> list[Dataset]:
+    """Headers of a series' slice files sorted as `read_volume` sorts them (along the slice normal)."""
+    from medml.io.dicom import read_dataset, stack_geometry
+
+    datasets = [read_dataset(p, stop_before_pixels=True) for p in paths]
+    if len(datasets) == 1:
+        return datasets
+    missing = [ds for ds in datasets if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds]
+    if missing:
+        raise UnsupportedFormatError("slices without position/orientation cannot be ordered", Path(paths[0]).parent)
+    geometry = stack_geometry(
+        np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets]),
+        [float(v) for v in datasets[0].ImageOrientationPatient],
+        [float(v) for v in datasets[0].get("PixelSpacing", [1, 1])],
+        Path(paths[0]).parent,
+    )
+    return [datasets[i] for i in geometry.order]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Structured report
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Finding:
+    """One image- or study-level result: a coded finding, whether it is present, and the model's probability."""
+
+    concept: CodeTuple
+    present: bool
+    probability: float | None = None
+
+
+PRESENT: CodeTuple = ("52101004", "SCT", "Present")
+ABSENT: CodeTuple = ("2667000", "SCT", "Absent")
+
+
+def write_dicom_sr(
+    source: Sequence[Dataset] | Dataset,
+    findings: Sequence[Finding],
+    path: str | Path,
+    *,
+    algorithm_name: str = "medml",
+    algorithm_version: str | None = None,
+    procedure: CodeTuple = ("363679005", "SCT", "Imaging procedure"),
+    series_number: int = 902,
+) -> Path:
+    """Write a Comprehensive 3D SR (TID 1500 Measurement Report) with one qualitative evaluation per finding.
+
+    Args:
+        source: the datasets the findings were computed from (headers suffice); they become the SR's evidence
+            and the measurement group's source images.
+        findings: coded findings with present/absent and an optional probability (stored as a measurement with
+            UCUM unit ``1``).
+        path: output file.
+        algorithm_name, algorithm_version: the AI algorithm recorded in the measurement group.
+        procedure: the procedure reported (default SNOMED "Imaging procedure").
+        series_number: SeriesNumber of the SR series.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    sources = [source] if isinstance(source, Dataset) else list(source)
+    if not sources:
+        raise ValueError("write_dicom_sr needs at least one source dataset")
+    version = algorithm_version or _version()
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(), name=algorithm_name, manufacturer_name=MEDML_MANUFACTURER, model_name=algorithm_name
+        ),
+    )
+    context = hd.sr.ObservationContext(observer_person_context=None, observer_device_context=observer)
+    qualitative, measurements = [], []
+    for finding in findings:
+        qualitative.append(
+            hd.sr.QualitativeEvaluation(
+                name=_code(finding.concept), value=_code(PRESENT if finding.present else ABSENT)
+            )
+        )
+        if finding.probability is not None:
+            measurements.append(
+                hd.sr.Measurement(
+                    name=_code(finding.concept),
+                    value=float(finding.probability),
+                    unit=_code(("1", "UCUM", "no units")),
+                    algorithm_id=hd.sr.AlgorithmIdentification(name=algorithm_name, version=version),
+                )
+            )
+    source_images = [hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources if "Rows" in ds]
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="medml findings"),
+        algorithm_id=hd.sr.AlgorithmIdentification(name=algorithm_name, version=version),
+        qualitative_evaluations=qualitative or None,
+        measurements=measurements or None,
+        source_images=source_images or None,
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=context, procedure_reported=_code(procedure), imaging_measurements=[group]
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=sources,
+        content=report,
+        series_instance_uid=generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=MEDML_MANUFACTURER,
+        is_complete=True,
+        series_description=f"{algorithm_name} findings",
+    )
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        sr.save_as(tmp, enforce_file_format=True)
+    return path

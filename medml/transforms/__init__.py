@@ -1,0 +1,1 @@
+"""MONAI-style transforms that MONAI lacks (ECG filters, ...); import them from their modules."""
