@@ -8,7 +8,8 @@ The series is generated once (uncompressed, 12-bit CT with rescale intercept -10
 and each reader runs in its own fresh process, so peak memory is that reader's alone: the peak resident set size
 during the load minus the resident size just before it. Times are the best of ``--repeats`` loads with a warm
 file cache. The script checks that all three give identical voxel values and geometry (MONAI's array is
-transposed to (z, y, x) and its RAS affine compared with medml's), then prints times, ratios and memory.
+transposed to (z, y, x) and its RAS affine compared with medml's), then prints times, ratios, memory and the
+1-minute load average before and after (the times are only comparable at similar load).
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ def main() -> None:
         for old in folder.iterdir():
             old.unlink()
         write_ct_series(folder, shape=(args.slices, args.size, args.size), spacing=(0.7, 0.7, 1.0), seed=0)
+    load_before = os.getloadavg()[0]  # other jobs on the machine inflate and scatter the times
     results = {}
     arrays = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,7 +160,8 @@ def main() -> None:
     volume_mb = arrays["medml"].nbytes / 2**20
     print(
         f"\nseries: {args.slices} x {args.size} x {args.size}, medml volume {volume_mb:.0f} MiB "
-        f"({arrays['medml'].dtype}); best of {args.repeats}, warm cache, {os.cpu_count()} CPUs"
+        f"({arrays['medml'].dtype}); best of {args.repeats}, warm cache, {os.cpu_count()} CPUs, "
+        f"load average {load_before:.2f} before / {os.getloadavg()[0]:.2f} after"
     )
     print(f"{'reader':<10} {'time s':>8} {'vs medml':>9} {'peak extra MiB':>15} {'x volume':>9}  same values/geometry")
     for method, result in results.items():
