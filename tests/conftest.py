@@ -1,8 +1,13 @@
 """Fixtures shared across test folders."""
 
 import pytest
+import torch
 
 from tests.engine.toy_pipeline import ToyPipeline
+
+# The suite runs as 2 pytest-xdist workers on 2 cores: one torch thread each avoids oversubscription, which
+# slows small CPU models by up to 10x.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

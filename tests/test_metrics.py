@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from monai.metrics import compute_hausdorff_distance, compute_iou, compute_dice
+from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
 from monai.networks.utils import one_hot
 from sklearn.metrics import f1_score, roc_auc_score
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from medml.engine.record import base_record, now
 from medml.errors import ConfigError, MedmlError
-from medml.utils.files import atomic_path, write_json, write_text
+from medml.utils.files import write_json, write_text
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,7 +65,8 @@ def multilabel_auroc(y_true: np.ndarray, y_score: np.ndarray, names: Sequence[st
         idx = rng.integers(0, n, n)
         boot[b] = _auroc_columns(y_true[idx], y_score[idx])
     alpha = (1.0 - ci) / 2.0
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a replicate with no scorable label is NaN, then dropped
         macro_boot = np.nanmean(boot[:, valid], axis=1) if len(valid) else np.array([np.nan])
     per_label = {}
     for j in valid:

@@ -113,7 +113,7 @@ class Pipeline(abc.ABC):
     # ----- evaluation and reports ----------------------------------------------------------------------------------
     @abc.abstractmethod
     def evaluate(self, module: MedmlModule, data_dir: Path, split: str, out_dir: Path) -> dict[str, float]:
-        """Score ``split`` of the dataset, write ``metrics.json`` and figures into ``out_dir``, return headline numbers."""
+        """Score ``split``; write ``metrics.json`` and figures into ``out_dir``; return the headline numbers."""
 
     def report_figures(self, run_dir: Path, eval_dir: Path, pred_dir: Path) -> list[Path]:
         """PNG figures for the demo report (training curves are added by the engine)."""

@@ -1,0 +1,352 @@
+"""The ProtoECGNet LightningModule: per-branch warm-up / joint / classifier stages, projection ("push") onto
+training segments, fusion, and threshold selection on the validation fold.
+
+The stage's name says what it does and to which branch: ``warmup_<branch>``, ``joint_<branch>``,
+``project_<branch>`` (kind run), ``classifier_<branch>``, ``fusion``, ``thresholds`` (kind run), with ``<branch>``
+one of ``rhythm``, ``morphology``, ``global``. Which parameters train comes from the stage's ``trainable``
+prefixes (the engine freezes the rest); frozen backbones are kept in eval mode so their BatchNorm statistics and
+dropout do not move (spec 1.8: "all three projected branches frozen, in eval mode").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medml.config import StageConfig
+from medml.errors import ConfigError
+from medml.pipelines.base import MedmlModule
+from medml.pipelines.ecg.losses import ClassifierLoss, PrototypeLoss, class_pos_weight, label_jaccard
+from medml.pipelines.ecg.model import BRANCHES, ProtoECGNet, encode_path
+
+STAGE_MODES = ("warmup", "joint", "project", "classifier", "fusion", "thresholds")
+
+
+def parse_stage(name: str) -> tuple[str, str | None]:
+    """``"joint_rhythm"`` -> ``("joint", "rhythm")``; ``"fusion"`` -> ``("fusion", None)``."""
+    if name in ("fusion", "thresholds"):
+        return name, None
+    mode, _, branch = name.partition("_")
+    if mode not in STAGE_MODES or branch not in BRANCHES:
+        raise ConfigError(f"config key 'stages': unknown ECG stage '{name}' (use warmup_|joint_|project_|"
+                          f"classifier_ + rhythm|morphology|global, fusion, thresholds)")
+    return mode, branch
+
+
+def macro_auroc(targets: np.ndarray, scores: np.ndarray) -> float:
+    """Macro AUROC over labels with both classes present (whole set, no bootstrap)."""
+    from medml.metrics import multilabel_auroc
+
+    if targets.shape[0] == 0:
+        return float("nan")
+    return multilabel_auroc(targets, scores, n_bootstrap=0)["macro"]
+
+
+def choose_thresholds(targets: np.ndarray, probs: np.ndarray, policy: str = "per_label_f1") -> np.ndarray:
+    """Decision thresholds from validation predictions.
+
+    ``per_label_f1``: for each label, the threshold in 0.01..0.99 maximising its F1; labels without a validation
+    positive fall back to the micro-Fmax threshold. ``fmax``: the micro-Fmax threshold for every label.
+    """
+    from medml.metrics import fmax
+
+    _, global_t = fmax(targets, probs)
+    thresholds = np.full(targets.shape[1], global_t, dtype=np.float32)
+    if policy == "fmax":
+        return thresholds
+    grid = np.round(np.arange(0.01, 1.0, 0.01), 2)
+    for c in range(targets.shape[1]):
+        y = targets[:, c] > 0.5
+        if not y.any():
+            continue
+        pred = probs[:, c][None, :] >= grid[:, None]  # (thresholds, N)
+        tp = (pred & y).sum(1)
+        f1 = 2 * tp / np.maximum(pred.sum(1) + y.sum(), 1)
+        thresholds[c] = grid[int(np.argmax(f1))]
+    return thresholds
+
+
+def compute_device(config) -> torch.device:
+    """Device for run stages and evaluation: the local GPU when training may use one, else the CPU."""
+    if torch.cuda.is_available() and config.train.accelerator in ("auto", "gpu", "cuda"):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+class EcgModule(MedmlModule):
+    """ProtoECGNet in Lightning.
+
+    Args:
+        config: the `EcgConfig` (``model.labels`` must be set).
+        branch_labels: indices of each branch's labels in the 71-label vector.
+        train_labels: (N, 71) training-fold labels for class weights and Jaccard matrices; ``None`` when the
+            module is rebuilt from a checkpoint (the buffers are then loaded from it).
+        mean, std: per-lead standardisation fitted on the training folds (``None``: identity).
+        load_imagenet: read ``model.imagenet_weights`` (False when rebuilding from a checkpoint, whose weights
+            replace them anyway, so prediction never needs the ImageNet file).
+    """
+
+    def __init__(self, config, branch_labels: dict[str, Sequence[int]], train_labels: np.ndarray | None = None,
+                 mean: np.ndarray | None = None, std: np.ndarray | None = None, load_imagenet: bool = True):
+        super().__init__(config)
+        mcfg, lcfg = config.model, config.loss
+        labels = mcfg.labels
+        num_labels = len(labels)
+        seconds_length = int(round(config.data.seconds * config.data.sampling_rate))
+        warmup = {parse_stage(s.name)[1] for s in config.stages if s.enabled and s.name.startswith("warmup_")}
+        branch_kwargs = {}
+        for name in BRANCHES:
+            bcfg = getattr(mcfg, f"branch_{name}")
+            branch_kwargs[name] = {
+                "kind": "1d" if name == "rhythm" else "2d", "prototypes_per_class": bcfg.prototypes_per_class,
+                "prototype_length": bcfg.prototype_length if name != "rhythm" else 1,
+                "prototype_dim": bcfg.prototype_dim, "depth": bcfg.depth, "widths": tuple(bcfg.widths),
+                "dropout": mcfg.dropout,
+                "imagenet_weights": mcfg.imagenet_weights if name != "rhythm" and load_imagenet else None,
+                "warmup_head": name in warmup, "signal_length": seconds_length,
+                "latent_length": _latent_length(seconds_length),
+            }
+        self.model = ProtoECGNet(branch_labels, num_labels, branch_kwargs)
+
+        y = np.zeros((1, num_labels)) if train_labels is None else np.asarray(train_labels)
+        weights_on = lcfg.class_weights and train_labels is not None
+        pos_weight = class_pos_weight(y) if weights_on else torch.ones(num_labels)
+        self.proto_losses = torch.nn.ModuleDict()
+        self.classifier_losses = torch.nn.ModuleDict()
+        for name in BRANCHES:
+            index = list(branch_labels[name])
+            self.proto_losses[name] = PrototypeLoss(pos_weight[index], label_jaccard(y[:, index]), clst=lcfg.clst,
+                                                    sep=lcfg.sep, spars=lcfg.spars, div=lcfg.div, cnrst=lcfg.cnrst)
+            self.classifier_losses[name] = ClassifierLoss(pos_weight[index], l1=lcfg.l1)
+        self.fusion_loss = ClassifierLoss(pos_weight, l1=lcfg.l1)
+        self.register_buffer("signal_mean", torch.zeros(12) if mean is None else torch.as_tensor(mean).float())
+        self.register_buffer("signal_std", torch.ones(12) if std is None else torch.as_tensor(std).float())
+        self.register_buffer("thresholds", torch.full((num_labels,), 0.5))
+        self._val_outputs: list[dict[str, torch.Tensor]] = []
+
+    # ----- helpers -------------------------------------------------------------------------------------------------
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.config.model.labels)
+
+    def standardize(self, signal: torch.Tensor) -> torch.Tensor:
+        std = torch.where(self.signal_std > 0, self.signal_std, torch.ones_like(self.signal_std))
+        return (signal - self.signal_mean[:, None]) / std[:, None]
+
+    def stage_mode(self) -> tuple[str, str | None]:
+        return parse_stage(self.stage.name)
+
+    def forward(self, signal: torch.Tensor, branches: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Raw (B, 12, T) mV signal (high-passed) -> the model's outputs; standardisation happens here."""
+        return self.model(self.standardize(signal), branches)
+
+    def train(self, mode: bool = True):
+        """Keep every frozen backbone / add-on block in eval mode whatever Lightning asks."""
+        super().train(mode)
+        if mode:
+            for branch in self.model.branches.values():
+                for part in (branch.backbone, branch.add_on):
+                    if not any(p.requires_grad for p in part.parameters()):
+                        part.eval()
+        return self
+
+    def start_stage(self, stage: StageConfig) -> None:
+        parse_stage(stage.name)  # fail early on a misspelt stage
+        super().start_stage(stage)
+        self.train(self.training)
+
+    # ----- steps ---------------------------------------------------------------------------------------------------
+    def _branch_targets(self, target: torch.Tensor, branch: str) -> torch.Tensor:
+        return target[:, self.model.label_index(branch)]
+
+    def _losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        mode, name = self.stage_mode()
+        signal, target = batch["signal"], batch["target"].float()
+        if mode == "fusion":
+            out = self(signal)
+            return self.fusion_loss(out["logits"], target, self.model.fusion.weight)
+        branch = self.model.branches[name]
+        y = self._branch_targets(target, name)
+        x = self.standardize(signal)
+        if mode == "warmup":
+            logits = branch.warmup_logits(x)
+            bce = F.binary_cross_entropy_with_logits(logits, y, pos_weight=self.proto_losses[name].pos_weight)
+            return {"bce": bce, "loss": bce}
+        out = branch(x)
+        if mode == "classifier":
+            return self.classifier_losses[name](out["logits"], y, branch.last_layer.weight,
+                                                branch.prototype_class_identity)
+        return self.proto_losses[name](out["logits"], out["similarity"], y, branch.prototype_vectors,
+                                       branch.prototype_class_identity)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        terms = self._losses(batch)
+        size = batch["signal"].shape[0]
+        self.log("train_loss", terms["loss"], on_step=False, on_epoch=True, prog_bar=True, batch_size=size,
+                 sync_dist=True)
+        for key, value in terms.items():
+            if key != "loss":
+                self.log(f"train_{key}", value, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        return terms["loss"]
+
+    def _scores(self, signal: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Probabilities of whatever the current stage trains: one branch's labels, or the fused 71."""
+        mode, name = self.stage_mode()
+        if mode in ("fusion", "thresholds") or name is None:
+            return {"all": torch.sigmoid(self(signal)["logits"])}
+        branch = self.model.branches[name]
+        x = self.standardize(signal)
+        logits = branch.warmup_logits(x) if mode == "warmup" else branch(x)["logits"]
+        return {name: torch.sigmoid(logits)}
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        terms = self._losses(batch)
+        self.log("val_loss", terms["loss"], on_step=False, on_epoch=True, batch_size=batch["signal"].shape[0],
+                 sync_dist=True)
+        record = {"index": batch["index"].long(), "target": batch["target"].float()}
+        for key, probs in self._scores(batch["signal"]).items():
+            record[f"probs/{key}"] = probs.float()
+        self._val_outputs.append(record)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_outputs:
+            return
+        merged = {k: torch.cat([o[k] for o in self._val_outputs]) for k in self._val_outputs[0]}
+        self._val_outputs.clear()
+        # Whole-fold AUROC: gather every process's predictions, drop the DistributedSampler's padding duplicates.
+        gathered = {k: self.all_gather(v) for k, v in merged.items()}
+        if self.trainer.world_size > 1:
+            gathered = {k: v.reshape(-1, *v.shape[2:]) for k, v in gathered.items()}
+        index = gathered["index"].cpu().numpy()
+        _, keep = np.unique(index, return_index=True)
+        target = gathered["target"].cpu().numpy()[keep]
+        for key, value in gathered.items():
+            if not key.startswith("probs/"):
+                continue
+            which = key.split("/", 1)[1]
+            probs = value.cpu().numpy()[keep]
+            # Every process computed the same whole-fold value; sync_dist only keeps Lightning's DDP check quiet.
+            if which == "all":
+                self.log("val_auroc", macro_auroc(target, probs), on_epoch=True, prog_bar=True, sync_dist=True)
+            else:
+                y = target[:, self.model.label_index(which).cpu().numpy()]
+                self.log(f"val_auroc_{which}", macro_auroc(y, probs), on_epoch=True, prog_bar=True, sync_dist=True)
+
+    # ----- run stages ----------------------------------------------------------------------------------------------
+    def run_stage(self, stage: StageConfig, datamodule) -> dict[str, Any]:
+        mode, name = parse_stage(stage.name)
+        if mode == "project":
+            return self.push_prototypes(name, datamodule)
+        if mode == "thresholds":
+            return self.select_thresholds(datamodule)
+        raise ConfigError(f"config key 'stages': stage '{stage.name}' must be kind 'fit', not 'run'")
+
+    def _loader(self, dataset):
+        from medml.engine.data import eval_loader
+
+        # Every process scans the whole set (no sharding) so each ends with identical prototypes/thresholds.
+        return eval_loader(dataset, self.config.train, shard=False)
+
+    @torch.no_grad()
+    def predict_dataset(self, dataset, device: torch.device | None = None) -> dict[str, np.ndarray]:
+        """Fused probabilities, targets and record rows of a dataset (eval mode, whole set)."""
+        device = device or compute_device(self.config)
+        was_training, old_device = self.training, self.device
+        self.eval().to(device)
+        probs, targets, index = [], [], []
+        try:
+            for batch in self._loader(dataset):
+                probs.append(torch.sigmoid(self(batch["signal"].to(device))["logits"]).float().cpu())
+                targets.append(batch["target"].float())
+                index.append(batch["index"].long())
+        finally:
+            self.to(old_device).train(was_training)
+        return {"probs": torch.cat(probs).numpy(), "target": torch.cat(targets).numpy(),
+                "index": torch.cat(index).numpy()}
+
+    @torch.no_grad()
+    def push_prototypes(self, name: str, datamodule) -> dict[str, Any]:
+        """Projection (spec 1.8): replace each prototype by the closest latent patch of a training record of its
+        own class (1D: the record's feature vector; 2D: the best window), and record where it came from."""
+        branch = self.model.branches[name]
+        device = compute_device(self.config)
+        was_training, old_device = self.training, self.device
+        self.eval().to(device)
+        label_index = self.model.label_index(name)
+        proto_class = branch.prototype_class()
+        num, length = branch.num_prototypes, branch.prototype_length
+        best_sim = torch.full((num,), float("-inf"), device=device)
+        best_row = torch.full((num,), -1, dtype=torch.long)
+        best_ecg = torch.full((num,), -1, dtype=torch.long)
+        best_start = torch.zeros(num, dtype=torch.long)
+        best_latent = branch.prototype_vectors.detach().clone()
+        best_segment = branch.projection_segment.detach().cpu().clone()
+        try:
+            for batch in self._loader(datamodule.train_dataset):
+                signal = batch["signal"].to(device)
+                z = branch.latent(self.standardize(signal))
+                sim, windows = branch.similarity_from_latent(z)
+                if windows is not None:
+                    sim, window = windows.max(-1)  # projection uses the best window, not the mean
+                else:
+                    window = torch.zeros_like(sim, dtype=torch.long)
+                y = batch["target"].to(device)[:, label_index][:, proto_class] > 0.5  # (B, P) own-class records
+                sim = sim.masked_fill(~y, float("-inf"))
+                batch_best, batch_arg = sim.max(0)
+                better = torch.nonzero(batch_best > best_sim).flatten()
+                if better.numel() == 0:
+                    continue
+                rec = batch_arg[better]  # record (in the batch) of each improved prototype
+                best_sim[better] = batch_best[better]
+                rec_cpu, better_cpu = rec.cpu(), better.cpu()
+                best_row[better_cpu] = batch["index"][rec_cpu].long()
+                best_ecg[better_cpu] = torch.as_tensor(batch["ecg_id"])[rec_cpu].long()
+                if branch.kind == "1d":
+                    best_latent[better] = z[rec]
+                    best_segment[better_cpu] = signal[rec].half().cpu()
+                    best_start[better_cpu] = 0
+                else:
+                    w = window[rec, better]
+                    patches = z.flatten(2).unfold(2, length, 1)[rec, :, w]  # (K, D, T)
+                    best_latent[better] = patches.unsqueeze(2)
+                    starts = (w * branch.signal_length) // branch.latent_length  # = branch.raw_start(w)
+                    raw = signal.unfold(2, branch.segment_length, 1)[rec, :, starts]  # (K, 12, segment)
+                    best_segment[better_cpu] = raw.half().cpu()
+                    best_start[better_cpu] = starts.cpu()
+            found = best_row >= 0
+            branch.prototype_vectors.data.copy_(best_latent)
+            branch.projection_row.copy_(best_row)
+            branch.projection_ecg_id.copy_(best_ecg)
+            branch.projection_start.copy_(best_start)
+            branch.projection_similarity.copy_(torch.where(found, best_sim.cpu(), torch.tensor(float("nan"))))
+            branch.projection_segment.copy_(best_segment.to(branch.projection_segment.device))
+            for p in torch.nonzero(found).flatten().tolist():
+                branch.projection_path[p] = encode_path(str(datamodule.record_path(int(best_row[p]))))
+        finally:
+            self.to(old_device).train(was_training)
+        missing = sorted({self.label_names[int(label_index[c])] for c in proto_class.cpu()[~found].tolist()})
+        return {"branch": name, "prototypes": num, "projected": int(found.sum()),
+                "unique_records": int(torch.unique(best_row[found]).numel()),
+                "classes_without_training_positive": missing,
+                "mean_similarity": float(best_sim[found.to(device)].mean()) if found.any() else None}
+
+    def select_thresholds(self, datamodule) -> dict[str, Any]:
+        """Choose the decision threshold of every label on the validation fold (whole fold)."""
+        out = self.predict_dataset(datamodule.val_dataset)
+        thresholds = choose_thresholds(out["target"], out["probs"], self.config.model.threshold)
+        self.thresholds.copy_(torch.as_tensor(thresholds))
+        return {"policy": self.config.model.threshold, "mean_threshold": float(thresholds.mean()),
+                "val_macro_auroc": macro_auroc(out["target"], out["probs"])}
+
+
+def _latent_length(signal_length: int) -> int:
+    """Width of the 2D branches' layer4 map for a signal of ``signal_length`` samples (32 for 1000)."""
+    length = signal_length
+    for _ in range(5):  # conv1 stride 2, maxpool stride 2, layer2..4 stride 2; each (n + 2p - k) // s + 1
+        length = (length - 1) // 2 + 1
+    return length

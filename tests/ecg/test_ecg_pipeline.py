@@ -1,0 +1,234 @@
+"""The ecg pipeline end to end on the synthetic PTB-XL: tiny training through the engine (once per session),
+evaluation on the whole test fold, projection provenance, folder prediction with explanations, input checks."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from medml.config import load_config, resolve_recipe
+from medml.errors import ConfigError, SignalError
+from medml.pipelines.ecg.module import EcgModule
+from medml.pipelines.ecg.pipeline import EcgConfig, EcgDataConfig, EcgPipeline, preprocess_signal
+
+
+@pytest.fixture(scope="session")
+def ecg_run(synthetic_ptbxl, ptbxl_cache, tmp_path_factory):
+    """Train the tiny recipe once through the engine and reload the exported checkpoint."""
+    from medml.engine.checkpoint import load_checkpoint
+    from medml.engine.train import train
+
+    config = load_config(EcgConfig, resolve_recipe("ecg", "tiny"), ["train.progress=false"])
+    threads = torch.get_num_threads()
+    # The tiny model's ops are too small to gain from intra-op threads; on a busy 2-core machine spinning OpenMP
+    # threads made training ~10x slower, so train single-threaded.
+    torch.set_num_threads(1)
+    try:
+        result = train(EcgPipeline(config), synthetic_ptbxl, tmp_path_factory.mktemp("ecg") / "run")
+    finally:
+        torch.set_num_threads(threads)
+    pipeline, module = load_checkpoint(result.checkpoint, expect_pipeline="ecg")
+    return SimpleNamespace(data=synthetic_ptbxl, result=result, pipeline=pipeline, module=module,
+                           tmp=tmp_path_factory.mktemp("ecg-out"))
+
+
+@pytest.fixture(scope="session")
+def ptbxl(ecg_run):
+    from medml.data.ptbxl import PTBXL
+
+    return PTBXL(ecg_run.data)
+
+
+def test_tiny_recipe_learns_synthetic_ptbxl(ecg_run, ptbxl):
+    out = ecg_run.tmp / "eval"
+    headline = ecg_run.pipeline.evaluate(ecg_run.module, ecg_run.data, "test", out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert headline["macro_auroc"] >= 0.85, metrics["label_sets"]["all"]["per_label"]
+    # whole fold, every record, 71 outputs; labels absent from the fold are listed, not scored
+    assert metrics["n_records"] == len(ptbxl.split_indices("test"))
+    assert metrics["label_sets"]["all"]["n"] == metrics["n_records"]
+    all_set = metrics["label_sets"]["all"]
+    assert len(all_set["per_label"]) + len(all_set["skipped"]) == 71
+    lo, hi = all_set["macro_ci"]
+    assert lo <= all_set["macro"] <= hi
+    for name in ("diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm", "branch_rhythm"):
+        assert name in metrics["label_sets"]
+    assert 0.0 < metrics["fmax"] <= 1.0
+    rows = list(csv.DictReader((out / "per_label_auroc.csv").open()))
+    assert {r["label_set"] for r in rows} >= {"all", "superdiagnostic"}
+    assert (out / "per_label_auroc.png").stat().st_size > 0
+    assert "| all (71" in (out / "benchmark_table.md").read_text()
+    # the saved per-record outputs reproduce the headline number
+    from medml.metrics import multilabel_auroc
+
+    saved = list(csv.DictReader((out / "predictions_test.csv").open()))
+    codes = ecg_run.module.label_names
+    probs = np.array([[float(r[f"prob_{c}"]) for c in codes] for r in saved])
+    labels = np.array([[int(r[f"label_{c}"]) for c in codes] for r in saved])
+    assert sorted(int(r["ecg_id"]) for r in saved) == sorted(ptbxl.ecg_ids[ptbxl.split_indices("test")].tolist())
+    assert multilabel_auroc(labels, probs, n_bootstrap=0)["macro"] == pytest.approx(headline["macro_auroc"], abs=1e-4)
+
+
+def test_training_logged_stage_monitors(ecg_run):
+    with (ecg_run.result.run_dir / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    columns = set(rows[0])
+    assert {"stage", "epoch", "val_auroc", "val_auroc_rhythm", "val_auroc_morphology", "val_auroc_global"} <= columns
+    fusion = [float(r["val_auroc"]) for r in rows if r["stage"] == "fusion" and r["val_auroc"]]
+    assert fusion and max(fusion) > 0.8
+    # the monitored value is the whole-fold AUROC: recomputing it over fold 9 with the kept weights gives it back
+    stages = ecg_run.result.run_dir / "stages"
+    best = json.loads(next(stages.glob("*-fusion/done.json")).read_text())["best_score"]
+    recomputed = json.loads(next(stages.glob("*-thresholds/done.json")).read_text())["result"]["val_macro_auroc"]
+    assert recomputed == pytest.approx(best, abs=1e-5) and best == pytest.approx(max(fusion), abs=1e-6)
+    thresholds = ecg_run.module.thresholds
+    assert not torch.allclose(thresholds, torch.full_like(thresholds, 0.5))  # chosen on validation
+
+
+def test_projection_puts_prototypes_on_training_segments_of_their_class(ecg_run, ptbxl):
+    module = ecg_run.module
+    train_rows = set(ptbxl.split_indices("train").tolist())
+    positives = ptbxl.labels[sorted(train_rows)].sum(0)
+    checked = 0
+    for name, branch in module.model.branches.items():
+        label_index = module.model.label_index(name)
+        paths = branch.projection_paths()
+        for p, cls in enumerate(branch.prototype_class().tolist()):
+            code = int(label_index[cls])
+            row = int(branch.projection_row[p])
+            if positives[code] == 0:
+                assert row == -1  # nothing of that class to project onto
+                continue
+            assert row in train_rows, (name, p)
+            assert ptbxl.labels[row, code] == 1, (name, p)
+            assert int(branch.projection_ecg_id[p]) == int(ptbxl.ecg_ids[row])
+            assert Path(paths[p]) == ptbxl.record_path(row)
+            # re-encoding the record reproduces the prototype from its recorded window
+            signal = torch.as_tensor(np.array(ptbxl.signals[row]))[None]
+            with torch.no_grad():
+                z = branch.latent(module.standardize(signal))
+            if branch.kind == "1d":
+                patch = z[0]
+            else:
+                start = int(branch.projection_start[p])
+                window = next(w for w in range(z.shape[-1]) if branch.raw_start(w) == start)
+                patch = z[0, :, :, window:window + branch.prototype_length]
+            torch.testing.assert_close(patch, branch.prototype_vectors[p].detach(), atol=1e-4, rtol=1e-4)
+            stored = branch.projection_segment[p].float()
+            raw = signal[0, :, int(branch.projection_start[p]):][:, : stored.shape[1]]
+            torch.testing.assert_close(stored[:, : raw.shape[1]], raw, atol=2e-2, rtol=1e-2)
+            checked += 1
+    assert checked >= 10
+
+
+def test_predict_folder_explains_with_training_records(ecg_run, ptbxl):
+    from medml.engine.predict import predict_folder
+
+    clinical = ecg_run.pipeline.synthesize_clinical(ecg_run.tmp / "clinical", seed=1)
+    out = ecg_run.tmp / "pred"
+    summary = predict_folder(ecg_run.pipeline, ecg_run.module, clinical, out, progress=False)
+    assert summary.done >= 6 and summary.failed == 1
+    predictions = {r["case"]: r for r in csv.DictReader((out / "predictions.csv").open())}
+    assert "waveform_ecg" in predictions  # pydicom's externally written 12-lead DICOM ECG
+    assert any(c.startswith("wfdb_") for c in predictions)
+    failures = list(csv.DictReader((out / "failures.csv").open()))
+    assert [f["case"] for f in failures] == ["wfdb_flat_lead"] and "flat" in failures[0]["reason"]
+
+    train_ids = set(ptbxl.ecg_ids[ptbxl.split_indices("train")].tolist())
+    labels = ecg_run.module.label_names
+    for case in predictions:
+        probs = list(csv.DictReader((out / case / "probabilities.csv").open()))
+        assert [r["label"] for r in probs] == labels
+        explanation = json.loads((out / case / "explanation.json").read_text())
+        assert explanation["labels"]
+        for entry in explanation["labels"]:
+            row = probs[labels.index(entry["label"])]
+            assert entry["positive"] == bool(int(row["decision"]))
+            for proto in entry["prototypes"]:
+                assert proto["source_ecg_id"] in train_ids
+                assert Path(proto["source_record"] + ".hea").is_file()
+                lo, hi = proto["source_window_s"]
+                assert 0 <= lo < hi <= 10.0 + 1e-6
+        assert (out / case / "explanation.png").stat().st_size > 0
+    # the LVH record's top label is explained by LVH evidence ranked by contribution
+    lvh = json.loads((out / "wfdb_lvh" / "explanation.json").read_text())
+    contributions = [p["contribution"] for p in lvh["labels"][0]["prototypes"]]
+    assert contributions == sorted(contributions, reverse=True)
+
+
+def test_frozen_branches_stay_in_eval_mode_during_fusion(ecg_run):
+    module = ecg_run.module
+    fusion = next(s for s in module.config.stages if s.name == "fusion")
+    module.start_stage(fusion)
+    module.train()
+    try:
+        assert module.model.fusion.training
+        assert all(not b.backbone.training and not b.add_on.training for b in module.model.branches.values())
+        assert all(not p.requires_grad for n, p in module.named_parameters() if not n.startswith("model.fusion"))
+    finally:
+        module.eval()
+
+
+# ----- no training needed ---------------------------------------------------------------------------------------
+
+
+def test_preprocess_resamples_crops_and_rejects_bad_signals():
+    rng = np.random.default_rng(0)
+    t = np.arange(int(12.5 * 250)) / 250
+    ecg = (np.sin(2 * np.pi * 1.2 * t) + 0.05 * rng.standard_normal((12, t.size))).astype(np.float32)
+    cfg = EcgDataConfig()
+    out = preprocess_signal(ecg, 250.0, cfg, "x")
+    assert out.shape == (12, 1000) and out.dtype == np.float32
+    assert abs(float(out.mean())) < 0.05  # the high-pass removed the offset
+    flat = ecg.copy()
+    flat[7] = 0.3  # constant lead V2
+    with pytest.raises(SignalError, match="V2"):
+        preprocess_signal(flat, 250.0, cfg, "x")
+    nan = ecg.copy()
+    nan[2, 10] = np.nan
+    with pytest.raises(SignalError, match="NaN"):
+        preprocess_signal(nan, 250.0, cfg, "x")
+    with pytest.raises(SignalError, match="shorter"):
+        preprocess_signal(ecg[:, :750], 250.0, cfg, "x")
+    with pytest.raises(SignalError, match="strict"):
+        preprocess_signal(ecg, 250.0, EcgDataConfig(length_policy="strict"), "x")
+    short = preprocess_signal(ecg[:, :2250], 250.0, cfg, "x")  # 9 s: zero-padded to 10 s
+    assert short.shape == (12, 1000) and np.all(short[:, 900:] == 0)
+
+
+def test_paper_defaults_and_recipes():
+    paper = EcgConfig()
+    enabled = [s.name for s in paper.stages if s.enabled]
+    assert enabled == ["joint_rhythm", "project_rhythm", "joint_morphology", "project_morphology", "joint_global",
+                       "project_global", "fusion", "thresholds"]
+    assert (paper.train.optim.lr, paper.train.optim.weight_decay, paper.train.batch_size) == (1e-4, 1.7e-4, 32)
+    assert (paper.train.patience, paper.train.max_epochs, paper.model.dropout) == (10, 200, 0.35)
+    assert (paper.loss.clst, paper.loss.sep, paper.loss.div, paper.loss.cnrst) == (0.004, 0.0004, 250.0, 300.0)
+    assert load_config(EcgConfig, resolve_recipe("ecg", "paper")) == paper
+    tiny = load_config(EcgConfig, resolve_recipe("ecg", "tiny"))
+    assert tiny.train.num_workers == 0 and tiny.train.batch_size == 32
+
+
+def test_unknown_stage_is_a_clear_error():
+    config = EcgConfig()
+    config.stages[1].name = "jiont_rhythm"
+    config.model.labels = ["SR", "LVH", "NORM"]
+    with pytest.raises(ConfigError, match="jiont_rhythm"):
+        EcgModule(config, {"rhythm": [0], "morphology": [1], "global": [2]}).start_stage(config.stages[1])
+
+
+def test_rebuilding_from_a_checkpoint_needs_no_imagenet_file(tmp_path):
+    from medml.data.synthetic_ptbxl import scp_statements_frame
+
+    config = EcgConfig()  # no labels yet: PTB-XL's 71 statements in scp_statements.csv order
+    config.model.imagenet_weights = tmp_path / "trained-elsewhere.pth"  # absent on the prediction machine
+    module = EcgPipeline(config).build_module(None)
+    assert module.model.fusion.in_features == 1037 and module.model.fusion.out_features == 71
+    assert module.label_names == scp_statements_frame().index.astype(str).tolist()
+    assert [len(module.model.label_index(b)) for b in ("rhythm", "morphology", "global")] == [16, 52, 3]
