@@ -129,7 +129,10 @@ def run(argv: list[str] | None = None) -> int:
     elif args.command == "train":
         from medml.engine.train import train
 
-        result = train(_pipeline(args.name, args.config, args.overrides), args.data, args.out, resume=args.resume)
+        config = args.config
+        if args.resume and config is None and not args.overrides and (args.out / "config.yaml").is_file():
+            config = str(args.out / "config.yaml")  # resume with the run's own config
+        result = train(_pipeline(args.name, config, args.overrides), args.data, args.out, resume=args.resume)
         print(f"trained {args.name}: {result.checkpoint}")
     elif args.command == "predict":
         from medml.engine.checkpoint import load_checkpoint

@@ -82,13 +82,16 @@ def predict_folder(pipeline: Any, module: torch.nn.Module, input_dir: str | Path
     (state_dir / "done").mkdir(parents=True, exist_ok=True)
     (state_dir / "failed").mkdir(parents=True, exist_ok=True)
 
+    fingerprint = model_fingerprint(module)
+    _claim_output(state_dir, fingerprint, output_dir)
     cases, unreadable = pipeline.discover(input_dir)
     cases = sorted(cases, key=lambda c: c.case_id)[part_id::num_parts]
     unreadable = sorted(unreadable)[part_id::num_parts]
     record = base_record("predict", pipeline.name, input_dir=str(input_dir.resolve()),
                          checkpoint=str(checkpoint) if checkpoint else None,
                          checkpoint_sha256=_sha256(checkpoint) if checkpoint else None,
-                         config=pipeline.config.model_dump(mode="json"), num_parts=num_parts, part_id=part_id)
+                         model_sha256=fingerprint, config=pipeline.config.model_dump(mode="json"),
+                         num_parts=num_parts, part_id=part_id)
     part_name = "run.json" if num_parts == 1 else f"run.part{part_id}of{num_parts}.json"
     write_json(output_dir / part_name, record)
 
@@ -97,7 +100,7 @@ def predict_folder(pipeline: Any, module: torch.nn.Module, input_dir: str | Path
                                                                           "reason": reason})
 
     for path, reason in unreadable:
-        fail(Path(path).name, path, reason)
+        fail(_relative_name(path, input_dir), path, reason)
 
     todo = [c for c in cases if not (state_dir / "done" / f"{_case_key(c.case_id)}.json").exists()]
     skipped = len(cases) - len(todo)
@@ -154,6 +157,32 @@ def _predict(pipeline: Any, module: torch.nn.Module, samples: list[dict], device
         if len(samples) == 1:
             return [exc]
         return [_predict(pipeline, module, [s], device)[0] for s in samples]
+
+
+def _relative_name(path: str | Path, root: Path) -> str:
+    """A failure's case name: its path under the input folder (two ``x.dcm`` in different folders differ)."""
+    try:
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
+def model_fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 over the model's weights and buffers: which model made the predictions in a folder."""
+    digest = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _claim_output(state_dir: Path, fingerprint: str, output_dir: Path) -> None:
+    """Resuming into a folder is only right for the same model: refuse to mix two models' predictions."""
+    marker = state_dir / "model.sha256"
+    if marker.is_file() and marker.read_text().strip() != fingerprint:
+        raise ConfigError("this output folder holds predictions of another model; choose another --output "
+                          "(or delete the folder to start over)", output_dir)
+    write_text(marker, fingerprint + "\n")
 
 
 def _sha256(path: str | Path) -> str:

@@ -6,13 +6,14 @@ A run folder looks like::
     RUN/run.json                    versions, git commit, data fingerprint, split, seed, devices, final metrics
     RUN/metrics.csv                 every logged value of every stage (column ``stage``)
     RUN/model.ckpt                  the final weights + config (what ``predict`` and ``evaluate`` load)
-    RUN/stages/NN-name/             per stage: checkpoints/{best-*,last}.ckpt, metrics.csv, done.json
+    RUN/stages/NN-name/             per stage: checkpoints/{best-*,last}.ckpt, logs/, end_state.pt, done.json
     RUN/tensorboard/                TensorBoard logs
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -28,7 +30,7 @@ from medml.engine.callbacks import EMAWeights, RandomStateCallback
 from medml.engine.checkpoint import save_model
 from medml.engine.record import base_record, now
 from medml.errors import ConfigError
-from medml.utils.files import write_json, write_text
+from medml.utils.files import atomic_path, write_json, write_text
 
 
 @dataclass
@@ -162,8 +164,50 @@ def _last_values(stage_dir: Path) -> dict[str, float]:
     return values
 
 
+# Keys that may differ between a run and its --resume: they change how it runs, not what it computes.
+RESUME_MAY_CHANGE = {"train.progress", "train.num_workers"}
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        return {k: v for key, val in tree.items() for k, v in _flat(val, f"{prefix}{key}.").items()}
+    if isinstance(tree, list) and tree and all(isinstance(x, dict) for x in tree):
+        return {k: v for i, val in enumerate(tree) for k, v in _flat(val, f"{prefix}{i}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def check_resume_config(pipeline: Any, run_dir: Path) -> None:
+    """A resumed run must compute what the interrupted one computed: refuse a changed config key."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        raise ConfigError("nothing to resume: the run folder has no config.yaml", run_dir)
+    saved = _flat(yaml.safe_load(saved_path.read_text()))
+    current = _flat(pipeline.config.model_dump(mode="json"))
+    changed = sorted(k for k in set(saved) | set(current)
+                     if saved.get(k) != current.get(k) and k not in RESUME_MAY_CHANGE)
+    if changed:
+        key = changed[0]
+        raise ConfigError(f"config key '{key}' is {current.get(key)!r} but the run being resumed used "
+                          f"{saved.get(key)!r}; resume with the run's own config (omit --config/--set)", run_dir)
+
+
+def _save_stage(stage_dir: Path, module: torch.nn.Module, summary: dict[str, Any]) -> None:
+    """Weights and random state at the end of a stage, so a resume from here continues exactly."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    state = {"weights": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+             "random_state": RandomStateCallback().state_dict()}
+    with atomic_path(stage_dir / "end_state.pt") as tmp:
+        torch.save(state, tmp)
+    write_json(stage_dir / "done.json", {**summary, "finished": now()})
+
+
 def train(pipeline: Any, data_dir: str | Path, run_dir: str | Path, resume: bool = False) -> TrainResult:
-    """Train ``pipeline`` on the dataset in ``data_dir`` into the run folder ``run_dir``."""
+    """Train ``pipeline`` on the dataset in ``data_dir`` into the run folder ``run_dir``.
+
+    With ``resume``, finished stages are skipped (their end state restored) and the unfinished stage continues
+    from its ``last.ckpt``; the config must equal the run's ``config.yaml`` (``--resume`` on the command line
+    loads it).
+    """
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     if not data_dir.is_dir():
         raise ConfigError("data folder not found", data_dir)
@@ -173,6 +217,8 @@ def train(pipeline: Any, data_dir: str | Path, run_dir: str | Path, resume: bool
                           "or choose another --out", run_dir)
     if resume and not stages_root.exists():
         raise ConfigError("nothing to resume: the run folder has no stages/", run_dir)
+    if resume:
+        check_resume_config(pipeline, run_dir)
     cfg = pipeline.config
     pipeline.check_layout(data_dir)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
@@ -189,7 +235,11 @@ def train(pipeline: Any, data_dir: str | Path, run_dir: str | Path, resume: bool
     record = base_record("train", pipeline.name, data_dir=str(data_dir.resolve()),
                          data_fingerprint=pipeline.data_fingerprint(data_dir), seed=cfg.train.seed,
                          split=pipeline.split_summary(datamodule), stages=[s.name for s in stages],
-                         devices=resolve_devices(cfg.train), resumed=resume)
+                         devices=resolve_devices(cfg.train))
+    if resume and (run_dir / "run.json").is_file():  # keep the original record; note each resume
+        first = json.loads((run_dir / "run.json").read_text())
+        record = {**first, "resumed": [*first.get("resumed", []), {"at": now(), "command": record["command"],
+                                                                   "devices": record["devices"]}]}
     if rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", dump_config(cfg))
@@ -200,11 +250,11 @@ def train(pipeline: Any, data_dir: str | Path, run_dir: str | Path, resume: bool
     for i, (_, stage_dir) in enumerate(stage_dirs):
         if (stage_dir / "done.json").exists():
             first_todo = i + 1
-    if first_todo:  # resume: start from the weights the last finished stage left
-        done = stage_dirs[first_todo - 1][1]
-        module.load_state_dict(torch.load(done / "weights.pt", map_location="cpu", weights_only=True))
+    if first_todo:  # resume at a stage boundary: weights and random state as the finished stage left them
+        end = torch.load(stage_dirs[first_todo - 1][1] / "end_state.pt", map_location="cpu", weights_only=True)
+        module.load_state_dict(end["weights"])
+        RandomStateCallback().load_state_dict(end["random_state"])
 
-    metrics: dict[str, float] = {}
     for stage, (_, stage_dir) in list(zip(stages, stage_dirs))[first_todo:]:
         module.start_stage(stage)
         summary: dict[str, Any] = {"stage": stage.name, "kind": stage.kind, "started": now()}
@@ -215,23 +265,23 @@ def train(pipeline: Any, data_dir: str | Path, run_dir: str | Path, resume: bool
             trainer, checkpoint = build_trainer(cfg.train, stage, stage_dir, run_dir,
                                                 manual_optimization=not module.automatic_optimization)
             last = stage_dir / "checkpoints" / "last.ckpt"
-            trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None,
+                        weights_only=True)
             best = checkpoint.best_model_path or checkpoint.last_model_path
             if best:
                 module.load_state_dict(_stage_weights(best, use_ema=bool(cfg.train.ema_decay)))
             summary.update(best_checkpoint=best, best_score=None if checkpoint.best_model_score is None
                            else float(checkpoint.best_model_score), epochs_run=trainer.current_epoch)
-            metrics.update(_last_values(stage_dir))
         else:
             summary["result"] = module.run_stage(stage, datamodule)
         module.end_stage(stage)
         if rank0:
-            stage_dir.mkdir(parents=True, exist_ok=True)
-            torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, stage_dir / "weights.pt")
-            summary["finished"] = now()
-            write_json(stage_dir / "done.json", summary)
+            _save_stage(stage_dir, module, summary)
         resume = False  # later stages start fresh
 
+    metrics: dict[str, float] = {}
+    for _, stage_dir in stage_dirs:
+        metrics.update(_last_values(stage_dir))
     checkpoint_path = run_dir / "model.ckpt"
     if rank0:
         save_model(checkpoint_path, pipeline, module)

@@ -13,4 +13,6 @@ if __name__ == "__main__":
     data, run, *rest = sys.argv[1:]
     resume = "--resume" in rest
     overrides = [r for r in rest if r != "--resume"]
-    train(ToyPipeline(load_config(ToyPipeline.Config, None, overrides)), Path(data), Path(run), resume=resume)
+    # like the CLI: a resume without overrides uses the run's own config
+    source = Path(run) / "config.yaml" if resume and not overrides else None
+    train(ToyPipeline(load_config(ToyPipeline.Config, source, overrides)), Path(data), Path(run), resume=resume)

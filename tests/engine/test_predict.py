@@ -149,3 +149,23 @@ def test_lightning_stage_checkpoints_load_too(toy_run):
     last = toy_run.run_dir / "stages" / "00-fit" / "checkpoints" / "last.ckpt"
     pipeline, module = load_checkpoint(last)
     assert pipeline.name == "toy" and not module.training
+
+
+def test_two_unreadable_files_with_one_name_are_two_failures(toy_run, tmp_path):
+    class Unreadable(ToyPipeline):
+        def discover(self, input_dir):
+            return [], [(str(input_dir / "a" / "x.dcm"), "truncated"), (str(input_dir / "b" / "x.dcm"), "truncated")]
+
+    (tmp_path / "in").mkdir()
+    _, module = load_checkpoint(toy_run.checkpoint)
+    predict_folder(Unreadable(), module, tmp_path / "in", tmp_path / "out", progress=False)
+    assert sorted(r["case"] for r in _rows(tmp_path / "out" / "failures.csv")) == ["a/x.dcm", "b/x.dcm"]
+
+
+def test_an_output_folder_of_another_model_is_refused(toy_run, clinical, tmp_path):
+    pipeline, module = load_checkpoint(toy_run.checkpoint)
+    predict_folder(pipeline, module, clinical, tmp_path / "out", progress=False)
+    with torch.no_grad():
+        module.offset += 1.0  # a different model
+    with pytest.raises(ConfigError, match="another model"):
+        predict_folder(pipeline, module, clinical, tmp_path / "out", progress=False)

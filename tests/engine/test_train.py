@@ -64,19 +64,34 @@ def _final(run: Path):
     return state, [float(r["val_loss"]) for r in rows]
 
 
-def test_resume_after_kill_reproduces_uninterrupted_run(toy_data, tmp_path):
-    plain = _run_toy(toy_data, tmp_path / "plain")
+@pytest.mark.parametrize(
+    "kill_at, stages",
+    [("fit:2", None),  # inside a stage: continues from its last.ckpt
+     ("tune:0", "stages=[{name: fit, epochs: 2}, {name: tune, epochs: 2, trainable: [net.4]}]")],  # between stages
+    ids=["within-stage", "stage-boundary"],
+)
+def test_resume_after_kill_reproduces_uninterrupted_run(toy_data, tmp_path, kill_at, stages):
+    args = [stages] if stages else []
+    plain = _run_toy(toy_data, tmp_path / "plain", *args)
     assert plain.returncode == 0, plain.stderr[-2000:]
-    killed = _run_toy(toy_data, tmp_path / "resumed", env_extra={"TOY_KILL_AT_EPOCH": "2"})
-    assert killed.returncode == 3  # died mid-run, after epoch 1's checkpoint
+    killed = _run_toy(toy_data, tmp_path / "resumed", *args, env_extra={"TOY_KILL_AT": kill_at})
+    assert killed.returncode == 3  # died mid-run
     assert not (tmp_path / "resumed" / "model.ckpt").exists()
-    resumed = _run_toy(toy_data, tmp_path / "resumed", "--resume")
+    resumed = _run_toy(toy_data, tmp_path / "resumed", *args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     state_a, losses_a = _final(tmp_path / "plain")
     state_b, losses_b = _final(tmp_path / "resumed")
     assert losses_b == pytest.approx(losses_a, rel=1e-5)
     for key in state_a:
         torch.testing.assert_close(state_b[key], state_a[key], rtol=1e-5, atol=1e-6)
+    record = json.loads((tmp_path / "resumed" / "run.json").read_text())
+    assert len(record["resumed"]) == 1 and record["finished"]
+
+
+def test_resume_refuses_a_changed_config(toy_run, toy_data):
+    cfg = load_config(ToyPipeline.Config, None, ["model.hidden=32"])
+    with pytest.raises(ConfigError, match="'model.hidden' is 32 but the run being resumed used 16"):
+        train(ToyPipeline(cfg), toy_data, toy_run.run_dir, resume=True)
 
 
 def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(toy_data, tmp_path):

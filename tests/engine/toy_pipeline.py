@@ -49,7 +49,7 @@ class ToyModule(MedmlModule):
                                  nn.BatchNorm1d(m.hidden) if m.batchnorm else nn.Identity(), nn.ReLU(),
                                  nn.Dropout(m.dropout), nn.Linear(m.hidden, 1))
         self.register_buffer("offset", torch.zeros(1))
-        self.kill_at_epoch = int(os.environ.get("TOY_KILL_AT_EPOCH", "-1"))
+        self.kill_at = os.environ.get("TOY_KILL_AT", "")  # "stage:epoch"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1) + self.offset
@@ -65,7 +65,7 @@ class ToyModule(MedmlModule):
         self.log("val_loss", nn.functional.mse_loss(self(x), y), on_epoch=True, sync_dist=True)
 
     def on_train_epoch_start(self) -> None:
-        if self.current_epoch == self.kill_at_epoch:  # simulate a killed job (no clean shutdown)
+        if self.kill_at == f"{self.stage.name}:{self.current_epoch}":  # a killed job: no clean shutdown
             os._exit(3)
 
     def run_stage(self, stage, datamodule):
