@@ -13,7 +13,7 @@ import os
 import struct
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,10 +255,7 @@ def decode_into(
         else:
             np.copyto(out, raw, casting="unsafe")
     slope, intercept = rescale if rescale is not None else rescale_params(ds)
-    if slope != 1.0:
-        out *= out.dtype.type(slope)
-    if intercept != 0.0:
-        out += out.dtype.type(intercept)
+    _rescale_in_place(out, slope, intercept)
     return slope, intercept
 
 
@@ -324,33 +321,74 @@ def rescale_params(ds: Dataset) -> tuple[float, float]:
     return float(slope if slope not in (None, "") else 1.0), float(intercept if intercept not in (None, "") else 0.0)
 
 
-def output_dtype(ds: Dataset, slope: float, intercept: float) -> np.dtype:
-    """The smallest type holding every rescaled value, chosen as GDCM (hence SimpleITK) chooses it."""
+def pixel_format(ds: Dataset) -> tuple[int, bool]:
+    """(BitsStored, signed) of a dataset's stored grey values."""
     bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16)
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
-    if int(ds.get("BitsAllocated", 16)) == 32 and bits == 32:
-        lo, hi = (-(2**31), 2**31 - 1) if signed else (0, 2**32 - 1)
-    else:
-        lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    if not (float(slope).is_integer() and float(intercept).is_integer()):
-        return np.dtype(np.float32)
-    values = sorted((lo * slope + intercept, hi * slope + intercept))
+    return bits, int(ds.get("PixelRepresentation", 0)) == 1
+
+
+def rescaled_range(bits_stored: int, signed: bool, slope: float, intercept: float) -> tuple[float, float]:
+    """The lowest and highest value ``stored * slope + intercept`` can take for stored values of this format."""
+    lo, hi = (-(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1) if signed else (0, 2**bits_stored - 1)
+    low, high = sorted((lo * slope + intercept, hi * slope + intercept))
+    return low, high
+
+
+def rescaled_dtype(formats: Iterable[tuple[int, bool, float, float]]) -> np.dtype:
+    """The smallest type holding every rescaled value of all the given (BitsStored, signed, slope, intercept),
+    chosen as GDCM (hence SimpleITK) chooses it for one of them; float32 if any rescale is fractional."""
+    low, high, max_bits = math.inf, -math.inf, 0
+    for bits, signed, slope, intercept in formats:
+        if not (float(slope).is_integer() and float(intercept).is_integer()):
+            return np.dtype(np.float32)
+        lo, hi = rescaled_range(bits, signed, slope, intercept)
+        low, high, max_bits = min(low, lo), max(high, hi), max(max_bits, bits)
     for candidate in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32):
         info = np.iinfo(candidate)
-        if info.min <= values[0] and values[1] <= info.max:
-            if bits > 8 and np.dtype(candidate).itemsize == 1:
+        if info.min <= low and high <= info.max:
+            if max_bits > 8 and np.dtype(candidate).itemsize == 1:
                 continue  # GDCM keeps 16-bit storage for >8-bit data
             return np.dtype(candidate)
     return np.dtype(np.float64)
 
 
+def output_dtype(ds: Dataset, slope: float, intercept: float) -> np.dtype:
+    """The smallest type holding every rescaled value of ``ds``, chosen as GDCM (hence SimpleITK) chooses it."""
+    return rescaled_dtype([(*pixel_format(ds), slope, intercept)])
+
+
+def _holds(dtype: np.dtype, bits_stored: int, signed: bool, slope: float, intercept: float) -> bool:
+    """Whether ``dtype`` holds every value of this rescale exactly (integer types: only integer rescales)."""
+    if dtype.kind == "f":
+        return True
+    if not (float(slope).is_integer() and float(intercept).is_integer()):
+        return False
+    info = np.iinfo(dtype)
+    low, high = rescaled_range(bits_stored, signed, slope, intercept)
+    return info.min <= low and high <= info.max
+
+
+def _rescale_in_place(out: np.ndarray, slope: float, intercept: float) -> None:
+    """``out = out * slope + intercept`` in ``out``'s own type.
+
+    Integer constants are wrapped to ``out``'s width (a negative intercept on unsigned output included): integer
+    arithmetic is then exact modulo 2**bits, so the result is right whenever it fits ``out``'s type, which the
+    callers ensure (`rescaled_dtype`, `_holds`).
+    """
+    if out.dtype.kind in "iu":
+        scale, shift = (np.array(int(v), dtype=np.int64).astype(out.dtype)[()] for v in (slope, intercept))
+    else:
+        scale, shift = out.dtype.type(slope), out.dtype.type(intercept)
+    if slope != 1.0:
+        out *= scale
+    if intercept != 0.0:
+        out += shift
+
+
 def apply_rescale(stored: np.ndarray, slope: float, intercept: float, out: np.ndarray) -> None:
     """Write ``stored * slope + intercept`` into ``out`` (in ``out``'s type, without a float temporary)."""
     np.copyto(out, stored, casting="unsafe")
-    if slope != 1.0:
-        out *= out.dtype.type(slope)
-    if intercept != 0.0:
-        out += out.dtype.type(intercept)
+    _rescale_in_place(out, slope, intercept)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -644,16 +682,16 @@ def _us_value(raw: bytes | None, default: int) -> int:
     return _UINT16.unpack(raw)[0]
 
 
-def _read_native_slice(
-    path: Path, out: np.ndarray, series_uid: str | None, *, integer_rescale_only: bool
-) -> _SliceHeader | None:
+def _read_native_slice(path: Path, out: np.ndarray, series_uid: str | None) -> _SliceHeader | None:
     """Read one uncompressed little-endian slice into ``out`` (rescaled, in ``out``'s type) without pydicom.
 
     Returns the slice's header, or None when the file needs pydicom (anything unusual, including every error, which
     pydicom then reports). ``series_uid``: the slice must belong to this series (None: not checked).
 
     Raises:
-        _NeedsFloat: ``integer_rescale_only`` and the slice has a fractional slope or intercept.
+        _NeedsFloat: ``out`` is an integer type and the slice has a fractional slope or intercept.
+        _NeedsWider: ``out``'s integer type cannot hold every value of the slice's rescale (its slope, intercept
+            or stored format differ from those the type was chosen for).
     """
     try:
         with open(path, "rb", buffering=0) as fh:
@@ -683,8 +721,7 @@ def _read_native_slice(
                 raise _NotFast()
             slope = slope_values[0] if slope_values else 1.0
             intercept = intercept_values[0] if intercept_values else 0.0
-            if integer_rescale_only and not (slope.is_integer() and intercept.is_integer()):
-                raise _NeedsFloat()
+            _check_holds(out.dtype, bits_stored, signed, slope, intercept)
             stored_dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
             if pixel_length < rows * cols * stored_dtype.itemsize:
                 raise _NotFast()  # truncated: pydicom names the problem
@@ -714,10 +751,7 @@ def _read_native_slice(
             np.bitwise_and(stored, stored.dtype.type((1 << bits_stored) - 1), out=stored)
     if not in_place:
         np.copyto(out, stored, casting="unsafe")
-    if slope != 1.0:
-        out *= out.dtype.type(slope)
-    if intercept != 0.0:
-        out += out.dtype.type(intercept)
+    _rescale_in_place(out, slope, intercept)
     return header
 
 
@@ -786,55 +820,84 @@ def read_dicom_series(
         # in C decoders, which can overlap when they release the GIL; on the loaded 2-core test machine threads
         # neither helped nor hurt there (JPEG-LS, RLE), so they stay on for compressed data.
         workers = 1 if transfer_syntax(first) in NATIVE_LITTLE_ENDIAN else default_workers()
-    volume = np.empty((len(paths), rows, cols), dtype)
-    headers: list[_SliceHeader | None] = [None] * len(paths)
-
     series_text = str(series_uid) if require_one_series and series_uid is not None else None
 
-    def load(index: int) -> None:
-        path = paths[index]
-        header = _read_native_slice(path, volume[index], series_text, integer_rescale_only=dtype.kind != "f")
-        if header is not None:
-            headers[index] = header
-            return
-        try:
-            ds = read_dataset(path)
-        except UnsupportedFormatError:
-            if require_one_series:
-                raise NotOneSeries() from None
-            raise
-        if require_one_series and not _is_series_slice(ds, series_uid):
-            raise NotOneSeries()
-        get = ds.get
-        size = (get("Rows", 0), get("Columns", 0))
-        if size != (rows, cols):
-            raise GeometryError(f"mixed slice sizes in one series: {size[0]}x{size[1]} vs {rows}x{cols}", path)
-        s, i = rescale_params(ds)
-        if dtype.kind != "f" and not (s.is_integer() and i.is_integer()):
-            raise _NeedsFloat()
-        decode_into(ds, path, volume[index], (s, i))
-        headers[index] = _SliceHeader(
-            _floats(get("ImagePositionPatient")),
-            _floats(get("ImageOrientationPatient")),
-            _floats(get("PixelSpacing")),
-            str(get("SOPInstanceUID", "")),
-            size,
-            (s, i),
-        )
+    def read_as(dtype: np.dtype, check_series: bool) -> Volume:
+        """Read every slice into a volume of ``dtype``; `_NeedsFloat`/`_NeedsWider` when a slice does not fit it."""
+        volume = np.empty((len(paths), rows, cols), dtype)
+        headers: list[_SliceHeader | None] = [None] * len(paths)
+
+        def load(index: int) -> None:
+            path = paths[index]
+            header = _read_native_slice(path, volume[index], series_text if check_series else None)
+            if header is not None:
+                headers[index] = header
+                return
+            try:
+                ds = read_dataset(path)
+            except UnsupportedFormatError:
+                if check_series:
+                    raise NotOneSeries() from None
+                raise
+            if check_series and not _is_series_slice(ds, series_uid):
+                raise NotOneSeries()
+            get = ds.get
+            size = (get("Rows", 0), get("Columns", 0))
+            if size != (rows, cols):
+                raise GeometryError(f"mixed slice sizes in one series: {size[0]}x{size[1]} vs {rows}x{cols}", path)
+            s, i = rescale_params(ds)
+            _check_holds(dtype, *pixel_format(ds), s, i)
+            decode_into(ds, path, volume[index], (s, i))
+            headers[index] = _SliceHeader(
+                _floats(get("ImagePositionPatient")),
+                _floats(get("ImageOrientationPatient")),
+                _floats(get("PixelSpacing")),
+                str(get("SOPInstanceUID", "")),
+                size,
+                (s, i),
+            )
+
+        _run_parallel(load, len(paths), workers)
+        return _finish_series(volume, headers, first, where, strict)
 
     try:
-        _run_parallel(load, len(paths), workers)
-    except _NeedsFloat:
-        # One slice with a fractional rescale: redo the series in float32 (rare: PET, some MR).
-        del volume
+        return read_as(dtype, require_one_series)
+    except (_NeedsFloat, _NeedsWider):
+        # A slice whose rescale (or stored format) differs from the first's and does not fit its type (rare: PET,
+        # some MR and CT). The volume is dropped before the reread so that two never coexist.
         if require_one_series:
-            raise NotOneSeries() from None  # let discover() vet the folder first; then the float path runs
-        return _read_series_as_float(paths, strict=strict, workers=workers, folder=where)
-    return _finish_series(volume, headers, first, where, strict)
+            raise NotOneSeries() from None  # let discover() vet the folder first; then the reread below runs
+    # Choose the type from every slice's rescale, as the first slice alone misled us; float32 if one is fractional.
+    try:
+        return read_as(_series_dtype(paths), False)
+    except (_NeedsFloat, _NeedsWider):  # a file changed between the header scan and the read
+        return read_as(np.dtype(np.float32), False)
 
 
 class _NeedsFloat(Exception):
     pass
+
+
+class _NeedsWider(Exception):
+    pass
+
+
+def _check_holds(dtype: np.dtype, bits_stored: int, signed: bool, slope: float, intercept: float) -> None:
+    """Raise `_NeedsFloat`/`_NeedsWider` unless ``dtype`` holds every value of this slice's rescale exactly."""
+    if _holds(dtype, bits_stored, signed, slope, intercept):
+        return
+    if not (float(slope).is_integer() and float(intercept).is_integer()):
+        raise _NeedsFloat()
+    raise _NeedsWider()
+
+
+def _series_dtype(paths: list[Path]) -> np.dtype:
+    """The output type holding the rescaled values of every slice (one header scan of each file)."""
+    formats = set()
+    for path in paths:
+        ds = read_dataset(path, stop_before_pixels=True)
+        formats.add((*pixel_format(ds), *rescale_params(ds)))
+    return rescaled_dtype(formats)
 
 
 def _is_series_slice(ds: Dataset, series_uid: Any) -> bool:
@@ -847,34 +910,6 @@ def _is_series_slice(ds: Dataset, series_uid: Any) -> bool:
         and "ImagePositionPatient" in ds
         and "WaveformSequence" not in ds
     )
-
-
-def _read_series_as_float(paths: list[Path], *, strict: bool, workers: int | None, folder: Path) -> Volume:
-    first = read_dataset(paths[0], stop_before_pixels=True)
-    rows, cols = int(first.Rows), int(first.Columns)
-    volume = np.empty((len(paths), rows, cols), np.float32)
-    headers: list[_SliceHeader | None] = [None] * len(paths)
-
-    def load(index: int) -> None:
-        header = _read_native_slice(paths[index], volume[index], None, integer_rescale_only=False)
-        if header is not None:
-            headers[index] = header
-            return
-        ds = read_dataset(paths[index])
-        if (int(ds.get("Rows", 0)), int(ds.get("Columns", 0))) != (rows, cols):
-            raise GeometryError("mixed slice sizes in one series", paths[index])
-        s, i = decode_into(ds, paths[index], volume[index])
-        headers[index] = _SliceHeader(
-            _floats(ds.get("ImagePositionPatient")),
-            _floats(ds.get("ImageOrientationPatient")),
-            _floats(ds.get("PixelSpacing")),
-            str(ds.get("SOPInstanceUID", "")),
-            (rows, cols),
-            (s, i),
-        )
-
-    _run_parallel(load, len(paths), workers)
-    return _finish_series(volume, headers, first, folder, strict)
 
 
 def _run_parallel(fn: Any, n: int, workers: int | None) -> None:
@@ -982,9 +1017,8 @@ def read_multiframe_volume(path: str | Path, *, strict: bool = False, ds: Datase
         np.array(positions), _floats(orient.ImageOrientationPatient), spacing or (1.0, 1.0), path, strict=strict
     )
     stored = decode_pixels(ds, path)
-    slope, intercept = slopes[0]
-    uniform = len(set(slopes)) == 1
-    dtype = output_dtype(ds, slope, intercept) if uniform else np.dtype(np.float32)
+    # One type for all frames' rescales: frames may differ in slope or intercept (float32 if one is fractional).
+    dtype = rescaled_dtype({(*pixel_format(ds), s, c) for s, c in slopes})
     volume = np.empty(stored.shape, dtype)
     for i, (s, c) in enumerate(slopes):
         apply_rescale(stored[i], s, c, volume[i])

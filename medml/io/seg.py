@@ -164,23 +164,10 @@ def _seg_with_highdicom(
 ) -> Dataset:
     import highdicom as hd
 
-    algorithm_id = hd.AlgorithmIdentificationSequence(
-        name=algorithm, version=version, family=hd.sr.CodedConcept("123109", "DCM", "Artificial Intelligence")
-    )
-    descriptions, remapped = [], np.zeros(masks.shape, np.uint16)
+    remapped = np.zeros(masks.shape, np.uint16)
     for number, spec in enumerate(specs, start=1):
-        remapped[masks == spec.label] = number  # segment numbers must be 1..N
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=number,
-                segment_label=spec.name,
-                segmented_property_category=_code(spec.category),
-                segmented_property_type=_code(spec.property_type),
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=algorithm_id,
-                display_color=hd.color.CIELabColor(*_lab_float(spec.color)) if spec.color else None,
-            )
-        )
+        remapped[masks == spec.label] = number  # segment numbers must be 1..N, in the order of the descriptions
+    descriptions = _segment_descriptions(specs, algorithm, version)
     pixel_array = remapped if len(sources) > 1 or int(sources[0].get("NumberOfFrames", 1) or 1) > 1 else remapped[0]
     seg = hd.seg.Segmentation(
         source_images=sources,
@@ -203,21 +190,25 @@ def _seg_with_highdicom(
     return seg
 
 
-def _lab_float(rgb: Sequence[int]) -> tuple[float, float, float]:
-    """sRGB 0..255 to CIE L*a*b* (D65), which highdicom's CIELabColor takes."""
-    c = np.asarray(rgb[:3], float) / 255.0
-    c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
-    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ c
-    xyz /= np.array([0.95047, 1.0, 1.08883])
-    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    lab = (116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2]))
-    return float(np.clip(lab[0], 0, 100)), float(np.clip(lab[1], -128, 127)), float(np.clip(lab[2], -128, 127))
+def _segment_descriptions(specs: list[SegmentSpec], algorithm: str, version: str) -> list[Dataset]:
+    """SegmentSequence items, numbered 1..N in ``specs`` order, made by highdicom for both SEG builders."""
+    import highdicom as hd
 
-
-def _dicom_lab(rgb: Sequence[int]) -> list[int]:
-    """CIELab as DICOM stores it (RecommendedDisplayCIELabValue: three unsigned 16-bit values)."""
-    lightness, a, b = _lab_float(rgb)
-    return [round(lightness * 65535 / 100), round((a + 128) * 65535 / 255), round((b + 128) * 65535 / 255)]
+    algorithm_id = hd.AlgorithmIdentificationSequence(
+        name=algorithm, version=version, family=hd.sr.CodedConcept("123109", "DCM", "Artificial Intelligence")
+    )
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=spec.name,
+            segmented_property_category=_code(spec.category),
+            segmented_property_type=_code(spec.property_type),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm_id,
+            display_color=hd.color.CIELabColor.from_rgb(*spec.color[:3]) if spec.color else None,
+        )
+        for number, spec in enumerate(specs, start=1)
+    ]
 
 
 def _copy(src: Dataset, dst: Dataset, keys: Sequence[str]) -> None:
@@ -297,25 +288,7 @@ def _seg_without_geometry(
     if "BodyPartExamined" in first:
         ds.BodyPartExamined = first.BodyPartExamined
 
-    algorithm_family = _code_item(("123109", "DCM", "Artificial Intelligence"))
-    segment_items = []
-    for number, spec in enumerate(specs, start=1):
-        item = Dataset()
-        item.SegmentNumber = number
-        item.SegmentLabel = spec.name
-        item.SegmentedPropertyCategoryCodeSequence = DicomSequence([_code_item(spec.category)])
-        item.SegmentedPropertyTypeCodeSequence = DicomSequence([_code_item(spec.property_type)])
-        item.SegmentAlgorithmType = "AUTOMATIC"
-        item.SegmentAlgorithmName = algorithm
-        alg = Dataset()
-        alg.AlgorithmFamilyCodeSequence = DicomSequence([algorithm_family])
-        alg.AlgorithmName = algorithm
-        alg.AlgorithmVersion = version
-        item.SegmentationAlgorithmIdentificationSequence = DicomSequence([alg])
-        if spec.color:
-            item.RecommendedDisplayCIELabValue = _dicom_lab(spec.color)
-        segment_items.append(item)
-    ds.SegmentSequence = DicomSequence(segment_items)
+    ds.SegmentSequence = DicomSequence(_segment_descriptions(specs, algorithm, version))
 
     dim_uid = generate_uid()
     dim_segment, dim_time = Dataset(), Dataset()

@@ -14,6 +14,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medml.io import dicom as dicom_module
+from medml.io import read_volume
 from medml.io.dicom import read_dicom_series
 from medml.io.synthetic import write_ct_series
 
@@ -152,6 +153,57 @@ def test_one_fractional_slice_turns_the_series_to_float(tmp_path, monkeypatch):
     _assert_identical(fast, reference)
 
 
+def _mixed_intercepts(ds: Dataset, k: int) -> None:
+    # unsigned 12-bit: intercept 0 alone would give uint16, which cannot hold the other slices' negative values
+    stored = np.random.default_rng(k).integers(0, 4096, SHAPE[1:])
+    stored.flat[0] = 4095 * (k % 2)  # both ends of the stored range occur
+    _set_pixels(ds, stored, 16, 12, False)
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0 if k == 0 else -1024
+
+
+def _mixed_slopes(ds: Dataset, k: int) -> None:
+    # unsigned 16-bit: slope 1 alone gives uint16; slope 3 reaches 196605 and must not wrap
+    stored = np.random.default_rng(k).integers(0, 65536, SHAPE[1:])
+    stored.flat[0] = 65535
+    _set_pixels(ds, stored, 16, 16, False)
+    ds.RescaleSlope, ds.RescaleIntercept = 1 if k == 0 else 3, 0
+
+
+def _mixed_intercepts_that_fit(ds: Dataset, k: int) -> None:
+    # the first slice's int16 holds the others' values too: no re-read needed
+    _set_pixels(ds, np.random.default_rng(k).integers(0, 4096, SHAPE[1:]), 16, 12, False)
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1000 if k == 0 else -1024
+
+
+MIXED_RESCALES = {
+    "intercepts": (_mixed_intercepts, np.int16),
+    "slopes": (_mixed_slopes, np.uint32),
+    "intercepts_that_fit": (_mixed_intercepts_that_fit, np.int16),
+}
+
+
+@pytest.mark.parametrize("case", list(MIXED_RESCALES))
+def test_slices_with_different_integer_rescales(tmp_path, monkeypatch, case):
+    """The output type holds every slice's rescaled values, not just the first's. (SimpleITK takes the first
+    slice's type and wraps the others, so the reference here is pydicom's per-slice modality rescale.)"""
+    from pydicom.pixels import apply_rescale
+
+    change, dtype = MIXED_RESCALES[case]
+    paths = write_ct_series(tmp_path, shape=SHAPE, seed=9, shuffle_instance_numbers=True)
+    _rewrite(paths, change)
+    expected = []
+    for path in paths:  # write_ct_series returns the paths in slice order
+        ds = pydicom.dcmread(path)
+        expected.append(apply_rescale(ds.pixel_array, ds))
+    fast, reference, n_fast = _read_both(paths, monkeypatch, require_one_series=False)
+    assert n_fast == len(paths)
+    _assert_identical(fast, reference)  # the fast path and the pydicom path agree
+    assert fast.array.dtype == dtype and fast.meta["per_slice_rescale"]
+    np.testing.assert_array_equal(fast.array.astype(np.float64), np.stack(expected))
+    # the public route (folder -> single pass -> fallback) gives the same volume
+    np.testing.assert_array_equal(read_volume(tmp_path).array, fast.array)
+
+
 def test_slices_the_fast_path_declines_are_read_by_pydicom(tmp_path, monkeypatch):
     paths = write_ct_series(tmp_path, shape=SHAPE, seed=3)
 
@@ -191,7 +243,7 @@ def test_header_walk_matches_pydicom_on_real_files():
     for path in files:
         ds = pydicom.dcmread(path)
         out = np.empty((int(ds.Rows), int(ds.Columns)), np.float32)
-        header = dicom_module._read_native_slice(path, out, None, integer_rescale_only=False)
+        header = dicom_module._read_native_slice(path, out, None)
         if header is None:
             assert str(ds.file_meta.TransferSyntaxUID) not in dicom_module.NATIVE_LITTLE_ENDIAN or ds.get(
                 "NumberOfFrames", 1
@@ -205,3 +257,24 @@ def test_header_walk_matches_pydicom_on_real_files():
         assert header.spacing == tuple(float(v) for v in ds.PixelSpacing)
         assert header.sop_uid == str(ds.SOPInstanceUID)
     assert read >= 6  # CT_small, MR_small and the five CT5N slices
+
+
+def test_enhanced_multiframe_with_per_frame_rescales_equals_series(tmp_path):
+    """Per-frame rescales of one multi-frame object get one type holding them all, as a series' slices do."""
+    import highdicom as hd
+
+    paths = write_ct_series(tmp_path / "series", shape=SHAPE, seed=10)
+    _rewrite(paths, _mixed_intercepts)
+    series = read_volume(tmp_path / "series")
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        legacy_datasets=[pydicom.dcmread(p) for p in paths],
+        series_instance_uid=pydicom.uid.generate_uid(),
+        series_number=9,
+        sop_instance_uid=pydicom.uid.generate_uid(),
+        instance_number=1,
+    )
+    assert "PixelValueTransformationSequence" in enhanced.PerFrameFunctionalGroupsSequence[1]  # really per frame
+    enhanced.save_as(tmp_path / "enhanced.dcm")
+    volume = read_volume(tmp_path / "enhanced.dcm")
+    assert volume.array.dtype == series.array.dtype == np.int16
+    np.testing.assert_array_equal(volume.array, series.array)
