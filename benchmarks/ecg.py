@@ -33,9 +33,9 @@ PTBXL_TRAIN_RECORDS = 17_418  # folds 1-8 of PTB-XL v1.0.3 (21,799 records); one
 def paper_module(codes: list[str] | None = None) -> EcgModule:
     """The paper-size ProtoECGNet (all three branches + fusion) with random weights and PTB-XL's 71 labels."""
     if codes is None:
-        from medml.data.synthetic_ptbxl import scp_statements_frame
+        from medml.data.ptbxl import SCP_CODES
 
-        codes = scp_statements_frame().index.astype(str).tolist()
+        codes = list(SCP_CODES)
     config = EcgConfig()
     config.model.labels = list(codes)
     rng = np.random.default_rng(0)

@@ -107,8 +107,11 @@ def assemble_leads(
     return signal, derived
 
 
-def check_signal(signal: np.ndarray, fs: float, path: str | Path) -> None:
-    """Raise `SignalError` for NaN, flat leads, a non-positive sampling rate or under one second of signal."""
+def check_signal(signal: np.ndarray, fs: float, path: str | Path, *, flat_lead_mv: float = FLAT_LEAD_MV) -> None:
+    """Raise `SignalError` for NaN, flat leads, a non-positive sampling rate or under one second of signal.
+
+    ``flat_lead_mv``: peak-to-peak amplitude (mV) below which a lead counts as flat.
+    """
     if not fs or fs <= 0 or not np.isfinite(fs):
         raise SignalError(f"invalid sampling frequency {fs}", path)
     if signal.shape[1] < fs:
@@ -116,9 +119,9 @@ def check_signal(signal: np.ndarray, fs: float, path: str | Path) -> None:
     bad = [STANDARD_LEADS[i] for i in range(signal.shape[0]) if not np.all(np.isfinite(signal[i]))]
     if bad:
         raise SignalError(f"NaN or infinite samples in lead(s) {', '.join(bad)}", path)
-    flat = [STANDARD_LEADS[i] for i in range(signal.shape[0]) if np.ptp(signal[i]) < FLAT_LEAD_MV]
+    flat = [STANDARD_LEADS[i] for i in range(signal.shape[0]) if np.ptp(signal[i]) < flat_lead_mv]
     if flat:
-        raise SignalError(f"flat lead(s) {', '.join(flat)} (peak-to-peak below {FLAT_LEAD_MV} mV)", path)
+        raise SignalError(f"flat lead(s) {', '.join(flat)} (peak-to-peak below {flat_lead_mv} mV)", path)
 
 
 def read_wfdb(path: str | Path, *, derive_limb_leads: bool = True, check: bool = True) -> EcgRecord:

@@ -199,6 +199,44 @@ def test_pos_weight_uses_total_positive_count():
     assert float(losses.class_pos_weight(np.array([[1, 0], [1, 0]]))[1]) == 1.0  # no positives: neutral weight
 
 
+def test_branch_pos_weights_use_the_branch_labels_only():
+    """Each branch is its own run (spec 1.7): sum_k n_k counts the branch's positives; fusion counts all 71."""
+    module = _tiny_module(["joint_rhythm"])
+    labels = (np.random.default_rng(0).random((40, 6)) < 0.4).astype(np.uint8)  # what _tiny_module trains on
+    branches = {"rhythm": [0, 1], "morphology": [2, 3, 4], "global": [5]}
+
+    def formula(y: np.ndarray) -> list[float]:
+        counts = y.sum(0)
+        return [(counts.sum() - n) / n if n else 1.0 for n in counts]
+
+    for name, index in branches.items():
+        expected = torch.tensor(formula(labels[:, index]), dtype=torch.float32)
+        torch.testing.assert_close(module.proto_losses[name].pos_weight, expected)
+        torch.testing.assert_close(module.classifier_losses[name].pos_weight, expected)
+    torch.testing.assert_close(module.fusion_loss.pos_weight, torch.tensor(formula(labels), dtype=torch.float32))
+    # not the slice of the 71-label weights (whose sum_k n_k counts every branch's positives)
+    assert not torch.allclose(module.proto_losses["morphology"].pos_weight, module.fusion_loss.pos_weight[2:5])
+
+
+def test_per_label_thresholds_maximise_each_labels_f1():
+    from medml.metrics import fmax
+    from medml.pipelines.ecg.module import choose_thresholds
+
+    rng = np.random.default_rng(6)
+    targets = (rng.random((60, 4)) < 0.3).astype(np.uint8)
+    targets[:, 3] = 0  # no validation positive: falls back to the micro-Fmax threshold
+    probs = np.clip(0.5 * targets + 0.6 * rng.random((60, 4)), 0, 1)
+
+    chosen = choose_thresholds(targets, probs)
+    grid = np.round(np.arange(0.01, 1.0, 0.01), 2)
+    for c in range(3):
+        y = targets[:, c] == 1
+        f1 = [2 * np.sum((probs[:, c] >= t) & y) / (np.sum(probs[:, c] >= t) + y.sum()) for t in grid]
+        assert chosen[c] == pytest.approx(grid[int(np.argmax(f1))])
+    assert chosen[3] == pytest.approx(fmax(targets, probs)[1])
+    assert np.all(choose_thresholds(targets, probs, "fmax") == pytest.approx(fmax(targets, probs)[1]))
+
+
 def test_off_class_l1_and_total_loss(loss_case):
     sim, labels, identity, protos = loss_case
     weight = torch.randn(3, 6)

@@ -156,23 +156,39 @@ def test_predict_folder_explains_with_training_records(ecg_run, ptbxl):
                 lo, hi = proto["source_window_s"]
                 assert 0 <= lo < hi <= 10.0 + 1e-6
         assert (out / case / "explanation.png").stat().st_size > 0
-    # the LVH record's top label is explained by LVH evidence ranked by contribution
+    # The simulated LVH record (true labels LVH, SR) is called LVH, and the LVH decision is explained by LVH
+    # evidence: a prototype of class LVH is among the top contributions for label LVH, pushing towards it. (The
+    # first one may be a CLBBB prototype: the synthetic CLBBB also has high QRS voltage and co-occurs with LVH.)
+    lvh_case = predictions["wfdb_lvh"]
+    assert "LVH" in lvh_case["positive_labels"].split(";"), lvh_case
     lvh = json.loads((out / "wfdb_lvh" / "explanation.json").read_text())
-    contributions = [p["contribution"] for p in lvh["labels"][0]["prototypes"]]
-    assert contributions == sorted(contributions, reverse=True)
+    entry = next(e for e in lvh["labels"] if e["label"] == "LVH")
+    assert entry["positive"]
+    top = [(p["label"], round(p["contribution"], 3)) for p in entry["prototypes"]]
+    assert any(label == "LVH" and contribution > 0 for label, contribution in top), top
 
 
-def test_frozen_branches_stay_in_eval_mode_during_fusion(ecg_run):
-    module = ecg_run.module
-    fusion = next(s for s in module.config.stages if s.name == "fusion")
-    module.start_stage(fusion)
-    module.train()
-    try:
-        assert module.model.fusion.training
-        assert all(not b.backbone.training and not b.add_on.training for b in module.model.branches.values())
-        assert all(not p.requires_grad for n, p in module.named_parameters() if not n.startswith("model.fusion"))
-    finally:
-        module.eval()
+def test_frozen_branches_keep_their_batchnorm_statistics(ecg_run):
+    """Once a branch is projected it is frozen in eval mode (spec 1.8): the later stages (other branches' joint
+    training, fusion over all three) must not move its BatchNorm running statistics. Compared between the weights
+    the real tiny run had at the end of each projection stage and the exported final weights."""
+    stages = ecg_run.result.run_dir / "stages"
+    final = ecg_run.module.state_dict()
+    checked = 0
+    for branch in ("rhythm", "morphology", "global"):
+        end = torch.load(next(stages.glob(f"*-project_{branch}/end_state.pt")), map_location="cpu",
+                         weights_only=True)["weights"]
+        prefix = f"model.branches.{branch}."
+        keys = [k for k in end if k.startswith(prefix) and k.rsplit(".", 1)[-1] in ("running_mean", "running_var",
+                                                                                   "num_batches_tracked")]
+        assert keys, branch
+        for key in keys:
+            torch.testing.assert_close(final[key].cpu(), end[key], rtol=0, atol=0, msg=key)
+        checked += len(keys)
+    # the statistics did move while each branch was trained (so the comparison above can fail)
+    first = torch.load(next(stages.glob("*-joint_rhythm/end_state.pt")), map_location="cpu", weights_only=True)
+    assert int(first["weights"]["model.branches.rhythm.backbone.bn1.num_batches_tracked"]) > 0
+    assert checked > 30
 
 
 # ----- no training needed ---------------------------------------------------------------------------------------
@@ -223,12 +239,22 @@ def test_unknown_stage_is_a_clear_error():
         EcgModule(config, {"rhythm": [0], "morphology": [1], "global": [2]}).start_stage(config.stages[1])
 
 
+def test_evaluate_runs_on_the_modules_device(ecg_run, monkeypatch):
+    """``medml evaluate --device cpu`` on a CUDA machine: prediction stays on the device the module was put on."""
+    from medml.pipelines.ecg.pipeline import evaluate_split
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the old code then moved the model to CUDA
+    results, arrays = evaluate_split(ecg_run.module, ecg_run.data, "val", ecg_run.pipeline.config, n_bootstrap=0)
+    assert ecg_run.module.device.type == "cpu" and arrays["probs"].shape[1] == 71
+    assert results["n_records"] == len(arrays["ecg_id"])
+
+
 def test_rebuilding_from_a_checkpoint_needs_no_imagenet_file(tmp_path):
-    from medml.data.synthetic_ptbxl import scp_statements_frame
+    from medml.data.ptbxl import SCP_BRANCH, scp_statements_frame
 
     config = EcgConfig()  # no labels yet: PTB-XL's 71 statements in scp_statements.csv order
     config.model.imagenet_weights = tmp_path / "trained-elsewhere.pth"  # absent on the prediction machine
     module = EcgPipeline(config).build_module(None)
     assert module.model.fusion.in_features == 1037 and module.model.fusion.out_features == 71
-    assert module.label_names == scp_statements_frame().index.astype(str).tolist()
+    assert module.label_names == scp_statements_frame().index.astype(str).tolist() == list(SCP_BRANCH)
     assert [len(module.model.label_index(b)) for b in ("rhythm", "morphology", "global")] == [16, 52, 3]

@@ -24,6 +24,18 @@ from medml.utils.files import atomic_path  # noqa: E402
 COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown")
 
 
+def _save_figure(fig, path: str | Path, dpi: int) -> Path:
+    """Lay out ``fig``, write it as PNG through `atomic_path` (no half-written file on a crash) and close it."""
+    path = Path(path)
+    try:
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
 def prototype_table(module) -> list[dict[str, Any]]:
     """One entry per prototype in fused order (rhythm, morphology, global): branch, own label and provenance."""
     labels = module.label_names
@@ -153,12 +165,7 @@ def explanation_figure(signal: np.ndarray, fs: float, explanation: dict[str, Any
         pax.tick_params(axis="y", labelsize=4)
         pax.set_title(f"{label} <- {proto['branch']} #{proto['prototype']} ({proto['label']} prototype): ecg_id "
                       f"{proto.get('source_ecg_id')}, {window[0]:.2f}-{window[1]:.2f} s", fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, dpi=90)
 
 
 def prototype_gallery(module, path: str | Path, per_branch: int = 4) -> Path:
@@ -189,12 +196,7 @@ def prototype_gallery(module, path: str | Path, per_branch: int = 4) -> Path:
             ax.tick_params(axis="y", labelsize=4)
             ax.set_title(f"{name} #{t['prototype']} {t['label']}\necg_id {t['source_ecg_id']} "
                          f"{t['source_window_s'][0]:.1f}-{t['source_window_s'][1]:.1f} s", fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, dpi=80)
 
 
 def per_label_auroc_figure(result: dict[str, Any], path: str | Path, title: str = "") -> Path:
@@ -216,9 +218,4 @@ def per_label_auroc_figure(result: dict[str, Any], path: str | Path, title: str 
     ax.set_xlim(0.0, 1.0)
     ax.set_xlabel("AUROC (95% bootstrap CI)", fontsize=8)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, dpi=90)

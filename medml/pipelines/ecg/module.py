@@ -50,8 +50,11 @@ def macro_auroc(targets: np.ndarray, scores: np.ndarray) -> float:
 def choose_thresholds(targets: np.ndarray, probs: np.ndarray, policy: str = "per_label_f1") -> np.ndarray:
     """Decision thresholds from validation predictions.
 
-    ``per_label_f1``: for each label, the threshold in 0.01..0.99 maximising its F1; labels without a validation
-    positive fall back to the micro-Fmax threshold. ``fmax``: the micro-Fmax threshold for every label.
+    ``fmax``: the micro-Fmax threshold (`medml.metrics.fmax`) for every label. ``per_label_f1``: each label its own
+    F1-optimal threshold in 0.01..0.99. That is `fmax` applied to the label's column alone (micro-F1 over one
+    column is that label's F1), so it reuses the metric; it differs from the ``fmax`` policy only in choosing one
+    threshold per label instead of one shared threshold, which matters for PTB-XL's rare labels. Labels without a
+    validation positive have no F1 to maximise and fall back to the micro-Fmax threshold.
     """
     from medml.metrics import fmax
 
@@ -59,15 +62,9 @@ def choose_thresholds(targets: np.ndarray, probs: np.ndarray, policy: str = "per
     thresholds = np.full(targets.shape[1], global_t, dtype=np.float32)
     if policy == "fmax":
         return thresholds
-    grid = np.round(np.arange(0.01, 1.0, 0.01), 2)
-    for c in range(targets.shape[1]):
-        y = targets[:, c] > 0.5
-        if not y.any():
-            continue
-        pred = probs[:, c][None, :] >= grid[:, None]  # (thresholds, N)
-        tp = (pred & y).sum(1)
-        f1 = 2 * tp / np.maximum(pred.sum(1) + y.sum(), 1)
-        thresholds[c] = grid[int(np.argmax(f1))]
+    grid = np.round(np.arange(0.01, 1.0, 0.01), 2)  # 0 and 1 excluded: "always" / "never" positive
+    for c in np.flatnonzero((np.asarray(targets) > 0.5).any(axis=0)):
+        thresholds[c] = fmax(targets[:, c], probs[:, c], thresholds=grid)[1]
     return thresholds
 
 
@@ -115,15 +112,17 @@ class EcgModule(MedmlModule):
 
         y = np.zeros((1, num_labels)) if train_labels is None else np.asarray(train_labels)
         weights_on = lcfg.class_weights and train_labels is not None
-        pos_weight = class_pos_weight(y) if weights_on else torch.ones(num_labels)
         self.proto_losses = torch.nn.ModuleDict()
         self.classifier_losses = torch.nn.ModuleDict()
         for name in BRANCHES:
             index = list(branch_labels[name])
-            self.proto_losses[name] = PrototypeLoss(pos_weight[index], label_jaccard(y[:, index]), clst=lcfg.clst,
+            # Each branch is its own training run (spec 1.7), so sum_k n_k runs over the branch's own labels.
+            weight = class_pos_weight(y[:, index]) if weights_on else torch.ones(len(index))
+            self.proto_losses[name] = PrototypeLoss(weight, label_jaccard(y[:, index]), clst=lcfg.clst,
                                                     sep=lcfg.sep, spars=lcfg.spars, div=lcfg.div, cnrst=lcfg.cnrst)
-            self.classifier_losses[name] = ClassifierLoss(pos_weight[index], l1=lcfg.l1)
-        self.fusion_loss = ClassifierLoss(pos_weight, l1=lcfg.l1)
+            self.classifier_losses[name] = ClassifierLoss(weight, l1=lcfg.l1)
+        # Fusion trains on all 71 outputs at once: its weights use the totals over the whole label set.
+        self.fusion_loss = ClassifierLoss(class_pos_weight(y) if weights_on else torch.ones(num_labels), l1=lcfg.l1)
         self.register_buffer("signal_mean", torch.zeros(12) if mean is None else torch.as_tensor(mean).float())
         self.register_buffer("signal_std", torch.ones(12) if std is None else torch.as_tensor(std).float())
         self.register_buffer("thresholds", torch.full((num_labels,), 0.5))
@@ -254,8 +253,11 @@ class EcgModule(MedmlModule):
 
     @torch.no_grad()
     def predict_dataset(self, dataset, device: torch.device | None = None) -> dict[str, np.ndarray]:
-        """Fused probabilities, targets and record rows of a dataset (eval mode, whole set)."""
-        device = device or compute_device(self.config)
+        """Fused probabilities, targets and record rows of a dataset (eval mode, whole set).
+
+        Runs on ``device``, by default the module's own device (where ``load_checkpoint(..., device=)`` put it).
+        """
+        device = device or self.device
         was_training, old_device = self.training, self.device
         self.eval().to(device)
         probs, targets, index = [], [], []
@@ -337,7 +339,7 @@ class EcgModule(MedmlModule):
 
     def select_thresholds(self, datamodule) -> dict[str, Any]:
         """Choose the decision threshold of every label on the validation fold (whole fold)."""
-        out = self.predict_dataset(datamodule.val_dataset)
+        out = self.predict_dataset(datamodule.val_dataset, device=self.device)
         thresholds = choose_thresholds(out["target"], out["probs"], self.config.model.threshold)
         self.thresholds.copy_(torch.as_tensor(thresholds))
         return {"policy": self.config.model.threshold, "mean_threshold": float(thresholds.mean()),

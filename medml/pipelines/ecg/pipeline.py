@@ -32,7 +32,12 @@ BENCHMARK_SETS = ("diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhy
 BENCHMARK_BEST = {"all": ("inception1d / xresnet1d101", 0.925), "diagnostic": ("xresnet1d101", 0.937),
                   "subdiagnostic": ("inception1d", 0.930), "superdiagnostic": ("resnet1d_wang", 0.930),
                   "form": ("inception1d", 0.899), "rhythm": ("xresnet1d101", 0.957)}
-PROTOECGNET_PUBLISHED = {"all": 0.913}  # V3: third-party note on Sethi et al. 2025 Tables 1-2
+#: ProtoECGNet's own headline (Sethi et al., MLHC 2025, Tables 1-2): level V3 in specs/published-results.md §0 /
+#: §1.2, i.e. known only from one third-party literature note; the paper's table was not reachable. Unverified.
+PROTOECGNET_PUBLISHED = {"all": 0.913}
+PROTOECGNET_PUBLISHED_NOTE = ("ProtoECGNet paper value: V3, unverified (one third-party literature note on Sethi et "
+                              "al., MLHC 2025, Tables 1-2, as listed in specs/published-results.md; the paper's own "
+                              "table was not reachable)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -54,7 +59,7 @@ class EcgDataConfig(Strict):
     length_policy: Literal["crop_or_pad", "strict"] = "crop_or_pad"
     crop: Literal["start", "center"] = "start"
     min_seconds: float = 8.0
-    flat_lead_mv: float = 0.02  # a lead whose peak-to-peak stays below this after preprocessing counts as flat
+    flat_lead_mv: float = 0.02  # peak-to-peak below this (before or after preprocessing): a flat lead
 
 
 class BranchConfig(Strict):
@@ -86,7 +91,7 @@ class EcgModelConfig(Strict):
 class EcgLossConfig(Strict):
     """Loss weights (spec 1.7; the src/main.py values that tune.py also fixes)."""
 
-    class_weights: bool = True  # BCE pos_weight w_c = (sum_k n_k - n_c) / n_c from the training folds
+    class_weights: bool = True  # BCE pos_weight w_c = (sum_k n_k - n_c) / n_c, training folds, per branch
     clst: float = 0.004
     sep: float = 0.0004
     spars: float = 0.0
@@ -186,10 +191,10 @@ class EcgDataModule(L.LightningDataModule):
 
 
 def ptbxl_statement_codes() -> list[str]:
-    """PTB-XL's 71 SCP statements in ``scp_statements.csv`` row order (the table medml ships as a fact)."""
-    from medml.data.synthetic_ptbxl import scp_statements_frame
+    """PTB-XL's 71 SCP statements in ``scp_statements.csv`` row order (the table `medml.data.ptbxl` ships)."""
+    from medml.data.ptbxl import SCP_CODES
 
-    return scp_statements_frame().index.astype(str).tolist()
+    return list(SCP_CODES)
 
 
 def branch_label_indices(codes: Sequence[str]) -> dict[str, list[int]]:
@@ -389,19 +394,24 @@ def _write_wfdb(wfdb, stem: Path, signal: np.ndarray, fs: int, leads: Sequence[s
 
 
 def preprocess_signal(signal: np.ndarray, fs: float, cfg: EcgDataConfig, path: Any) -> np.ndarray:
-    """Clinical ECG (12, n) mV at ``fs`` -> (12, seconds * rate) float32: resample, high-pass, crop/pad, check.
+    """Clinical ECG (12, n) mV at ``fs`` -> (12, seconds * rate) float32: check, resample, high-pass, crop/pad.
+
+    The checks are `medml.io.ecg.check_signal`'s (with ``data.flat_lead_mv`` as the flat-lead limit) and the
+    resampling/high-pass is the PTB-XL cache's own (`medml.data.ptbxl.resample_and_highpass`), so clinical inputs
+    get exactly the preprocessing the model was trained with.
 
     Raises:
-        SignalError: NaN values, a record too short for the length policy, or a flat lead after preprocessing.
+        SignalError: NaN values, a record too short for the length policy, or a flat lead (before or after
+            preprocessing).
     """
-    from medml.transforms.ecg import HighPassFilter, Resample
+    from medml.data.ptbxl import resample_and_highpass
+    from medml.io.ecg import check_signal
 
     x = np.asarray(signal, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] != 12:
         raise SignalError(f"expected 12 leads, got an array of shape {x.shape}", path)
-    if not np.isfinite(x).all():
-        bad = int(np.flatnonzero(~np.isfinite(x).all(1))[0])
-        raise SignalError(f"lead {bad + 1} holds NaN or infinite samples", path)
+    # before resampling, whose edge transients could hide a flat lead
+    check_signal(x, fs, path, flat_lead_mv=cfg.flat_lead_mv)
     rate = cfg.sampling_rate
     want = int(round(cfg.seconds * rate))
     seconds = x.shape[1] / fs
@@ -409,27 +419,15 @@ def preprocess_signal(signal: np.ndarray, fs: float, cfg: EcgDataConfig, path: A
         raise SignalError(f"record lasts {seconds:.2f} s; data.length_policy 'strict' needs {cfg.seconds:g} s", path)
     if seconds < cfg.min_seconds:
         raise SignalError(f"record lasts {seconds:.2f} s, shorter than data.min_seconds={cfg.min_seconds:g}", path)
-    _check_flat(x, cfg.flat_lead_mv, path, "")  # before resampling, whose edge transients could hide a flat lead
-    if fs != rate:
-        x = Resample(fs, rate)(x)
-    if cfg.highpass:
-        x = HighPassFilter(rate)(x)
+    x = resample_and_highpass(x, fs, rate, cfg.highpass)
     n = x.shape[1]
     if n > want:
         start = 0 if cfg.crop == "start" else (n - want) // 2
         x = x[:, start:start + want]
     elif n < want:
         x = np.pad(x, ((0, 0), (0, want - n)))
-    _check_flat(x[:, : min(n, want)], cfg.flat_lead_mv, path, " after preprocessing")
+    check_signal(x[:, : min(n, want)], rate, path, flat_lead_mv=cfg.flat_lead_mv)  # the high-pass can flatten too
     return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def _check_flat(x: np.ndarray, limit_mv: float, path: Any, when: str) -> None:
-    from medml.io.types import STANDARD_LEADS
-
-    flat = [STANDARD_LEADS[i] for i in np.flatnonzero(np.ptp(x, axis=1) < limit_mv)]
-    if flat:
-        raise SignalError(f"flat lead(s) {', '.join(flat)} (peak-to-peak below {limit_mv} mV{when})", path)
 
 
 def evaluate_split(module: EcgModule, data_dir: Path, split: str, config: EcgConfig,
@@ -451,7 +449,7 @@ def evaluate_split(module: EcgModule, data_dir: Path, split: str, config: EcgCon
     if codes != list(module.label_names):
         raise DataLayoutError("scp_statements.csv rows differ from the labels the model was trained on", data_dir)
     rows = ptbxl.split_indices(split)
-    out = module.predict_dataset(ECGDataset(ptbxl, rows, "all"))
+    out = module.predict_dataset(ECGDataset(ptbxl, rows, "all"), device=module.device)  # evaluate --device
     order = np.argsort(out["index"])  # predict_dataset keeps order; sorting makes that explicit
     probs, target = out["probs"][order], out["target"][order]
     row_ids = out["index"][order]
@@ -492,8 +490,10 @@ def benchmark_table(results: dict[str, Any]) -> str:
         half = (hi - lo) / 2 if np.isfinite(lo) and np.isfinite(hi) else float("nan")
         ours = f"{res['macro']:.3f}({half * 1000:02.0f})" if np.isfinite(res["macro"]) else "n/a"
         model, value = BENCHMARK_BEST[name]
-        paper = f"{PROTOECGNET_PUBLISHED[name]:.3f}" if name in PROTOECGNET_PUBLISHED else "not found"
+        paper = f"{PROTOECGNET_PUBLISHED[name]:.3f} (V3, unverified)" if name in PROTOECGNET_PUBLISHED else "not found"
         scored = f"; {len(res['per_label'])} scored" if res["skipped"] else ""
         lines.append(f"| {name} ({k}{scored}) | {ours} | {model} {value:.3f} | {paper} |")
-    lines += ["", f"Fmax (micro, 71 labels): {results['fmax']:.3f} at threshold {results['fmax_threshold']:.2f}"]
+    lines += ["", f"Fmax (micro, 71 labels): {results['fmax']:.3f} at threshold {results['fmax_threshold']:.2f}",
+              "", f"{PROTOECGNET_PUBLISHED_NOTE}. Best PTB-XL benchmark: Strodthoff et al. 2020, V1 (official "
+              "README of helme/ecg_ptbxl_benchmarking)."]
     return "\n".join(lines) + "\n"
