@@ -1,0 +1,217 @@
+"""RNPLL-style networks: a segmenter plus label-latent diffusion conditioned on the image.
+
+Provenance: the RNPLL paper (Xi et al., DGM4MICCAI 2025, arXiv 2507.16429) publishes no architecture, so this
+follows the medml design of spec §A5 [P], with DiffRect (Liu et al., MICCAI 2024, MIT; spec §A4) as the verified
+code pattern: a label encoder maps (pseudo-)label maps to a latent at stride 8, a denoiser predicts the clean
+latent (x0) from a noisy one conditioned on image features and on the latent of the segmenter's (noisy)
+prediction, and a label decoder turns latents back into logits. Written from the spec, not from either code base.
+
+Denoiser choice: MONAI's ``DiffusionModelUNet`` (sinusoidal time embedding, residual blocks, optional attention)
+with the conditions concatenated on the channel axis. It is maintained and tested upstream, supports bf16, and at
+stride 8 (64×64 latents for 512×512 frames) a two-level UNet is cheap enough for real-time refinement.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+from monai.networks.nets import BasicUNet, DiffusionModelUNet, UNet
+from monai.networks.schedulers import DDIMScheduler
+from torch import nn
+
+
+def build_segmenter(kind: str, in_channels: int, num_classes: int, features: Sequence[int]) -> nn.Module:
+    """The per-frame segmentation network (MONAI ``BasicUNet`` or ``UNet``)."""
+    if kind == "basic_unet":
+        if len(features) != 6:
+            raise ValueError("model.seg_features must have 6 entries for basic_unet (MONAI BasicUNet)")
+        return BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=num_classes, features=tuple(features),
+                         norm=("instance", {"affine": True}), dropout=0.0)
+    # MONAI UNet: channels per level, every level but the last downsamples by 2.
+    channels = tuple(features[:5])
+    return UNet(spatial_dims=2, in_channels=in_channels, out_channels=num_classes, channels=channels,
+                strides=(2,) * (len(channels) - 1), num_res_units=2, norm="instance")
+
+
+def _conv(in_ch: int, out_ch: int, stride: int = 1) -> Convolution:
+    return Convolution(2, in_ch, out_ch, strides=stride, kernel_size=3, norm=("group", {"num_groups": 8}),
+                       act="SWISH")
+
+
+def normalise_latent(h: torch.Tensor) -> torch.Tensor:
+    """Per-pixel L2 normalisation scaled by sqrt(d): unit per-element variance (what the noise schedule assumes)
+    and a natural fit for the cosine-similarity prototypes."""
+    return F.normalize(h, dim=1) * math.sqrt(h.shape[1])
+
+
+class LabelEncoder(nn.Module):
+    """E_y: class probabilities or one-hot labels (B, C, H, W) -> latent (B, d, H/s, W/s), s = 2**len(widths)."""
+
+    def __init__(self, num_classes: int, widths: Sequence[int], latent_channels: int):
+        super().__init__()
+        layers, ch = [], num_classes
+        for width in widths:
+            layers.append(_conv(ch, width, stride=2))
+            ch = width
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Conv2d(ch, latent_channels, kernel_size=1)
+
+    def forward(self, probs: torch.Tensor) -> torch.Tensor:
+        return normalise_latent(self.head(self.body(probs)))
+
+
+class ImageEncoder(nn.Module):
+    """E_x: the frame -> condition features at the latent stride, and skip features at strides 1, 2, 4, ...
+
+    The skips let the label decoder place boundaries at full resolution, as DiffRect's decoder does.
+    """
+
+    def __init__(self, in_channels: int, widths: Sequence[int], cond_channels: int):
+        super().__init__()
+        ch = max(8, widths[0] // 2)  # full-resolution features stay narrow: they only sharpen boundaries
+        self.stem = _conv(in_channels, ch)
+        self.skip_channels = [ch]
+        downs = []
+        for width in widths:
+            downs.append(nn.Sequential(_conv(ch, width, stride=2), _conv(width, width)))
+            ch = width
+            self.skip_channels.append(ch)
+        self.downs = nn.ModuleList(downs)
+        self.skip_channels = self.skip_channels[:-1]  # the deepest level is the condition, not a skip
+        self.cond = nn.Conv2d(ch, cond_channels, kernel_size=1)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        feats = [self.stem(image)]
+        for down in self.downs:
+            feats.append(down(feats[-1]))
+        return self.cond(feats[-1]), feats[:-1]
+
+
+class LabelDecoder(nn.Module):
+    """D_y: latent (B, d, H/s, W/s) + image skips -> logits (B, C, H, W).
+
+    Fuses the skips down to stride 2 and upsamples the logits bilinearly for the last factor 2: a full-resolution
+    conv stage would cost as much as the whole segmenter, and the decoder runs several times per training step.
+    """
+
+    def __init__(self, latent_channels: int, skip_channels: Sequence[int], num_classes: int):
+        super().__init__()
+        ups, ch = [], latent_channels
+        # Walk the skips from the coarsest (stride s/2) to stride 2.
+        for skip in reversed(list(skip_channels)[1:]):
+            width = max(skip, 16)
+            ups.append(_conv(ch + skip, width))
+            ch = width
+        self.ups = nn.ModuleList(ups)
+        self.head = nn.Conv2d(ch, num_classes, kernel_size=1)
+
+    def forward(self, latent: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+        h = latent
+        for up, skip in zip(self.ups, reversed(list(skips)[1:]), strict=True):
+            h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            h = up(torch.cat([h, skip], dim=1))
+        return F.interpolate(self.head(h), size=skips[0].shape[-2:], mode="bilinear", align_corners=False)
+
+
+class AngioNet(nn.Module):
+    """Segmenter + label-latent diffusion (E_y, E_x, denoiser, D_y) with a uniform interface.
+
+    Args:
+        num_classes: classes trained (MOSXAV: 5, background..balloon).
+        in_channels: image channels (grey X-ray: 1).
+        segmenter: ``basic_unet`` or ``unet``.
+        seg_features: segmenter widths (BasicUNet's 6-tuple).
+        latent_channels: d, the label latent's channels (spec: 64).
+        encoder_widths: widths of E_y / E_x per stride-2 level; ``len`` sets the latent stride (3 -> 8).
+        cond_channels: channels of the image condition at the latent stride.
+        denoiser_channels, denoiser_res_blocks, denoiser_attention, denoiser_head_channels: ``DiffusionModelUNet``.
+        with_diffusion: build the diffusion parts (False for the supervised / mean-teacher baselines).
+    """
+
+    def __init__(
+        self, num_classes: int = 5, in_channels: int = 1, segmenter: str = "basic_unet",
+        seg_features: Sequence[int] = (32, 32, 64, 128, 256, 32), latent_channels: int = 64,
+        encoder_widths: Sequence[int] = (32, 64, 128), cond_channels: int = 64,
+        denoiser_channels: Sequence[int] = (128, 256), denoiser_res_blocks: int = 1,
+        denoiser_attention: Sequence[bool] = (False, True), denoiser_head_channels: int = 32,
+        denoiser_groups: int = 32, with_diffusion: bool = True,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.latent_channels = latent_channels
+        self.latent_stride = 2 ** len(encoder_widths)
+        self.segmenter = build_segmenter(segmenter, in_channels, num_classes, seg_features)
+        self.with_diffusion = with_diffusion
+        if not with_diffusion:
+            return
+        self.label_encoder = LabelEncoder(num_classes, encoder_widths, latent_channels)
+        self.image_encoder = ImageEncoder(in_channels, encoder_widths, cond_channels)
+        # Input: [noisy latent z_t, latent of the noisy prediction (the prior to rectify), image condition].
+        self.denoiser = DiffusionModelUNet(
+            spatial_dims=2, in_channels=2 * latent_channels + cond_channels, out_channels=latent_channels,
+            num_res_blocks=denoiser_res_blocks, channels=tuple(denoiser_channels),
+            attention_levels=tuple(denoiser_attention), norm_num_groups=denoiser_groups,
+            num_head_channels=denoiser_head_channels,
+        )
+        self.label_decoder = LabelDecoder(latent_channels, self.image_encoder.skip_channels, num_classes)
+
+    # ----- pieces ---------------------------------------------------------------------------------------------------
+    def segment(self, image: torch.Tensor) -> torch.Tensor:
+        return self.segmenter(image)
+
+    def encode_label(self, probs: torch.Tensor) -> torch.Tensor:
+        return self.label_encoder(probs)
+
+    def encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self.image_encoder(image)
+
+    def denoise(self, z_t: torch.Tensor, timesteps: torch.Tensor, prior: torch.Tensor, cond: torch.Tensor
+                ) -> torch.Tensor:
+        """Predict the clean label latent x0 from z_t (x0 parameterisation, as DiffRect's START_X)."""
+        return self.denoiser(torch.cat([z_t, prior, cond], dim=1), timesteps)
+
+    def decode(self, latent: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.label_decoder(latent, skips)
+
+    def one_hot(self, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+        """(B, H, W) ids -> (B, C, H, W) float one-hot; ignored pixels become all-zero."""
+        valid = labels != ignore_index
+        safe = torch.where(valid, labels, torch.zeros_like(labels))
+        onehot = F.one_hot(safe.long(), self.num_classes).permute(0, 3, 1, 2).float()
+        return onehot * valid.unsqueeze(1)
+
+    # ----- inference ------------------------------------------------------------------------------------------------
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.segment(image)
+
+    @torch.no_grad()
+    def refine(
+        self, image: torch.Tensor, seg_logits: torch.Tensor, scheduler: DDIMScheduler, num_steps: int,
+        generator: torch.Generator | None = None, return_trajectory: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Rectify the segmenter's prediction by DDIM sampling of the label latent, then decode it.
+
+        Starts from Gaussian noise (seeded by ``generator`` for reproducible predictions); every step predicts x0
+        conditioned on the image and on the latent of ``seg_logits``. With ``return_trajectory`` also returns the
+        decoded logits of the x0 prediction at each step (for the notebook's denoising figure).
+        """
+        cond, skips = self.encode_image(image)
+        prior = self.encode_label(torch.softmax(seg_logits.float(), dim=1).to(cond.dtype))
+        z = torch.randn(prior.shape, generator=generator, device="cpu" if generator is None else generator.device,
+                        dtype=torch.float32).to(device=prior.device, dtype=prior.dtype)
+        scheduler.set_timesteps(num_steps, device=image.device)
+        trajectory = []
+        for t in scheduler.timesteps:
+            timesteps = torch.full((image.shape[0],), int(t), device=image.device, dtype=torch.long)
+            x0 = self.denoise(z, timesteps, prior, cond)
+            if return_trajectory:
+                trajectory.append(self.decode(x0, skips).float())
+            z, _ = scheduler.step(x0.float(), int(t), z.float())
+            z = z.to(prior.dtype)
+        # With set_alpha_to_one the last DDIM step returns the x0 prediction itself.
+        logits = self.decode(z, skips).float()
+        return (logits, trajectory) if return_trajectory else logits

@@ -1,0 +1,254 @@
+"""Unit tests of the angio networks, losses, augmentation and semi-supervised step (no dataset, no training)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from medml.config import load_config
+from medml.errors import ConfigError
+from medml.pipelines.angio import losses as L_
+from medml.pipelines.angio.augment import LabelledViews, UnlabelledViews, weak_transform
+from medml.pipelines.angio.module import AngioModule, build_schedulers
+from medml.pipelines.angio.pipeline import AngioConfig, class_areas, to_unit_grey
+
+TINY_MODEL = {
+    "seg_features": [8, 8, 16, 16, 32, 8], "latent_channels": 8, "encoder_widths": [8, 8, 16], "cond_channels": 8,
+    "denoiser_channels": [16, 16], "denoiser_attention": [False, False], "denoiser_head_channels": 8,
+    "denoiser_groups": 8,
+}
+
+
+def tiny_config(**model) -> AngioConfig:
+    return load_config(AngioConfig, {"model": {**TINY_MODEL, **model}, "diffusion": {"preset": "diffrect"},
+                                     "data": {"size": 32}})
+
+
+@pytest.fixture(scope="module")
+def module() -> AngioModule:
+    torch.manual_seed(0)
+    return AngioModule(tiny_config(confidence=0.0, refine_start_step=0))
+
+
+def test_paper_defaults_and_presets():
+    cfg = AngioConfig()
+    assert cfg.data.size == 512 and cfg.model.latent_channels == 64 and cfg.model.method == "rnpll"
+    assert cfg.diffusion.resolved() == (1000, 10)
+    assert load_config(AngioConfig, {"diffusion": {"preset": "diffrect"}}).diffusion.resolved() == (10, 2)
+    assert load_config(AngioConfig, None, ["diffusion.inference_steps=4"]).diffusion.resolved() == (1000, 4)
+    ddpm, ddim, steps = build_schedulers(cfg)
+    assert ddpm.prediction_type == "sample" and ddim.prediction_type == "sample" and steps == 10
+    with pytest.raises(ConfigError, match="model.method"):
+        load_config(AngioConfig, {"model": {"method": "fixmatch"}})
+    with pytest.raises(ConfigError, match="labelled_fraction"):
+        load_config(AngioConfig, None, ["data.labelled_fraction=0"])
+
+
+def test_shapes_and_latent_stride(module: AngioModule):
+    net = module.net
+    x = torch.rand(2, 1, 32, 32)
+    logits = net.segment(x)
+    assert logits.shape == (2, 5, 32, 32)
+    z = net.encode_label(torch.softmax(logits, 1))
+    assert z.shape == (2, 8, 4, 4) and net.latent_stride == 8
+    # Per-pixel normalised latent: every latent vector has norm sqrt(d).
+    assert torch.allclose(z.norm(dim=1), torch.full((2, 4, 4), math.sqrt(8)), atol=1e-4)
+    cond, skips = net.encode_image(x)
+    assert cond.shape[-2:] == (4, 4)
+    assert net.decode(z, skips).shape == (2, 5, 32, 32)
+    x0 = net.denoise(z, torch.tensor([3, 7]), z, cond)
+    assert x0.shape == z.shape
+
+
+def test_ddim_two_steps_finite_and_reproducible():
+    torch.manual_seed(0)
+    module = AngioModule(tiny_config())
+    net = module.net.eval()
+    # MONAI zero-initialises the denoiser's output layer; give it weights so the sampled noise matters.
+    torch.nn.init.normal_(net.denoiser.out[2].conv.weight, std=0.1)
+    x = torch.rand(2, 1, 32, 32)
+    seg = net.segment(x)
+    assert module.sample_steps == 2
+    out, trajectory = net.refine(x, seg, module.ddim, 2, generator=torch.Generator().manual_seed(1),
+                                 return_trajectory=True)
+    assert out.shape == (2, 5, 32, 32) and torch.isfinite(out).all()
+    assert len(trajectory) == 2 and all(torch.isfinite(t).all() for t in trajectory)
+    again = net.refine(x, seg, module.ddim, 2, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)
+    other = net.refine(x, seg, module.ddim, 2, generator=torch.Generator().manual_seed(2))
+    assert not torch.equal(out, other)  # the starting noise matters, so the seed is what makes it reproducible
+
+
+def test_prototype_ema_update_matches_hand_computation():
+    # Two classes, d = 2, a 1x2x2 latent: class 0 at three cells, class 1 at one cell, nothing for class 2.
+    feats = torch.tensor([[[[3.0, 0.0], [1.0, 0.0]], [[4.0, 1.0], [0.0, 2.0]]]])  # (1, 2, 2, 2)
+    labels = torch.tensor([[[0, 0], [1, 255]]])
+    protos, present = L_.batch_prototypes(feats, labels, num_classes=3)
+    # Hand: class 0 = mean of normalised (3,4)->(0.6,0.8) and (0,1) -> (0.3, 0.9) -> normalised.
+    c0 = torch.tensor([0.3, 0.9]) / math.hypot(0.3, 0.9)
+    c1 = torch.tensor([1.0, 0.0])
+    assert present.tolist() == [True, True, False]
+    assert torch.allclose(protos[0], c0, atol=1e-6) and torch.allclose(protos[1], c1, atol=1e-6)
+    assert torch.equal(protos[2], torch.zeros(2))
+
+    bank = torch.tensor([[0.0, 1.0], [0.0, 0.0], [1.0, 0.0]])
+    initialised = torch.tensor([True, False, True])
+    L_.update_prototypes(bank, initialised, protos, present, momentum=0.9)
+    expected0 = 0.9 * torch.tensor([0.0, 1.0]) + 0.1 * c0
+    expected0 = expected0 / expected0.norm()
+    assert torch.allclose(bank[0], expected0, atol=1e-6)  # EMA then re-normalised
+    assert torch.allclose(bank[1], c1)  # first sighting: taken as is
+    assert torch.equal(bank[2], torch.tensor([1.0, 0.0]))  # absent from the batch: unchanged
+    assert initialised.tolist() == [True, True, True]
+
+    # Deterministic: the same inputs give bit-identical banks.
+    bank2 = torch.tensor([[0.0, 1.0], [0.0, 0.0], [1.0, 0.0]])
+    init2 = torch.tensor([True, False, True])
+    L_.update_prototypes(bank2, init2, *L_.batch_prototypes(feats, labels, 3), momentum=0.9)
+    assert torch.equal(bank, bank2)
+
+
+def test_prototype_contrastive_loss_hand_value():
+    protos = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    ready = torch.tensor([True, True])
+    feats = torch.tensor([[[[2.0]], [[0.0]]]])  # one latent pixel along prototype 0
+    tau = 0.5
+    loss0 = L_.prototype_contrastive_loss(feats, torch.tensor([[[0]]]), protos, ready, tau)
+    loss1 = L_.prototype_contrastive_loss(feats, torch.tensor([[[1]]]), protos, ready, tau)
+    expected0 = -math.log(math.exp(1 / tau) / (math.exp(1 / tau) + math.exp(0)))
+    assert loss0.item() == pytest.approx(expected0, rel=1e-5)
+    assert loss1.item() > loss0.item()
+    # A class without a prototype is neither a target nor in the denominator.
+    lonely = L_.prototype_contrastive_loss(feats, torch.tensor([[[1]]]), protos, torch.tensor([True, False]), tau)
+    assert lonely.item() == 0.0
+
+
+def test_latent_labels_keep_thin_structures():
+    labels = torch.zeros(1, 8, 16, dtype=torch.long)
+    labels[0, :, 3] = 2  # a 1-pixel catheter: 1/8 of the left cell
+    labels[0, :, 8:10] = 1  # a 2-pixel vessel: 1/4 of the right cell
+    out = L_.latent_labels(labels, stride=8, num_classes=5, min_fraction=0.25)
+    assert out.tolist() == [[[255, 1]]]  # thin catheter cell is mixed -> ignored; vessel cell reaches 1/4
+    assert L_.latent_labels(torch.zeros(1, 8, 8, dtype=torch.long), 8, 5).tolist() == [[[0]]]
+
+
+def test_masked_dice_ce_ignores_masked_pixels():
+    loss = L_.MaskedDiceCE()
+    logits = torch.randn(2, 5, 8, 8)
+    labels = torch.randint(0, 5, (2, 8, 8))
+    labels[:, :4] = 255
+    base = loss(logits, labels)
+    changed = logits.clone()
+    changed[:, :, :4] = torch.randn(2, 5, 4, 8) * 10
+    assert torch.allclose(loss(changed, labels), base, atol=1e-6)
+    assert loss(logits, torch.full_like(labels, 255)).item() == 0.0
+    mask = torch.zeros(2, 8, 8, dtype=torch.bool)
+    assert loss(logits, labels.clamp(max=4), mask).item() == 0.0
+
+
+def test_sigmoid_rampup():
+    assert L_.sigmoid_rampup(0, 10) == pytest.approx(math.exp(-5))
+    assert L_.sigmoid_rampup(5, 10) == pytest.approx(math.exp(-5 * 0.25))
+    assert L_.sigmoid_rampup(20, 10) == 1.0 and L_.sigmoid_rampup(3, 0) == 1.0
+
+
+def _batch(seed: int = 0, size: int = 32) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.zeros(2, size, size, dtype=torch.long)
+    labels[:, 10:14, :] = 1
+    labels[:, :, 20:22] = 2
+    return {
+        "labelled": {"image": torch.rand(2, 1, size, size, generator=g), "label": labels},
+        "unlabelled": {"image_weak": torch.rand(2, 1, size, size, generator=g),
+                       "image_strong": torch.rand(2, 1, size, size, generator=g)},
+    }
+
+
+def test_semi_supervised_loss_sees_unlabelled_frames(module: AngioModule):
+    batch = _batch()
+    strong = batch["unlabelled"]["image_strong"].requires_grad_(True)
+    module.zero_grad()
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert strong.grad is not None and strong.grad.abs().sum() > 0  # gradients flow from the unlabelled stream
+    # The diffusion branch and the prototypes are trained too.
+    assert module.net.denoiser.out[2].conv.weight.grad.abs().sum() > 0
+    assert module.prototypes_initialised.any()
+    # Different unlabelled frames -> a different loss.
+    other = _batch()
+    other["unlabelled"]["image_weak"] = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(9))
+    other["unlabelled"]["image_strong"] = other["unlabelled"]["image_weak"].clone()
+    with torch.no_grad():
+        assert not torch.isclose(module.training_step(other, 0), module.training_step(_batch(), 0))
+
+
+def test_supervised_baseline_ignores_unlabelled_frames():
+    torch.manual_seed(0)
+    sup = AngioModule(tiny_config(method="supervised"))
+    assert sup.teacher is None and not sup.net.with_diffusion
+    batch = _batch()
+    strong = batch["unlabelled"]["image_strong"].requires_grad_(True)
+    loss = sup.training_step(batch, 0)
+    loss.backward()
+    assert strong.grad is None
+
+
+def test_mean_teacher_is_ema_of_student_and_not_optimised():
+    torch.manual_seed(0)
+    mt = AngioModule(tiny_config(method="mean_teacher", ema_decay=0.9))
+    assert not any(n.startswith("teacher.") for n, _ in mt.stage_parameters(mt.stage))
+    mt.teacher.update_parameters(mt.net)  # first update copies
+    before = next(mt.teacher.module.parameters()).detach().clone()
+    with torch.no_grad():
+        for p in mt.net.parameters():
+            p.add_(1.0)
+    mt.teacher.update_parameters(mt.net)
+    student = next(mt.net.parameters()).detach()
+    assert torch.allclose(next(mt.teacher.module.parameters()), 0.9 * before + 0.1 * student, atol=1e-6)
+
+
+def test_weak_view_same_geometry_for_image_and_mask():
+    image = torch.zeros(1, 16, 16)
+    label = torch.zeros(16, 16, dtype=torch.long)
+    image[0, :, :4] = 1.0
+    label[:, :4] = 3
+
+    class Frames(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return {"image": image, "label": label, "video": "v00", "frame": 0}
+
+    views = LabelledViews(Frames(), weak_transform(rotate_limit=0.0, flip_p=1.0))[0]
+    assert torch.equal(views["image"][0] > 0.5, views["label"] == 3)
+    assert views["label"][:, -4:].eq(3).all()  # flipped
+    unl = UnlabelledViews(Frames(), weak_transform(rotate_limit=0.0, flip_p=1.0), None)[0]
+    assert "label" not in unl and torch.equal(unl["image_weak"], unl["image_strong"])
+    assert torch.equal(unl["image_weak"], views["image"])
+
+
+def test_grey_conversion_and_areas():
+    rgb = np.zeros((2, 4, 4, 3), dtype=np.uint8)
+    rgb[..., 0] = 255
+    assert np.allclose(to_unit_grey(rgb), 1 / 3, atol=1e-6)
+    u16 = np.array([[[100, 300]]], dtype=np.uint16)
+    assert to_unit_grey(u16).tolist() == [[[0.0, 1.0]]]
+    labels = np.zeros((2, 4, 4), dtype=np.uint8)
+    labels[1, :2, :2] = 1
+    rows = class_areas(labels, ["background", "vessel", "catheter"], (0.5, 0.25), [0.0, 66.7])
+    assert rows[1]["vessel_px"] == 4 and rows[1]["vessel_mm2"] == pytest.approx(0.5)
+    assert rows[0]["vessel_px"] == 0 and "catheter_mm2" in rows[0]
+
+
+def test_class_weighted_ce_matches_torch():
+    logits = torch.randn(2, 5, 6, 6)
+    labels = torch.randint(0, 5, (2, 6, 6))
+    weights = [1.0, 2.0, 2.0, 2.0, 8.0]
+    loss = L_.MaskedDiceCE(dice_weight=0.0, class_weights=weights)
+    expected = torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor(weights))
+    assert loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-5)
