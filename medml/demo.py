@@ -142,13 +142,19 @@ def training_curves(run_dir: Path) -> Path | None:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.2), squeeze=False)
     for ax, (stage, srows, keys) in zip(axes[0], panels):
+        # losses on the left axis, scores (AUROC, Dice, ...) on the right: their scales differ by orders
+        score_ax = ax.twinx()
         for key in keys:
             pts = [(float(r["epoch"]), float(r[key])) for r in srows if r.get(key) and r.get("epoch")]
             if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, label=key)
+                target, style = (ax, "-") if "loss" in key else (score_ax, "--")
+                target.plot(*zip(*pts), style, marker="o", ms=3, label=key, color=f"C{keys.index(key)}")
         ax.set_title(stage)
         ax.set_xlabel("epoch")
-        ax.legend(fontsize=7)
+        ax.set_ylabel("loss")
+        score_ax.set_ylabel("score")
+        handles = ax.get_legend_handles_labels()[0] + score_ax.get_legend_handles_labels()[0]
+        ax.legend(handles=handles, fontsize=7)
     fig.tight_layout()
     out = run_dir / "training_curves.png"
     fig.savefig(out, dpi=90)
