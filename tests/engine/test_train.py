@@ -94,18 +94,25 @@ def test_resume_refuses_a_changed_config(toy_run, toy_data):
         train(ToyPipeline(cfg), toy_data, toy_run.run_dir, resume=True)
 
 
-def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(toy_data, tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "lightning"])
+def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(toy_data, tmp_path, launcher):
     # SyncBatchNorm needs CUDA, so the CPU check uses no BatchNorm; dropout off so both runs draw no randomness.
-    common = ["model.dropout=0", "model.batchnorm=false", "train.max_epochs=2", "train.accelerator=cpu"]
+    # Two fit stages: each stage builds its own Trainer inside the already-launched processes.
+    common = ["model.dropout=0", "model.batchnorm=false", "train.max_epochs=2", "train.accelerator=cpu",
+              "stages=[{name: all}, {name: head, trainable: [net.4]}]"]
     single = _run_toy(toy_data, tmp_path / "single", *common, "train.batch_size=8")
     assert single.returncode == 0, single.stderr[-2000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    ddp = _run_toy(toy_data, tmp_path / "ddp", *common, "train.batch_size=4", launcher=torchrun)
+    if launcher == "torchrun":
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        ddp = _run_toy(toy_data, tmp_path / "ddp", *common, "train.batch_size=4", launcher=torchrun)
+    else:  # `medml train ... --set train.devices=2`: Lightning starts the second process itself
+        ddp = _run_toy(toy_data, tmp_path / "ddp", *common, "train.batch_size=4", "train.devices=2")
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     record = json.loads((tmp_path / "ddp" / "run.json").read_text())
     assert record["devices"]["devices"] == 2 and record["devices"]["strategy"] == "ddp"
-    state_1, _ = _final(tmp_path / "single")
-    state_2, _ = _final(tmp_path / "ddp")
+    state_1, losses_1 = _final(tmp_path / "single")
+    state_2, losses_2 = _final(tmp_path / "ddp")
+    assert losses_2 == pytest.approx(losses_1, rel=1e-4)
     for key in state_1:
         torch.testing.assert_close(state_2[key], state_1[key], rtol=1e-4, atol=1e-5)
     torch.manual_seed(42)  # the engine's seed, so this is the runs' initial model
