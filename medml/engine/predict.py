@@ -133,6 +133,7 @@ def predict_folder(pipeline: Any, module: torch.nn.Module, input_dir: str | Path
                 stale.unlink(missing_ok=True)
                 done += 1
             except Exception as exc:  # noqa: BLE001
+                shutil.rmtree(output_dir / case.case_id, ignore_errors=True)  # no partial outputs of a failed case
                 fail(case.case_id, str(case.paths[0]), _reason(exc))
                 failed += 1
             bar.update(1)

@@ -169,3 +169,19 @@ def test_an_output_folder_of_another_model_is_refused(toy_run, clinical, tmp_pat
         module.offset += 1.0  # a different model
     with pytest.raises(ConfigError, match="another model"):
         predict_folder(pipeline, module, clinical, tmp_path / "out", progress=False)
+
+
+def test_a_case_whose_writer_fails_leaves_no_outputs(toy_run, clinical, tmp_path):
+    class HalfWriter(ToyPipeline):
+        def write_case(self, case, sample, output, out_dir):
+            row = super().write_case(case, sample, output, out_dir)
+            if case.case_id == "case1":
+                raise OSError("disk full")
+            return row
+
+    _, module = load_checkpoint(toy_run.checkpoint)
+    summary = predict_folder(HalfWriter(), module, clinical, tmp_path / "out", progress=False)
+    assert (summary.done, summary.failed) == (4, 2)
+    assert not (tmp_path / "out" / "case1").exists()
+    reasons = {r["case"]: r["reason"] for r in _rows(tmp_path / "out" / "failures.csv")}
+    assert reasons["case1"] == "unexpected OSError: disk full"
