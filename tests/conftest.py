@@ -10,6 +10,14 @@ from tests.engine.toy_pipeline import ToyPipeline
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_in_tmp(tmp_path_factory):
+    """medml's cache (e.g. the PTB-XL signal cache) goes to the session's tmp dir, never to the user's home."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def toy_data(tmp_path_factory):
     return ToyPipeline().synthesize(tmp_path_factory.mktemp("toy") / "data")
