@@ -91,7 +91,8 @@ def read_itk_image(path: str | Path) -> Volume:
     return Volume(array, tuple(map(float, spacing)), tuple(map(float, origin)), direction, meta)
 
 
-def write_nifti(array: np.ndarray, affine_or_volume: np.ndarray | Volume, path: str | Path) -> Path:
+def write_nifti(array: np.ndarray, affine_or_volume: np.ndarray | Volume, path: str | Path, *,
+                frame_time_s: float | None = None) -> Path:
     """Write a (z, y, x) array as NIfTI with the given RAS affine (or the geometry of a `Volume`).
 
     Both the sform and the qform carry the affine (code "scanner" when it came from a DICOM volume, "aligned"
@@ -103,6 +104,8 @@ def write_nifti(array: np.ndarray, affine_or_volume: np.ndarray | Volume, path: 
             (channels) are kept after x.
         affine_or_volume: 4x4 RAS affine, or the `Volume` whose geometry the array shares.
         path: ``.nii`` or ``.nii.gz`` file.
+        frame_time_s: write a (T, y, x) stack of 2D frames as 2D+t instead: a (x, y, 1, T) image whose pixdim[4]
+            is this frame interval in seconds (xyzt units mm / sec), so viewers show time, not a z axis.
     """
     import nibabel as nib
 
@@ -123,11 +126,20 @@ def write_nifti(array: np.ndarray, affine_or_volume: np.ndarray | Volume, path: 
         affine = np.asarray(affine_or_volume, float)
         if affine.shape != (4, 4):
             raise ValueError("affine must be 4x4")
-    axes = (2, 1, 0, *range(3, array.ndim))
-    image = nib.Nifti1Image(np.ascontiguousarray(array.transpose(axes)), affine)
+    if frame_time_s is not None:
+        if array.ndim != 3:
+            raise ValueError(f"a 2D+t NIfTI needs a (T, y, x) array, got shape {array.shape}")
+        if not frame_time_s > 0:
+            raise ValueError(f"frame_time_s must be positive, got {frame_time_s}")
+        data = array.transpose(2, 1, 0)[:, :, None, :]  # (x, y, 1, T)
+    else:
+        data = array.transpose((2, 1, 0, *range(3, array.ndim)))
+    image = nib.Nifti1Image(np.ascontiguousarray(data), affine)
     image.set_sform(affine, code=code)
     image.set_qform(affine, code=code)
     image.header.set_xyzt_units("mm", "sec")
+    if frame_time_s is not None:
+        image.header.set_zooms((*image.header.get_zooms()[:3], float(frame_time_s)))
     path = Path(path)
     with atomic_path(path) as tmp:
         nib.save(image, str(tmp))

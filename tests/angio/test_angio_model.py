@@ -13,7 +13,15 @@ from medml.errors import ConfigError
 from medml.pipelines.angio import losses as L_
 from medml.pipelines.angio.augment import LabelledViews, UnlabelledViews, weak_transform
 from medml.pipelines.angio.module import AngioModule, build_schedulers
-from medml.pipelines.angio.pipeline import AngioConfig, class_areas, to_unit_grey
+from medml.pipelines.angio.pipeline import (
+    SPACING_DETECTOR,
+    SPACING_MAGNIFICATION,
+    SPACING_PATIENT,
+    AngioConfig,
+    class_areas,
+    dicom_pixel_spacing,
+    to_unit_grey,
+)
 
 TINY_MODEL = {
     "seg_features": [8, 8, 16, 16, 32, 8], "latent_channels": 8, "encoder_widths": [8, 8, 16], "cond_channels": 8,
@@ -80,6 +88,40 @@ def test_ddim_two_steps_finite_and_reproducible():
     assert torch.equal(out, again)
     other = net.refine(x, seg, module.ddim, 2, generator=torch.Generator().manual_seed(2))
     assert not torch.equal(out, other)  # the starting noise matters, so the seed is what makes it reproducible
+
+
+@pytest.mark.parametrize("preset", ["diffrect", "paper"])
+def test_ddim_timesteps_follow_step_and_latent_noise_level(module: AngioModule, preset: str,
+                                                           monkeypatch: pytest.MonkeyPatch):
+    cfg = tiny_config() if preset == "diffrect" else AngioConfig()
+    _, ddim, steps = build_schedulers(cfg)
+    total = ddim.num_train_timesteps
+    net = module.net
+    clean = torch.randn(1, 8, 4, 4, generator=torch.Generator().manual_seed(3))
+    calls: list[tuple[torch.Tensor, int]] = []
+
+    def fixed_x0(z_t, timesteps, prior, cond):  # a denoiser that always predicts the same clean latent
+        calls.append((z_t.clone(), int(timesteps[0])))
+        return clean.clone()
+
+    monkeypatch.setattr(net, "denoise", fixed_x0)
+    x = torch.rand(1, 1, 32, 32)
+    out = net.refine(x, net.segment(x), ddim, steps, generator=torch.Generator().manual_seed(1))
+    used = [t for _, t in calls]
+    assert len(used) == steps and used[0] == total - 1 and used == ddim.timesteps.tolist()
+    stride = total // ddim.num_inference_steps  # what DDIMScheduler.step() moves by
+    assert [a - b for a, b in zip(used, used[1:])] == [stride] * (steps - 1)
+    assert used[-1] - stride == -1  # the last step lands on the clean latent
+    if preset == "diffrect":
+        assert used == [9, 4]
+    # With a fixed x0, deterministic DDIM keeps the noise component: z_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps.
+    # Recovering eps with each call's t gives the same eps only if t is the latent's true noise level.
+    abar = ddim.alphas_cumprod
+    eps = [(z - abar[t].sqrt() * clean) / (1 - abar[t]).sqrt() for z, t in calls]
+    for e in eps[1:]:
+        assert torch.allclose(e, eps[0], atol=1e-4)
+    cond, skips = net.encode_image(x)
+    assert torch.allclose(out, net.decode(clean, skips), atol=1e-5)
 
 
 def test_prototype_ema_update_matches_hand_computation():
@@ -149,6 +191,24 @@ def test_masked_dice_ce_ignores_masked_pixels():
     assert loss(logits, labels.clamp(max=4), mask).item() == 0.0
 
 
+@pytest.mark.parametrize("ignore_by", ["index", "mask"])
+def test_masked_dice_ce_perfect_prediction_with_ignored_half_is_zero(ignore_by: str):
+    labels = torch.randint(1, 5, (2, 8, 8))
+    perfect = torch.nn.functional.one_hot(labels, 5).permute(0, 3, 1, 2).float() * 40.0
+    half = torch.zeros(2, 8, 8, dtype=torch.bool)
+    half[:, 4:] = True
+    if ignore_by == "index":
+        target, mask = torch.where(half, labels, torch.full_like(labels, 255)), None
+    else:
+        target, mask = labels, half
+    for dice_weight, ce_weight in ((1.0, 0.0), (0.0, 1.0), (1.0, 1.0)):
+        loss = L_.MaskedDiceCE(dice_weight=dice_weight, ce_weight=ce_weight)
+        assert loss(perfect, target, mask).item() == pytest.approx(0.0, abs=1e-4)
+    # A wrong prediction on the kept half is still penalised by the Dice term.
+    wrong = perfect.roll(1, dims=1)
+    assert L_.MaskedDiceCE(ce_weight=0.0)(wrong, target, mask).item() > 0.5
+
+
 def test_sigmoid_rampup():
     assert L_.sigmoid_rampup(0, 10) == pytest.approx(math.exp(-5))
     assert L_.sigmoid_rampup(5, 10) == pytest.approx(math.exp(-5 * 0.25))
@@ -178,12 +238,28 @@ def test_semi_supervised_loss_sees_unlabelled_frames(module: AngioModule):
     # The diffusion branch and the prototypes are trained too.
     assert module.net.denoiser.out[2].conv.weight.grad.abs().sum() > 0
     assert module.prototypes_initialised.any()
-    # Different unlabelled frames -> a different loss.
+
+
+def _logged_losses(module: AngioModule, batch: dict, monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
+    """The loss terms one seeded training step logs (every random draw of the step is reseeded)."""
+    logged: dict[str, float] = {}
+    monkeypatch.setattr(module, "log_dict", lambda values, **_: logged.update({k: float(v) for k, v in values.items()}))
+    torch.manual_seed(123)
+    with torch.no_grad():
+        module.training_step(batch, 0)
+    return logged
+
+
+def test_unlabelled_frames_change_the_unsupervised_term(module: AngioModule, monkeypatch: pytest.MonkeyPatch):
+    base = _logged_losses(module, _batch(), monkeypatch)
+    again = _logged_losses(module, _batch(), monkeypatch)
+    assert again["train_loss_unsup"] == pytest.approx(base["train_loss_unsup"], rel=1e-6)  # seeded: reproducible
     other = _batch()
     other["unlabelled"]["image_weak"] = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(9))
     other["unlabelled"]["image_strong"] = other["unlabelled"]["image_weak"].clone()
-    with torch.no_grad():
-        assert not torch.isclose(module.training_step(other, 0), module.training_step(_batch(), 0))
+    changed = _logged_losses(module, other, monkeypatch)
+    assert changed["train_loss_sup"] == pytest.approx(base["train_loss_sup"], rel=1e-6)  # labelled stream untouched
+    assert changed["train_loss_unsup"] != pytest.approx(base["train_loss_unsup"], rel=1e-4)
 
 
 def test_supervised_baseline_ignores_unlabelled_frames():
@@ -240,9 +316,27 @@ def test_grey_conversion_and_areas():
     assert to_unit_grey(u16).tolist() == [[[0.0, 1.0]]]
     labels = np.zeros((2, 4, 4), dtype=np.uint8)
     labels[1, :2, :2] = 1
-    rows = class_areas(labels, ["background", "vessel", "catheter"], (0.5, 0.25), [0.0, 66.7])
+    names = ["background", "vessel", "catheter"]
+    rows = class_areas(labels, names, (0.5, 0.25), [0.0, 66.7], SPACING_PATIENT)
     assert rows[1]["vessel_px"] == 4 and rows[1]["vessel_mm2"] == pytest.approx(0.5)
-    assert rows[0]["vessel_px"] == 0 and "catheter_mm2" in rows[0]
+    assert rows[0]["vessel_px"] == 0 and "catheter_mm2" in rows[0] and rows[0]["spacing_source"] == "PixelSpacing"
+    detector = class_areas(labels, names, (0.5, 0.25), None, SPACING_DETECTOR)
+    assert detector[1]["vessel_mm2_detector"] == pytest.approx(0.5) and "vessel_mm2" not in detector[1]
+    assert "vessel_mm2" not in class_areas(labels, names, None)[1]
+
+
+def test_dicom_pixel_spacing_prefers_patient_plane():
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.ImagerPixelSpacing = [0.3, 0.3]
+    assert dicom_pixel_spacing(ds) == ((0.3, 0.3), SPACING_DETECTOR)
+    ds.EstimatedRadiographicMagnificationFactor = 1.5
+    spacing, source = dicom_pixel_spacing(ds)
+    assert spacing == pytest.approx((0.2, 0.2)) and source == SPACING_MAGNIFICATION
+    ds.PixelSpacing = [0.25, 0.2]
+    assert dicom_pixel_spacing(ds) == ((0.25, 0.2), SPACING_PATIENT)
+    assert dicom_pixel_spacing(Dataset()) == (None, None)
 
 
 def test_class_weighted_ce_matches_torch():
@@ -252,3 +346,16 @@ def test_class_weighted_ce_matches_torch():
     loss = L_.MaskedDiceCE(dice_weight=0.0, class_weights=weights)
     expected = torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor(weights))
     assert loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_teacher_updates_once_per_optimiser_step(monkeypatch: pytest.MonkeyPatch):
+    torch.manual_seed(0)
+    mt = AngioModule(tiny_config(method="mean_teacher"))
+    step = {"global": 0}
+    monkeypatch.setattr(AngioModule, "global_step", property(lambda self: step["global"]))
+    updates: list[int] = []
+    monkeypatch.setattr(mt.teacher, "update_parameters", lambda net: updates.append(step["global"]))
+    for batch_idx in range(6):  # accumulate_grad_batches = 2: the optimiser steps after every second batch
+        step["global"] = (batch_idx + 1) // 2
+        mt.on_train_batch_end(None, None, batch_idx)
+    assert updates == [1, 2, 3]

@@ -118,13 +118,20 @@ def test_predict_clinical_folder(loaded_angio, tmp_path: Path):
 
     from medml.data.mosxav import read_mask
 
-    nifti = np.asarray(nib.load(dicom_dir / "labels.nii.gz").dataobj)
-    assert nifti.size == n_frames * cine.Rows * cine.Columns
+    image = nib.load(dicom_dir / "labels.nii.gz")
+    # 2D+t: (columns, rows, 1, frames), time step = the cine's frame interval in seconds.
+    assert image.shape == (cine.Columns, cine.Rows, 1, n_frames)
+    frame_s = float(cine.FrameTime) / 1000.0
+    assert image.header.get_zooms() == pytest.approx((0.3, 0.3, 1.0, frame_s), rel=1e-4)
+    assert image.header.get_xyzt_units() == ("mm", "sec")
     first = read_mask(sorted((dicom_dir / "labels").glob("*.png"))[0])
     assert first.shape == (cine.Rows, cine.Columns) and first.max() <= 4
+    assert np.array_equal(np.asarray(image.dataobj)[:, :, 0, 0].T, first)
+    # The synthetic cine has ImagerPixelSpacing 0.3 only: areas are detector-plane and say so.
     areas = list(csv.DictReader((dicom_dir / "areas.csv").open()))
-    assert len(areas) == n_frames and float(areas[0]["vessel_mm2"]) == pytest.approx(
-        int(areas[0]["vessel_px"]) * 0.3 * 0.3, rel=1e-3)
+    assert len(areas) == n_frames and "vessel_mm2" not in areas[0]
+    assert areas[0]["spacing_source"] == "ImagerPixelSpacing"
+    assert float(areas[0]["vessel_mm2_detector"]) == pytest.approx(int(areas[0]["vessel_px"]) * 0.3 * 0.3, rel=1e-3)
 
     # The SEG references the cine and its frames.
     seg = pydicom.dcmread(dicom_dir / "seg.dcm")
@@ -134,14 +141,15 @@ def test_predict_clinical_folder(loaded_angio, tmp_path: Path):
         source = group.DerivationImageSequence[0].SourceImageSequence[0]
         assert source.ReferencedSOPInstanceUID == cine.SOPInstanceUID
         refs.add(int(source.ReferencedFrameNumber))
-    assert refs and refs <= set(range(1, n_frames + 1))
-    segment_labels = {s.SegmentLabel for s in seg.SegmentSequence}
-    assert "vessel" in segment_labels
-    try:
-        import highdicom as hd
+    assert refs == set(range(1, n_frames + 1))  # every frame of the cine is referenced
+    segments = {s.SegmentLabel: s for s in seg.SegmentSequence}
+    assert "vessel" in segments
+    property_codes = [(s.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator,
+                       s.SegmentedPropertyTypeCodeSequence[0].CodeValue) for s in segments.values()]
+    assert len(set(property_codes)) == len(property_codes)  # no two segments share a code
 
-        hd_seg = hd.seg.segread(dicom_dir / "seg.dcm")
-    except Exception as exc:  # noqa: BLE001 - highdicom 0.28 may refuse a cine SEG without plane geometry
-        pytest.xfail(f"highdicom cannot read a cine SEG: {exc}")
+    import highdicom as hd
+
+    hd_seg = hd.seg.segread(dicom_dir / "seg.dcm")
     assert hd_seg.SOPInstanceUID == seg.SOPInstanceUID
     assert cine.SOPInstanceUID in {uid for _, _, uid in hd_seg.get_source_image_uids()}

@@ -1,6 +1,7 @@
 """Losses of the RNPLL-style method (spec §A5, all [P] except where DiffRect §A4 is cited).
 
-* supervised Dice + CE on labelled frames (MONAI ``MaskedDiceLoss`` so ignored pixels drop out of both terms);
+* supervised Dice + CE on labelled frames (MONAI ``DiceLoss`` on softmax and one-hot both multiplied by the valid
+  mask, so ignored pixels drop out of both terms);
 * confidence-masked pseudo-label loss: teacher weak-view pseudo-labels supervise the student's strong view
   where the teacher's softmax confidence exceeds a threshold (DiffRect uses 0.8);
 * x0 latent MSE of the denoiser (DiffRect's latent loss, START_X target);
@@ -16,7 +17,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from monai.losses import MaskedDiceLoss
+from monai.losses import DiceLoss
 
 IGNORE_INDEX = 255
 
@@ -32,14 +33,16 @@ def sigmoid_rampup(current: float, rampup_length: float) -> float:
 class MaskedDiceCE(torch.nn.Module):
     """Dice + cross-entropy over the pixels where ``mask`` is true (and the label is not ``ignore_index``).
 
-    MONAI's ``DiceCELoss`` has no ignore index; ``MaskedDiceLoss`` does the Dice part and the CE is averaged over the
-    same pixels, so an all-ignored batch gives exactly 0 (no NaN).
+    MONAI's ``DiceCELoss`` has no ignore index, and ``MaskedDiceLoss`` multiplies the *label ids* by the mask before
+    one-hot encoding, so masked pixels count as background ground truth. Here the valid targets are one-hot encoded
+    first and both the softmax and the one-hot are multiplied by the valid mask, so masked pixels add nothing to
+    either Dice sum; the CE is averaged over the same pixels, and an all-ignored batch gives exactly 0 (no NaN).
     """
 
     def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0, ignore_index: int = IGNORE_INDEX,
                  class_weights: list[float] | None = None):
         super().__init__()
-        self.dice = MaskedDiceLoss(softmax=True, to_onehot_y=True, include_background=True, batch=True)
+        self.dice = DiceLoss(softmax=False, to_onehot_y=False, include_background=True, batch=True)
         self.dice_weight = dice_weight
         self.ce_weight = ce_weight
         self.ignore_index = ignore_index
@@ -57,7 +60,9 @@ class MaskedDiceCE(torch.nn.Module):
         nll = F.cross_entropy(logits.float(), safe, weight=self.class_weights, reduction="none") * valid
         norm = (self.class_weights[safe] * valid).sum() if self.class_weights is not None else valid.sum()
         ce = nll.sum() / norm.clamp_min(1e-6)
-        dice = self.dice(logits.float(), safe.unsqueeze(1), mask=valid.unsqueeze(1).float())
+        weight = valid.unsqueeze(1).float()
+        onehot = F.one_hot(safe, logits.shape[1]).permute(0, 3, 1, 2).float() * weight
+        dice = self.dice(torch.softmax(logits.float(), dim=1) * weight, onehot)
         return self.ce_weight * ce + self.dice_weight * dice
 
 
@@ -109,13 +114,23 @@ def batch_prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: 
     Returns:
         (prototypes (C, d), present (C,) bool): classes absent from the batch get a zero row and ``False``.
     """
+    return prototypes_from_sums(*class_feature_sums(features, labels, num_classes, ignore_index))
+
+
+def class_feature_sums(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                       ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class sums (C, d) of L2-normalised features and pixel counts (C,): what processes all-reduce."""
     feats = F.normalize(features.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, features.shape[1])
     flat = labels.reshape(-1)
     keep = flat != ignore_index
     feats, flat = feats[keep], flat[keep].long()
     sums = torch.zeros(num_classes, feats.shape[1], device=feats.device, dtype=feats.dtype)
     sums.index_add_(0, flat, feats)
-    counts = torch.bincount(flat, minlength=num_classes)
+    return sums, torch.bincount(flat, minlength=num_classes)
+
+
+def prototypes_from_sums(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(normalised prototypes (C, d), present (C,)) from class sums and counts (the mean's direction = the sum's)."""
     present = counts > 0
     return F.normalize(sums, dim=1) * present.unsqueeze(1), present
 

@@ -117,6 +117,24 @@ class LabelDecoder(nn.Module):
         return F.interpolate(self.head(h), size=skips[0].shape[-2:], mode="bilinear", align_corners=False)
 
 
+def ddim_timesteps(scheduler: DDIMScheduler, num_steps: int, device: torch.device | str | None = None
+                   ) -> torch.Tensor:
+    """Set ``num_steps`` DDIM steps on ``scheduler`` and return timesteps consistent with its ``step()``.
+
+    MONAI's ``set_timesteps`` spaces timesteps by ``linspace(T-1, 0, n)`` but ``step(t)`` moves the latent to
+    ``t - T // n``; with T = 10 and 2 steps the model would be called at t = 9 then t = 0 while the latent is at
+    t = 4. Here the timesteps are ``T - 1 - k * (T // n)`` for k = 0..n-1 (T = 10, n = 2 -> [9, 4]; T = 1000,
+    n = 10 -> [999, 899, ..., 99]), so each call sees the noise level of the latent it is given. The scheduler's
+    ``timesteps`` attribute is replaced too.
+    """
+    scheduler.set_timesteps(num_steps, device=device)
+    ratio = scheduler.num_train_timesteps // num_steps
+    offset = scheduler.num_train_timesteps - 1 - (num_steps - 1) * ratio
+    timesteps = torch.arange(num_steps - 1, -1, -1, device=device, dtype=torch.long) * ratio + offset
+    scheduler.timesteps = timesteps
+    return timesteps
+
+
 class AngioNet(nn.Module):
     """Segmenter + label-latent diffusion (E_y, E_x, denoiser, D_y) with a uniform interface.
 
@@ -203,15 +221,17 @@ class AngioNet(nn.Module):
         prior = self.encode_label(torch.softmax(seg_logits.float(), dim=1).to(cond.dtype))
         z = torch.randn(prior.shape, generator=generator, device="cpu" if generator is None else generator.device,
                         dtype=torch.float32).to(device=prior.device, dtype=prior.dtype)
-        scheduler.set_timesteps(num_steps, device=image.device)
+        timesteps_list = ddim_timesteps(scheduler, num_steps, device=image.device)
         trajectory = []
-        for t in scheduler.timesteps:
+        x0 = z
+        for t in timesteps_list:
             timesteps = torch.full((image.shape[0],), int(t), device=image.device, dtype=torch.long)
             x0 = self.denoise(z, timesteps, prior, cond)
             if return_trajectory:
                 trajectory.append(self.decode(x0, skips).float())
             z, _ = scheduler.step(x0.float(), int(t), z.float())
             z = z.to(prior.dtype)
-        # With set_alpha_to_one the last DDIM step returns the x0 prediction itself.
-        logits = self.decode(z, skips).float()
+        # The last step's x0 prediction is the sample (with eta = 0 and T divisible by the step count the final DDIM
+        # step lands on t = -1, alpha = 1, and returns exactly this; otherwise it would stop at a small t > 0).
+        logits = self.decode(x0, skips).float()
         return (logits, trajectory) if return_trajectory else logits

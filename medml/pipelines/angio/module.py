@@ -68,6 +68,7 @@ class AngioModule(MedmlModule):
         self.seg_loss = L_.MaskedDiceCE(dice_weight=lc.dice_weight, ce_weight=lc.ce_weight,
                                         class_weights=lc.class_weights)
         self._total_steps = 1
+        self._ema_step = 0  # global_step at the last teacher update
         self._val_stats: torch.Tensor | None = None
 
     # ----- parameters and stages -----------------------------------------------------------------------------------
@@ -78,6 +79,7 @@ class AngioModule(MedmlModule):
 
     def on_train_start(self) -> None:
         self._total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        self._ema_step = self.global_step
 
     def inference_net(self) -> AngioNet:
         """The network used for validation, evaluation and prediction (the EMA teacher where there is one)."""
@@ -176,16 +178,24 @@ class AngioModule(MedmlModule):
         p_l, present_l = L_.batch_prototypes(xh_l, latent_targets[0], net.num_classes)
         p_u, present_u = L_.batch_prototypes(xh_u, latent_targets[1], net.num_classes)
         out["loss_proto_align"] = L_.prototype_alignment(p_l, present_l, p_u, present_u)
-        # EMA update from the clean label latents of both streams (GT and confident pseudo-labels).
+        # EMA update from the clean label latents of both streams (GT and confident pseudo-labels). Under DDP the
+        # class sums and counts of every process are added first, so all processes keep identical prototypes.
         feats = torch.cat([z_l.detach(), z_u.detach()])
         labels = torch.cat(latent_targets)
-        batch_protos, present = L_.batch_prototypes(feats, labels, net.num_classes)
+        sums, counts = L_.class_feature_sums(feats, labels, net.num_classes)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(sums)
+            torch.distributed.all_reduce(counts)
+        batch_protos, present = L_.prototypes_from_sums(sums, counts)
         L_.update_prototypes(self.prototypes, self.prototypes_initialised, batch_protos, present,
                              lc.proto_momentum)
         return out
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.teacher is not None:
+        # One EMA update per optimiser step: with accumulate_grad_batches = k the student only changes every k
+        # batches, and global_step counts optimiser steps.
+        if self.teacher is not None and self.global_step != self._ema_step:
+            self._ema_step = self.global_step
             self.teacher.update_parameters(self.net)
 
     # ----- inference -----------------------------------------------------------------------------------------------

@@ -9,8 +9,6 @@ values are verified (DiffRect, MOSXAV) and which are medml's proposal [P].
 
 from __future__ import annotations
 
-import csv
-import io as _stdio
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +37,7 @@ from medml.pipelines.angio.augment import LabelledViews, UnlabelledViews, strong
 from medml.pipelines.angio.module import AngioModule
 from medml.pipelines.base import Pipeline
 from medml.registry import register_pipeline
-from medml.utils.files import atomic_path, write_json, write_text
+from medml.utils.files import atomic_path, write_json
 
 DIFFUSION_PRESETS = {"default": (1000, 10), "diffrect": (10, 2)}  # (training timesteps, DDIM sampling steps)
 
@@ -229,45 +227,84 @@ def predict_frames(module: AngioModule, frames: np.ndarray, size: int, frame_bat
     for start in range(0, len(frames), frame_batch):
         chunk = torch.from_numpy(np.ascontiguousarray(frames[start:start + frame_batch])).to(device)
         logits = module.predict_logits(resize_frames(chunk.float(), size), refine=refine, seed=seed + start)
-        labels = logits.argmax(dim=1, keepdim=True).float()
-        labels = F.interpolate(labels, size=(height, width), mode="nearest")[:, 0]  # resolution-agnostic output
-        out[start:start + len(chunk)] = labels.to(torch.uint8).cpu().numpy()
+        # Resize the class probabilities (bilinear) to the source size, then take the argmax: smoother, and thin
+        # structures survive better than nearest-resizing label ids.
+        probs = torch.softmax(logits.float(), dim=1)
+        if probs.shape[-2:] != (height, width):
+            probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
+        out[start:start + len(chunk)] = probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
     return out
 
 
+SPACING_PATIENT = "PixelSpacing"
+SPACING_MAGNIFICATION = "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
+SPACING_DETECTOR = "ImagerPixelSpacing"
+
+
+def dicom_pixel_spacing(ds: Any) -> tuple[tuple[float, float] | None, str | None]:
+    """(row, column) spacing in mm for areas, and where it came from.
+
+    ``PixelSpacing`` (calibrated, patient plane) is preferred; else ``ImagerPixelSpacing`` (detector plane) divided
+    by ``EstimatedRadiographicMagnificationFactor`` when present (an estimate at the isocentre); else the detector
+    spacing as is, flagged by its source so areas are labelled detector-plane (they overstate patient areas by the
+    magnification, typically 1.2-1.6 in angiography).
+    """
+    def pair(value: Any) -> tuple[float, float] | None:
+        try:
+            row, col = float(value[0]), float(value[1])
+        except (TypeError, ValueError, IndexError):
+            return None
+        return (row, col) if row > 0 and col > 0 else None
+
+    spacing = pair(ds.get("PixelSpacing"))
+    if spacing:
+        return spacing, SPACING_PATIENT
+    imager = pair(ds.get("ImagerPixelSpacing"))
+    if imager is None:
+        return None, None
+    try:
+        magnification = float(ds.get("EstimatedRadiographicMagnificationFactor") or 0)
+    except (TypeError, ValueError):
+        magnification = 0.0
+    if magnification > 0:
+        return (imager[0] / magnification, imager[1] / magnification), SPACING_MAGNIFICATION
+    return imager, SPACING_DETECTOR
+
+
 def class_areas(labels: np.ndarray, names: Sequence[str], spacing_mm: Sequence[float] | None,
-                frame_times_ms: Sequence[float] | None = None) -> list[dict[str, Any]]:
-    """Per-frame pixel counts per foreground class, and mm² when the pixel spacing is known."""
+                frame_times_ms: Sequence[float] | None = None, spacing_source: str | None = None
+                ) -> list[dict[str, Any]]:
+    """Per-frame pixel counts per foreground class, and areas when the pixel spacing is known.
+
+    Areas are ``<class>_mm2`` for a patient-plane spacing, ``<class>_mm2_detector`` when ``spacing_source`` is
+    plain ``ImagerPixelSpacing`` (detector plane, not corrected for magnification); ``spacing_source`` is recorded
+    in a column of its own.
+    """
+    suffix = "mm2_detector" if spacing_source == SPACING_DETECTOR else "mm2"
     rows = []
     pixel_mm2 = float(spacing_mm[0]) * float(spacing_mm[1]) if spacing_mm else None
     for t, frame in enumerate(labels):
         counts = np.bincount(frame.ravel(), minlength=len(names))
         row: dict[str, Any] = {"frame": t}
+        if pixel_mm2 is not None and spacing_source is not None:
+            row["spacing_source"] = spacing_source
         if frame_times_ms is not None:
             row["time_ms"] = round(float(frame_times_ms[t]), 3)
         for c in range(1, len(names)):
             row[f"{names[c]}_px"] = int(counts[c])
             if pixel_mm2 is not None:
-                row[f"{names[c]}_mm2"] = round(int(counts[c]) * pixel_mm2, 4)
+                row[f"{names[c]}_{suffix}"] = round(int(counts[c]) * pixel_mm2, 4)
         rows.append(row)
     return rows
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns += [c for c in row if c not in columns]
-    buffer = _stdio.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
-
-
-# SNOMED CT codes of the SEG segments: coronary artery for vessels, catheter / device for the instruments.
+# Codes of the SEG segments (category, then property type). Vessels: SNOMED CT coronary artery; catheter: SNOMED CT
+# catheter. The contrast-filled catheter (MOSXAV's class 2) has no SNOMED CT concept of its own and must not share
+# the catheter's code (a reader keys segments by code), so it gets a medml-local code in a private coding scheme
+# ("99" prefix, DICOM PS3.3 8.2): 99MEDML / ANGIO-CC "Contrast-filled catheter". Balloons: SNOMED CT device.
 SEGMENT_CODES = {
     "vessel": ("91723000", "SCT", "Anatomical Structure", "41801008", "SCT", "Coronary artery"),
-    "contrast_catheter": ("260787004", "SCT", "Physical object", "19923001", "SCT", "Catheter"),
+    "contrast_catheter": ("260787004", "SCT", "Physical object", "ANGIO-CC", "99MEDML", "Contrast-filled catheter"),
     "catheter": ("260787004", "SCT", "Physical object", "19923001", "SCT", "Catheter"),
     "balloon": ("260787004", "SCT", "Physical object", "49062001", "SCT", "Device"),
 }
@@ -288,11 +325,10 @@ def segment_table(names: Sequence[str]) -> list[Any]:
 
 
 def colourise(labels: np.ndarray) -> np.ndarray:
-    """Label ids -> RGB in the MOSXAV colours (ignored pixels white)."""
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[: len(PALETTE)] = np.asarray(PALETTE, dtype=np.uint8)
-    lut[IGNORE_INDEX] = 255
-    return lut[labels]
+    """Label ids -> RGB in the MOSXAV colours (ignored pixels white), through medml.io's palette table."""
+    from medml.io.image import as_palette
+
+    return as_palette({**dict(enumerate(PALETTE)), IGNORE_INDEX: (255, 255, 255)})[labels]
 
 
 # ----- the pipeline ----------------------------------------------------------------------------------------------
@@ -347,8 +383,18 @@ class AngioPipeline(Pipeline):
         grey = to_unit_grey(frames)
         if not np.isfinite(grey).all():
             raise CorruptFileError("frames hold non-finite values", case.paths[0])
+        spacing, spacing_source = None, None
+        if case.kind == "dicom_multiframe":
+            import pydicom
+
+            # medml.io merges PixelSpacing and ImagerPixelSpacing; areas need to know which one it was.
+            spacing, spacing_source = dicom_pixel_spacing(pydicom.dcmread(case.paths[0], stop_before_pixels=True))
+        elif video.meta.get("pixel_spacing"):
+            row_mm, col_mm = video.meta["pixel_spacing"][:2]
+            spacing, spacing_source = (float(row_mm), float(col_mm)), "input metadata"
         return {"frames": grey, "fps": float(video.fps), "frame_times_ms": np.asarray(video.frame_times_ms),
-                "meta": dict(video.meta), "kind": case.kind, "source": Path(case.paths[0])}
+                "meta": dict(video.meta), "kind": case.kind, "source": Path(case.paths[0]), "spacing": spacing,
+                "spacing_source": spacing_source}
 
     def predict_batch(self, module: AngioModule, samples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         ev = self.config.eval
@@ -364,12 +410,13 @@ class AngioPipeline(Pipeline):
         out_dir.mkdir(parents=True, exist_ok=True)
         for t, frame in enumerate(labels):
             io.write_palette_png(frame, palette, out_dir / "labels" / f"{t:05d}.png")
-        spacing = sample["meta"].get("pixel_spacing")  # (row, column) mm, from (Imager)PixelSpacing
-        frame_ms = float(np.median(np.diff(sample["frame_times_ms"]))) if len(labels) > 1 else 1.0
-        row_mm, col_mm = (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0)
-        # NIfTI 2D+t: x = columns, y = rows, z = frames; the frame spacing is the frame time in ms (pixdim[3]).
-        affine = np.diag([col_mm, row_mm, frame_ms if frame_ms > 0 else 1.0, 1.0])
-        io.write_nifti(np.ascontiguousarray(labels), affine, out_dir / "labels.nii.gz")
+        spacing, spacing_source = sample.get("spacing"), sample.get("spacing_source")
+        frame_ms = float(np.median(np.diff(sample["frame_times_ms"]))) if len(labels) > 1 else 0.0
+        row_mm, col_mm = spacing if spacing else (1.0, 1.0)
+        # NIfTI 2D+t: (x = columns, y = rows, z = 1, t = frames), pixdim[4] = frame interval in seconds.
+        affine = np.diag([col_mm, row_mm, 1.0, 1.0])
+        io.write_nifti(np.ascontiguousarray(labels), affine, out_dir / "labels.nii.gz",
+                       frame_time_s=frame_ms / 1000.0 if frame_ms > 0 else 1.0)
         wrote_seg = False
         if sample["kind"] == "dicom_multiframe":
             import pydicom
@@ -380,11 +427,12 @@ class AngioPipeline(Pipeline):
             wrote_seg = True
         display = np.round(sample["frames"] * 255).astype(np.uint8)
         io.write_overlay_video(display, labels, palette, out_dir / "overlay.mp4", fps=sample["fps"] or 15.0)
-        areas = class_areas(labels, names, spacing, sample["frame_times_ms"])
-        _write_csv(out_dir / "areas.csv", areas)
+        areas = class_areas(labels, names, spacing, sample["frame_times_ms"], spacing_source)
+        io.write_csv(areas, out_dir / "areas.csv")
         row: dict[str, Any] = {"kind": sample["kind"], "frames": int(labels.shape[0]), "height": int(labels.shape[1]),
                                "width": int(labels.shape[2]), "fps": round(float(sample["fps"]), 3),
-                               "seg": wrote_seg, "refined": bool(self.config.model.refine_at_inference)}
+                               "seg": wrote_seg, "refined": bool(self.config.model.refine_at_inference),
+                               "spacing_source": spacing_source or ""}
         for c in range(1, len(names)):
             row[f"mean_{names[c]}_px"] = round(float(np.mean([a[f"{names[c]}_px"] for a in areas])), 2)
         return row
@@ -450,7 +498,9 @@ class AngioPipeline(Pipeline):
                 for key in ("dice", "iou", "hd95"):
                     row[f"{name}_{key}"] = round(summary[name][key], 5)
             table.append(row)
-        _write_csv(out_dir / "per_video.csv", table)
+        from medml.io import write_csv
+
+        write_csv(table, out_dir / "per_video.csv")
         if figure_rows:
             self._evaluation_figure(figure_rows, out_dir / f"{split}_examples.png")
         headline = {f"{key}_mean": overall["mean_foreground"][key] for key in ("dice", "iou", "hd95")}
