@@ -151,3 +151,12 @@ def test_a_stage_that_trains_nothing_is_a_config_error(toy_data, tmp_path):
     cfg = load_config(ToyPipeline.Config, None, ["stages=[{name: head, trainable: [no_such_module]}]"])
     with pytest.raises(ConfigError, match="stage 'head' trains nothing"):
         train(ToyPipeline(cfg), toy_data, tmp_path / "run")
+
+
+def test_early_stopping_ends_a_stage_that_stops_improving(toy_data, tmp_path):
+    # lr 0: the validation loss never improves, so patience 2 stops the stage after 3 of its 20 epochs
+    cfg = load_config(ToyPipeline.Config, None, ["train.optim.lr=0", "train.max_epochs=20", "train.patience=2",
+                                                 "model.dropout=0"])
+    train(ToyPipeline(cfg), toy_data, tmp_path / "run")
+    done = json.loads((tmp_path / "run" / "stages" / "00-fit" / "done.json").read_text())
+    assert done["epochs_run"] == 3
