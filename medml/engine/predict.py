@@ -9,9 +9,7 @@ Completion is tracked per case in ``OUT/.medml/``, so a killed run resumes where
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import io as _io
 import json
 import shutil
 from dataclasses import dataclass
@@ -46,14 +44,13 @@ def _reason(exc: BaseException) -> str:
 
 
 def _write_table(path: Path, rows: list[dict[str, Any]], first: list[str]) -> None:
+    """CSV with ``first`` columns leading, then every other key in first-seen order (no patient identifiers)."""
+    from medml.io import write_csv
+
     columns = list(first)
     for row in rows:
         columns += [c for c in row if c not in columns]
-    buffer = _io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
+    write_csv(rows, path, columns=columns)
 
 
 def _collect(state_dir: Path, kind: str) -> list[dict[str, Any]]:

@@ -7,7 +7,6 @@ part 1; the config defaults below are the paper's configuration.
 
 from __future__ import annotations
 
-import csv
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,11 +18,12 @@ import torch
 
 from medml.config import OptimConfig, PipelineConfig, StageConfig, Strict, TrainConfig
 from medml.errors import ConfigError, DataLayoutError, SignalError
+from medml.io import write_csv
 from medml.pipelines.base import Pipeline
 from medml.pipelines.ecg.model import BRANCHES
 from medml.pipelines.ecg.module import EcgModule
 from medml.registry import register_pipeline
-from medml.utils.files import atomic_path, write_json, write_text
+from medml.utils.files import write_json, write_text
 
 #: ProtoECGNet's prototype_category -> branch (spec 1.3: 1 rhythm 1D, 3 morphology 2D partial, 4 global 2D).
 CATEGORY_BRANCH = {1: "rhythm", 3: "morphology", 4: "global"}
@@ -357,18 +357,15 @@ class EcgPipeline(Pipeline):
         write_json(out_dir / "metrics.json", results)
         # per-record outputs, so any metric can be recomputed over the whole fold later
         codes = module.label_names
-        with atomic_path(out_dir / f"predictions_{split}.csv") as tmp, tmp.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["ecg_id", *(f"prob_{c}" for c in codes), *(f"label_{c}" for c in codes)])
-            for ecg_id, prob, target in zip(arrays["ecg_id"], arrays["probs"], arrays["target"]):
-                writer.writerow([int(ecg_id), *(f"{v:.6f}" for v in prob), *(int(v) for v in target)])
-        with atomic_path(out_dir / "per_label_auroc.csv") as tmp, tmp.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["label_set", "label", "auroc", "ci_lo", "ci_hi", "n_pos"])
-            for label_set, res in results["label_sets"].items():
-                for label, row in res["per_label"].items():
-                    writer.writerow([label_set, label, f"{row['auroc']:.4f}", f"{row['ci_lo']:.4f}",
-                                     f"{row['ci_hi']:.4f}", row["n_pos"]])
+        write_csv(({"ecg_id": int(ecg_id), **{f"prob_{c}": f"{v:.6f}" for c, v in zip(codes, prob)},
+                    **{f"label_{c}": int(v) for c, v in zip(codes, target)}}
+                   for ecg_id, prob, target in zip(arrays["ecg_id"], arrays["probs"], arrays["target"])),
+                  out_dir / f"predictions_{split}.csv",
+                  columns=["ecg_id", *(f"prob_{c}" for c in codes), *(f"label_{c}" for c in codes)])
+        write_csv(({"label_set": label_set, "label": label, "auroc": f"{row['auroc']:.4f}",
+                    "ci_lo": f"{row['ci_lo']:.4f}", "ci_hi": f"{row['ci_hi']:.4f}", "n_pos": row["n_pos"]}
+                   for label_set, res in results["label_sets"].items() for label, row in res["per_label"].items()),
+                  out_dir / "per_label_auroc.csv")
         write_text(out_dir / "benchmark_table.md", benchmark_table(results))
         per_label_auroc_figure(results["label_sets"]["all"], out_dir / "per_label_auroc.png",
                                title=f"ProtoECGNet, PTB-XL {split} fold, 71 labels")
