@@ -18,6 +18,7 @@ demo: venv
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: venv lint
 	$(BIN)/pytest -n 2 --dist loadfile -q

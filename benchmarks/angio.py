@@ -56,11 +56,15 @@ def _sync(device: torch.device) -> None:
 def random_batch(cfg: AngioConfig, device: torch.device) -> dict[str, Any]:
     size, b_l, b_u = cfg.data.size, cfg.train.batch_size, cfg.data.unlabelled_batch_size
     labels = torch.zeros(b_l, size, size, dtype=torch.long, device=device)
-    labels[:, size // 3: size // 3 + 8] = 1
-    labels[:, :, size // 2: size // 2 + 4] = 2
-    return {"labelled": {"image": torch.rand(b_l, 1, size, size, device=device), "label": labels},
-            "unlabelled": {"image_weak": torch.rand(b_u, 1, size, size, device=device),
-                           "image_strong": torch.rand(b_u, 1, size, size, device=device)}}
+    labels[:, size // 3 : size // 3 + 8] = 1
+    labels[:, :, size // 2 : size // 2 + 4] = 2
+    return {
+        "labelled": {"image": torch.rand(b_l, 1, size, size, device=device), "label": labels},
+        "unlabelled": {
+            "image_weak": torch.rand(b_u, 1, size, size, device=device),
+            "image_strong": torch.rand(b_u, 1, size, size, device=device),
+        },
+    }
 
 
 def time_training(method: str, iters: int, device: torch.device, bf16: bool) -> dict[str, float]:
@@ -90,8 +94,15 @@ def time_training(method: str, iters: int, device: torch.device, bf16: bool) -> 
 
 
 @torch.no_grad()
-def time_inference(module: AngioModule, frames: int, iters: int, device: torch.device, bf16: bool,
-                   refine: bool, steps: int | None = None) -> float:
+def time_inference(
+    module: AngioModule,
+    frames: int,
+    iters: int,
+    device: torch.device,
+    bf16: bool,
+    refine: bool,
+    steps: int | None = None,
+) -> float:
     module = module.to(device).eval()
     size = module.config.data.size
     x = torch.rand(frames, 1, size, size, device=device)
@@ -116,8 +127,13 @@ def inference_table(device: torch.device, frames: int, iters: int, bf16: bool) -
     default_steps = module.config.diffusion.resolved()[1]
     ref10 = time_inference(module, frames, iters, device, bf16, refine=True, steps=default_steps)
     ref2 = time_inference(module, frames, iters, device, bf16, refine=True, steps=2)
-    return {"segmenter_fps": seg, f"refined_ddim{default_steps}_fps": ref10, "refined_ddim2_fps": ref2,
-            f"refined_ddim{default_steps}_vs_segmenter": ref10 / seg, "refined_ddim2_vs_segmenter": ref2 / seg}
+    return {
+        "segmenter_fps": seg,
+        f"refined_ddim{default_steps}_fps": ref10,
+        "refined_ddim2_fps": ref2,
+        f"refined_ddim{default_steps}_vs_segmenter": ref10 / seg,
+        "refined_ddim2_vs_segmenter": ref2 / seg,
+    }
 
 
 def gpu_benchmark(device: str | torch.device = "cuda", iters: int = 10, frames: int = 16) -> dict[str, Any]:
@@ -126,8 +142,11 @@ def gpu_benchmark(device: str | torch.device = "cuda", iters: int = 10, frames: 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         torch.backends.cudnn.benchmark = True
-    result: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                              "size": 512, "precision": "bf16-mixed"}
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "size": 512,
+        "precision": "bf16-mixed",
+    }
     for method in ("supervised", "mean_teacher", "rnpll"):
         result[f"train_{method}_iters_per_s"] = time_training(method, iters, device, bf16=True)["iters_per_s"]
     result.update(inference_table(device, frames, iters, bf16=True))
@@ -151,8 +170,10 @@ def main() -> None:
     for method in ("supervised", "mean_teacher", "rnpll"):
         timing = time_training(method, args.iters, device, bf16=False)
         base = base or timing["iters_per_s"]
-        print(f"train {method:>12}: {timing['iters_per_s']:.3f} it/s ({timing['s_per_iter']:.1f} s/it), "
-              f"{timing['iters_per_s'] / base:.2f}x the supervised baseline")
+        print(
+            f"train {method:>12}: {timing['iters_per_s']:.3f} it/s ({timing['s_per_iter']:.1f} s/it), "
+            f"{timing['iters_per_s'] / base:.2f}x the supervised baseline"
+        )
     table = inference_table(device, args.frames, args.iters, bf16=False)
     for key, value in table.items():
         print(f"inference {key}: {value:.3f}")

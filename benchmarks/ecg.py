@@ -54,8 +54,15 @@ def _autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, enabled=False)
 
 
-def time_training_step(module: EcgModule, stage_name: str, batch: int, steps: int, device: torch.device,
-                       bf16: bool = False, warmup: int = 2) -> dict[str, float]:
+def time_training_step(
+    module: EcgModule,
+    stage_name: str,
+    batch: int,
+    steps: int,
+    device: torch.device,
+    bf16: bool = False,
+    warmup: int = 2,
+) -> dict[str, float]:
     """Samples/s of full optimisation steps (forward, loss, backward, Adam) in one stage."""
     stage = next(s for s in module.config.stages if s.name == stage_name)
     module.start_stage(stage)
@@ -80,8 +87,9 @@ def time_training_step(module: EcgModule, stage_name: str, batch: int, steps: in
 
 
 @torch.no_grad()
-def time_inference(module: EcgModule, batch: int, steps: int, device: torch.device, bf16: bool = False,
-                   warmup: int = 2) -> dict[str, float]:
+def time_inference(
+    module: EcgModule, batch: int, steps: int, device: torch.device, bf16: bool = False, warmup: int = 2
+) -> dict[str, float]:
     module.to(device).eval()
     x = torch.randn(batch, 12, 1000, device=device)
     for i in range(warmup + steps):
@@ -137,8 +145,7 @@ def loader_vs_step(data_dir: Path | None, step_s: float, batch: int, workers: in
     seconds = (time.perf_counter() - start) / max(n, 1) if start else float("nan")
     if tmp:
         tmp.cleanup()
-    return {"loader_batch_s": seconds, "step_s": step_s, "loader_share_of_step": seconds / step_s,
-            "workers": workers}
+    return {"loader_batch_s": seconds, "step_s": step_s, "loader_share_of_step": seconds / step_s, "workers": workers}
 
 
 def prepare_vs_serial(n_records: int = 400) -> dict[str, float]:
@@ -172,8 +179,11 @@ def gpu_benchmark(device: str | torch.device = "cuda", batch: int = 32, steps: i
     module = paper_module()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    result: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                              "batch": batch, "precision": "bf16-mixed"}
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "batch": batch,
+        "precision": "bf16-mixed",
+    }
     for stage in ("joint_rhythm", "joint_morphology", "joint_global", "fusion"):
         timing = time_training_step(module, stage, batch, steps, device, bf16=True)
         result[f"train_{stage}_samples_per_s"] = timing["samples_per_s"]
@@ -198,9 +208,12 @@ def main() -> None:
 
     torch.manual_seed(0)
     module = paper_module()
-    report: dict[str, Any] = {"machine": platform.processor() or platform.machine(),
-                              "torch_threads": torch.get_num_threads(), "batch": args.batch,
-                              "parameters": sum(p.numel() for p in module.parameters())}
+    report: dict[str, Any] = {
+        "machine": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "parameters": sum(p.numel() for p in module.parameters()),
+    }
     report["flops_per_ecg"] = flops_per_ecg(module)
     cpu = torch.device("cpu")
     for stage in ("joint_rhythm", "joint_morphology", "joint_global", "fusion"):
@@ -217,17 +230,22 @@ def main() -> None:
     print(f"ProtoECGNet paper size: {report['parameters']:,} parameters, {f / 1e9:.2f} GFLOP per ECG (inference)")
     for stage in ("joint_rhythm", "joint_morphology", "joint_global", "fusion"):
         t = report[f"cpu_train_{stage}"]
-        print(f"CPU train {stage:<17} {t['samples_per_s']:8.1f} samples/s  ({t['step_s']:.3f} s/step, batch "
-              f"{args.batch})")
+        print(
+            f"CPU train {stage:<17} {t['samples_per_s']:8.1f} samples/s  ({t['step_s']:.3f} s/step, batch {args.batch})"
+        )
     inf = report["cpu_inference"]
     print(f"CPU inference (fused)      {inf['ecgs_per_s']:8.1f} ECGs/s   ({f * inf['ecgs_per_s'] / 1e9:.1f} GFLOP/s)")
     lv = report["loader_vs_step"]
-    print(f"loader {lv['loader_batch_s'] * 1e3:.1f} ms/batch vs fastest step {lv['step_s'] * 1e3:.0f} ms: "
-          f"{100 * lv['loader_share_of_step']:.1f}% of a step ({lv['workers']} workers)")
+    print(
+        f"loader {lv['loader_batch_s'] * 1e3:.1f} ms/batch vs fastest step {lv['step_s'] * 1e3:.0f} ms: "
+        f"{100 * lv['loader_share_of_step']:.1f}% of a step ({lv['workers']} workers)"
+    )
     if "prepare_vs_serial" in report:
         pv = report["prepare_vs_serial"]
-        print(f"prepare {pv['prepare_s']:.2f} s vs serial wfdb.rdsamp {pv['serial_rdsamp_s']:.2f} s for "
-              f"{pv['records']} records: {pv['ratio']:.1f}x")
+        print(
+            f"prepare {pv['prepare_s']:.2f} s vs serial wfdb.rdsamp {pv['serial_rdsamp_s']:.2f} s for "
+            f"{pv['records']} records: {pv['ratio']:.1f}x"
+        )
     if "cuda_bf16" in report:
         print("CUDA bf16:", json.dumps(report["cuda_bf16"], indent=1))
     if args.json:

@@ -58,6 +58,7 @@ def run(n_records: int = 2000, repeats: int = 3, workdir: str | Path | None = No
                 cache = tmp / "cache"
                 shutil.rmtree(cache, ignore_errors=True)
                 prepare_ptbxl(root, cache_dir=cache, workers=workers, progress=False)
+
             return go
 
         serial_rdsamp()  # warm-up: imports and page cache
@@ -93,13 +94,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     r = run(args.records, args.repeats)
-    print(f"synthetic PTB-XL: {r['records']} records at 100 Hz (generated in {r['generate_s']:.1f} s), "
-          f"{r['cpus']} CPUs, best of {args.repeats}")
+    print(
+        f"synthetic PTB-XL: {r['records']} records at 100 Hz (generated in {r['generate_s']:.1f} s), "
+        f"{r['cpus']} CPUs, best of {args.repeats}"
+    )
     print(f"serial wfdb.rdsamp loop (read only)     {r['rdsamp_serial_rec_per_s']:8.0f} records/s   1.00x")
-    print(f"prepare_ptbxl, 1 worker (read+filter)   {r['prepare_1_worker_rec_per_s']:8.0f} records/s   "
-          f"{r['ratio_1_worker']:.2f}x")
-    print(f"prepare_ptbxl, default workers          {r['prepare_default_rec_per_s']:8.0f} records/s   "
-          f"{r['ratio_default']:.2f}x")
+    print(
+        f"prepare_ptbxl, 1 worker (read+filter)   {r['prepare_1_worker_rec_per_s']:8.0f} records/s   "
+        f"{r['ratio_1_worker']:.2f}x"
+    )
+    print(
+        f"prepare_ptbxl, default workers          {r['prepare_default_rec_per_s']:8.0f} records/s   "
+        f"{r['ratio_default']:.2f}x"
+    )
     print(f"DataLoader over the cache (batch 32, 0 workers, shuffled)  {r['loader_samples_per_s']:8.0f} samples/s")
 
 

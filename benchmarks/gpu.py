@@ -45,8 +45,11 @@ def main() -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: this script measures GPUs (use each benchmarks/<name>.py for CPU numbers)")
         return 1
-    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
-               "versions": package_versions(), "pipelines": {}}
+    results = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+        "versions": package_versions(),
+        "pipelines": {},
+    }
     for name in args.names or list_pipelines():
         bench = load_benchmark(name)
         if bench is None:

@@ -24,8 +24,12 @@ commands:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medml", description="Published medical imaging methods on clinical files.",
-                                     epilog=COMMANDS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="medml",
+        description="Published medical imaging methods on clinical files.",
+        epilog=COMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     sub.add_parser("list", help="pipelines, with one line each")
@@ -42,8 +46,15 @@ def _parser() -> argparse.ArgumentParser:
 
     def add_config(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", help="recipe name (paper, tiny) or a YAML file; default: the paper recipe")
-        p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                       help="override config keys, e.g. --set train.batch_size=16 train.optim.lr=3e-4")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            nargs="+",
+            action="extend",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override config keys, e.g. --set train.batch_size=16 train.optim.lr=3e-4",
+        )
 
     p = sub.add_parser("prepare", help="check a dataset's official layout and build caches")
     p.add_argument("name")
@@ -139,15 +150,25 @@ def run(argv: list[str] | None = None) -> int:
         from medml.engine.predict import predict_folder
 
         pipeline, module = load_checkpoint(args.checkpoint, expect_pipeline=args.name, device=_device(args.device))
-        summary = predict_folder(pipeline, module, args.input, args.output, num_parts=args.num_parts,
-                                 part_id=args.part_id, checkpoint=args.checkpoint)
-        print(f"{summary.done} predicted, {summary.skipped} already done, {summary.failed} failed "
-              f"(see {summary.output_dir / 'failures.csv'})")
+        summary = predict_folder(
+            pipeline,
+            module,
+            args.input,
+            args.output,
+            num_parts=args.num_parts,
+            part_id=args.part_id,
+            checkpoint=args.checkpoint,
+        )
+        print(
+            f"{summary.done} predicted, {summary.skipped} already done, {summary.failed} failed "
+            f"(see {summary.output_dir / 'failures.csv'})"
+        )
     elif args.command == "evaluate":
         from medml.engine.evaluate import evaluate
 
-        metrics = evaluate(args.name, args.data, args.checkpoint, args.out, split=args.split,
-                           device=_device(args.device))
+        metrics = evaluate(
+            args.name, args.data, args.checkpoint, args.out, split=args.split, device=_device(args.device)
+        )
         print(json.dumps(metrics, indent=2, default=str))
     elif args.command == "demo":
         from medml.demo import run_demo

@@ -160,9 +160,7 @@ def resolve_recipe(pipeline: str, config: str | Path | None) -> Path | None:
     return recipe
 
 
-def load_config(
-    config_cls: type[C], source: str | Path | dict | None = None, overrides: list[str] | None = None
-) -> C:
+def load_config(config_cls: type[C], source: str | Path | dict | None = None, overrides: list[str] | None = None) -> C:
     """Build a validated config from defaults, then a YAML file (or dict), then ``key=value`` overrides."""
     if isinstance(source, dict):
         tree = dict(source)

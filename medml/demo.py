@@ -95,8 +95,9 @@ def run_pipeline_demo(name: str, root: Path, progress: bool = True) -> DemoRun:
         pipeline.synthesize_clinical(demo.clinical_dir, seed=1)
         (demo.clinical_dir / ".complete").touch()
     trained, module = load_checkpoint(demo.checkpoint, expect_pipeline=name)
-    predict = predict_folder(trained, module, demo.clinical_dir, demo.pred_dir, progress=progress,
-                             checkpoint=demo.checkpoint)
+    predict = predict_folder(
+        trained, module, demo.clinical_dir, demo.pred_dir, progress=progress, checkpoint=demo.checkpoint
+    )
     timings["predict"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -107,9 +108,18 @@ def run_pipeline_demo(name: str, root: Path, progress: bool = True) -> DemoRun:
     curves = training_curves(demo.run_dir)
     if curves:
         figures.insert(0, str(curves))
-    write_json(demo.summary_path, {"pipeline": name, "summary": cls.summary, "metrics": _headline(metrics),
-                                   "predicted": predict.done, "failed": predict.failed, "timings_s": timings,
-                                   "figures": figures})
+    write_json(
+        demo.summary_path,
+        {
+            "pipeline": name,
+            "summary": cls.summary,
+            "metrics": _headline(metrics),
+            "predicted": predict.done,
+            "failed": predict.failed,
+            "timings_s": timings,
+            "figures": figures,
+        },
+    )
     return demo
 
 
@@ -164,8 +174,10 @@ def training_curves(run_dir: Path) -> Path | None:
 
 def _img(path: str) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<figure><img src="data:image/png;base64,{data}"><figcaption>{html.escape(Path(path).name)}' \
-           f"</figcaption></figure>"
+    return (
+        f'<figure><img src="data:image/png;base64,{data}"><figcaption>{html.escape(Path(path).name)}'
+        f"</figcaption></figure>"
+    )
 
 
 def write_report(out_dir: Path, demos: list[DemoRun], failures: dict[str, str]) -> Path:
@@ -182,11 +194,16 @@ def write_report(out_dir: Path, demos: list[DemoRun], failures: dict[str, str]) 
     for demo in demos:
         info = demo.summary()
         parts.append(f"<h2>{html.escape(demo.name)}: {html.escape(info['summary'])}</h2>")
-        parts.append(f"<p>{info['predicted']} synthetic clinical files predicted, {info['failed']} rejected "
-                     f"(listed in <code>{html.escape(str(demo.pred_dir / 'failures.csv'))}</code>).</p>")
-        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float)
-                       else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
-                       for k, v in info["metrics"].items())
+        parts.append(
+            f"<p>{info['predicted']} synthetic clinical files predicted, {info['failed']} rejected "
+            f"(listed in <code>{html.escape(str(demo.pred_dir / 'failures.csv'))}</code>).</p>"
+        )
+        rows = "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>"
+            if isinstance(v, float)
+            else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+            for k, v in info["metrics"].items()
+        )
         parts.append(f"<table><tr><th>metric (synthetic test split)</th><th>value</th></tr>{rows}</table>")
         timing = ", ".join(f"{k} {v:.0f} s" for k, v in info["timings_s"].items())
         parts.append(f"<p>Time: {timing}.</p>")

@@ -17,8 +17,11 @@ CODECS = {
     "imageio_ffmpeg": "MP4/AVI video read and write",
     "cv2": "video and image I/O (OpenCV)",
 }
-TOOLS = {"dciodvfy": "DICOM validator (dicom3tools)", "dcm2niix": "reference DICOM to NIfTI",
-         "dcmdump": "DICOM dump (dcmtk)"}
+TOOLS = {
+    "dciodvfy": "DICOM validator (dicom3tools)",
+    "dcm2niix": "reference DICOM to NIfTI",
+    "dcmdump": "DICOM dump (dcmtk)",
+}
 
 
 def info_lines() -> list[str]:
@@ -31,8 +34,10 @@ def info_lines() -> list[str]:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
-            lines.append(f"  cuda:{i}       {props.name}, {props.total_memory / 2**30:.0f} GiB, "
-                         f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}")
+            lines.append(
+                f"  cuda:{i}       {props.name}, {props.total_memory / 2**30:.0f} GiB, "
+                f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}"
+            )
         lines.append(f"  CUDA         {torch.version.cuda}")
     else:
         lines.append("  cuda         not available")

@@ -40,32 +40,86 @@ def _one_line_error(capsys, argv, *expected):
 
 
 def test_bad_set_is_a_one_line_error(capsys, toy_data, tmp_path):
-    _one_line_error(capsys, ["train", "toy", "--data", str(toy_data), "--out", str(tmp_path / "r"),
-                             "--set", "train.batch_size=abc"], "train.batch_size")
-    _one_line_error(capsys, ["train", "toy", "--data", str(toy_data), "--out", str(tmp_path / "r"),
-                             "--set", "model.no_such_key=1"], "model.no_such_key")
+    _one_line_error(
+        capsys,
+        ["train", "toy", "--data", str(toy_data), "--out", str(tmp_path / "r"), "--set", "train.batch_size=abc"],
+        "train.batch_size",
+    )
+    _one_line_error(
+        capsys,
+        ["train", "toy", "--data", str(toy_data), "--out", str(tmp_path / "r"), "--set", "model.no_such_key=1"],
+        "model.no_such_key",
+    )
 
 
 def test_missing_data_unknown_pipeline_missing_recipe(capsys, tmp_path):
-    _one_line_error(capsys, ["train", "toy", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")],
-                    "data folder not found", "nope")
-    _one_line_error(capsys, ["train", "nosuch", "--data", str(tmp_path), "--out", str(tmp_path / "r")],
-                    "unknown pipeline 'nosuch'")
-    _one_line_error(capsys, ["train", "toy", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
-                             "--config", "nosuchrecipe"], "no recipe 'nosuchrecipe'")
-    _one_line_error(capsys, ["predict", "toy", "--input", str(tmp_path), "--checkpoint", str(tmp_path / "x.ckpt"),
-                             "--output", str(tmp_path / "o")], "checkpoint file not found")
+    _one_line_error(
+        capsys,
+        ["train", "toy", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")],
+        "data folder not found",
+        "nope",
+    )
+    _one_line_error(
+        capsys, ["train", "nosuch", "--data", str(tmp_path), "--out", str(tmp_path / "r")], "unknown pipeline 'nosuch'"
+    )
+    _one_line_error(
+        capsys,
+        ["train", "toy", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--config", "nosuchrecipe"],
+        "no recipe 'nosuchrecipe'",
+    )
+    _one_line_error(
+        capsys,
+        [
+            "predict",
+            "toy",
+            "--input",
+            str(tmp_path),
+            "--checkpoint",
+            str(tmp_path / "x.ckpt"),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        "checkpoint file not found",
+    )
 
 
 def test_cli_train_predict_evaluate_roundtrip(capsys, toy_data, tmp_path):
-    assert main(["train", "toy", "--data", str(toy_data), "--out", str(tmp_path / "run"),
-                 "--set", "train.max_epochs=2"]) == 0
+    assert (
+        main(["train", "toy", "--data", str(toy_data), "--out", str(tmp_path / "run"), "--set", "train.max_epochs=2"])
+        == 0
+    )
     clinical = tests.engine.toy_pipeline.ToyPipeline().synthesize_clinical(tmp_path / "in")
-    assert main(["predict", "toy", "--input", str(clinical), "--checkpoint", str(tmp_path / "run" / "model.ckpt"),
-                 "--output", str(tmp_path / "pred")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "toy",
+                "--input",
+                str(clinical),
+                "--checkpoint",
+                str(tmp_path / "run" / "model.ckpt"),
+                "--output",
+                str(tmp_path / "pred"),
+            ]
+        )
+        == 0
+    )
     assert "5 predicted" in capsys.readouterr().out
-    assert main(["evaluate", "toy", "--data", str(toy_data), "--checkpoint", str(tmp_path / "run" / "model.ckpt"),
-                 "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "toy",
+                "--data",
+                str(toy_data),
+                "--checkpoint",
+                str(tmp_path / "run" / "model.ckpt"),
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "eval" / "run.json").is_file()
 
 

@@ -47,8 +47,24 @@ IGNORE_INDEX = 255
 # The 18 training videos listed in xilin-x/XRAVOS util/xray_subset.txt; the other 12 of the 30 trainval videos are
 # the validation videos. Used only when trainval/ImageSets/train.txt and val.txt are absent.
 DEFAULT_TRAIN_VIDEOS = (
-    "v00", "v02", "v03", "v05", "v06", "v09", "v10", "v12", "v14",
-    "v17", "v20", "v22", "v23", "v24", "v25", "v26", "v27", "v29",
+    "v00",
+    "v02",
+    "v03",
+    "v05",
+    "v06",
+    "v09",
+    "v10",
+    "v12",
+    "v14",
+    "v17",
+    "v20",
+    "v22",
+    "v23",
+    "v24",
+    "v25",
+    "v26",
+    "v27",
+    "v29",
 )
 DEFAULT_VAL_VIDEOS = ("v01", "v04", "v07", "v08", "v11", "v13", "v15", "v16", "v18", "v19", "v21", "v28")
 
@@ -108,7 +124,9 @@ def read_mask(path: str | Path) -> np.ndarray:
                 c = unknown[0]
                 raise DataLayoutError(
                     f"mask colour ({c >> 16}, {(c >> 8) & 255}, {c & 255}) is not in the MOSXAV class table "
-                    f"({len(unknown)} unknown colour(s); JPEG-compressed or resized masks are not usable)", path)
+                    f"({len(unknown)} unknown colour(s); JPEG-compressed or resized masks are not usable)",
+                    path,
+                )
             ids = np.asarray([lut[c] for c in colours.tolist()], dtype=np.uint8)[inverse.reshape(packed.shape)]
     ids = np.asarray(ids)
     if ids.ndim != 2:
@@ -214,8 +232,9 @@ class MOSXAV:
                     raise DataLayoutError(f"the {name} list is empty", path)
                 absent = [v for v in listed if v not in present]
                 if absent:
-                    raise DataLayoutError(f"lists video {absent[0]!r} which has no JPEGImages/{absent[0]}/ folder",
-                                          path)
+                    raise DataLayoutError(
+                        f"lists video {absent[0]!r} which has no JPEGImages/{absent[0]}/ folder", path
+                    )
             both = sorted(set(train) & set(val))
             if both:
                 raise DataLayoutError(f"video {both[0]!r} is in both train.txt and val.txt", val_txt)
@@ -235,8 +254,9 @@ class MOSXAV:
                 raise DataLayoutError("the test list is empty", test_txt)
             absent = [v for v in listed if v not in present]
             if absent:
-                raise DataLayoutError(f"lists video {absent[0]!r} which has no JPEGImages/{absent[0]}/ folder",
-                                      test_txt)
+                raise DataLayoutError(
+                    f"lists video {absent[0]!r} which has no JPEGImages/{absent[0]}/ folder", test_txt
+                )
             return tuple(sorted(listed))
         return tuple(present)
 
@@ -281,7 +301,9 @@ class MOSXAV:
             frames = [f for v in vids for f in self.frames(split, v)]  # type: ignore[arg-type]
             annotated = sum(
                 self.mask_path(split, v, f) is not None  # type: ignore[arg-type]
-                for v in vids for f in self.frames(split, v))  # type: ignore[arg-type]
+                for v in vids
+                for f in self.frames(split, v)
+            )  # type: ignore[arg-type]
             summary[split] = {"videos": vids, "frames": len(frames), "annotated_frames": annotated}
         return summary
 
@@ -307,14 +329,18 @@ def check_mosxav_layout(root: str | Path, check_masks: bool = True) -> None:
         raise DataLayoutError("MOSXAV folder not found", root)
     for split_dir in ("trainval", "test"):
         if not (root / split_dir).is_dir():
-            raise DataLayoutError(f"missing {split_dir}/ folder (expected {split_dir}/JPEGImages/vXX/NNNNN.jpg)",
-                                  root / split_dir)
+            raise DataLayoutError(
+                f"missing {split_dir}/ folder (expected {split_dir}/JPEGImages/vXX/NNNNN.jpg)", root / split_dir
+            )
     for split_dir in ("trainval", "test"):
         base = root / split_dir
         images = base / "JPEGImages"
         if not images.is_dir():
-            loose = [p for p in base.iterdir() if p.is_dir() and p.name not in
-                     ("Annotations", "Annotations_Semantic", "ImageSets")]
+            loose = [
+                p
+                for p in base.iterdir()
+                if p.is_dir() and p.name not in ("Annotations", "Annotations_Semantic", "ImageSets")
+            ]
             hint = f" (found {loose[0].name}/; move video folders under JPEGImages/)" if loose else ""
             raise DataLayoutError(f"no JPEGImages/ folder{hint}", images)
         semantic = base / "Annotations_Semantic"
@@ -330,8 +356,9 @@ def check_mosxav_layout(root: str | Path, check_masks: bool = True) -> None:
         for mask_dir in sorted(p for p in semantic.iterdir() if p.is_dir()):
             frame_dir = images / mask_dir.name
             if not frame_dir.is_dir():
-                raise DataLayoutError(f"masks for video {mask_dir.name} but no JPEGImages/{mask_dir.name}/ frames",
-                                      mask_dir)
+                raise DataLayoutError(
+                    f"masks for video {mask_dir.name} but no JPEGImages/{mask_dir.name}/ frames", mask_dir
+                )
             frames_by_stem = {f.stem: f for f in _frame_files(frame_dir)}
             for mask in sorted(mask_dir.glob("*.png")):
                 frame = frames_by_stem.get(mask.stem)
@@ -343,20 +370,27 @@ def check_mosxav_layout(root: str | Path, check_masks: bool = True) -> None:
                     if ids.shape != frame_hw:
                         raise DataLayoutError(
                             f"mask size {ids.shape[1]}x{ids.shape[0]} differs from frame size "
-                            f"{frame_hw[1]}x{frame_hw[0]} ({frame.name})", mask)
+                            f"{frame_hw[1]}x{frame_hw[0]} ({frame.name})",
+                            mask,
+                        )
                 else:
                     mask_hw, frame_hw = _image_size(mask), _image_size(frame)
                     if mask_hw != frame_hw:
                         raise DataLayoutError(
                             f"mask size {mask_hw[1]}x{mask_hw[0]} differs from frame size "
-                            f"{frame_hw[1]}x{frame_hw[0]} ({frame.name})", mask)
+                            f"{frame_hw[1]}x{frame_hw[0]} ({frame.name})",
+                            mask,
+                        )
     data = MOSXAV(root)
     train, val, test = data.videos("train"), data.videos("val"), data.videos("test")  # ImageSets errors surface here
     if not train:
         raise DataLayoutError("no training videos (write trainval/ImageSets/train.txt and val.txt)", root / "trainval")
     if not val:
-        raise DataLayoutError("no validation videos: the default split names v01, v04, ...; write "
-                              "trainval/ImageSets/train.txt and val.txt for other video names", root / "trainval")
+        raise DataLayoutError(
+            "no validation videos: the default split names v01, v04, ...; write "
+            "trainval/ImageSets/train.txt and val.txt for other video names",
+            root / "trainval",
+        )
     if not test:
         raise DataLayoutError("no test videos", root / "test")
     if not any(data.mask_path("train", v, f) for v in train for f in data.frames("train", v)):
@@ -408,7 +442,8 @@ def labelled_pools(
     labelled = [item for item in annotated if item.image_path in chosen]
     unlabelled = [
         FrameItem(item.split, item.video, item.frame_index, item.image_path, None)
-        for item in frames if item.image_path not in chosen
+        for item in frames
+        if item.image_path not in chosen
     ]
     return labelled, unlabelled
 

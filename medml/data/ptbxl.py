@@ -68,14 +68,77 @@ PTBXL_LEAD_NAMES = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4
 # regrouped statements file), in scp_statements.csv row order: 1 = rhythm (1D, 16 codes), 3 = time-localised
 # morphology (2D partial, 52 codes), 4 = global 12-lead pattern (2D global, 3 codes). Category 2 is unused.
 SCP_BRANCH: dict[str, int] = {
-    "NDT": 3, "NST_": 3, "DIG": 4, "LNGQT": 3, "NORM": 4, "IMI": 3, "ASMI": 3, "LVH": 3, "LAFB": 3, "ISC_": 3,
-    "IRBBB": 3, "1AVB": 1, "IVCD": 1, "ISCAL": 3, "CRBBB": 3, "CLBBB": 3, "ILMI": 3, "LAO/LAE": 3, "AMI": 3,
-    "ALMI": 3, "ISCIN": 3, "INJAS": 3, "LMI": 3, "ISCIL": 3, "LPFB": 3, "ISCAS": 3, "INJAL": 3, "ISCLA": 3,
-    "RVH": 3, "ANEUR": 3, "RAO/RAE": 3, "EL": 4, "WPW": 3, "ILBBB": 3, "IPLMI": 3, "ISCAN": 3, "IPMI": 3,
-    "SEHYP": 3, "INJIN": 3, "INJLA": 3, "PMI": 3, "3AVB": 1, "INJIL": 3, "2AVB": 1, "ABQRS": 3, "PVC": 3,
-    "STD_": 3, "VCLVH": 3, "QWAVE": 3, "LOWT": 3, "NT_": 3, "PAC": 3, "LPR": 3, "INVT": 3, "LVOLT": 3, "HVOLT": 3,
-    "TAB_": 3, "STE_": 3, "PRC(S)": 3, "SR": 1, "AFIB": 1, "STACH": 1, "SARRH": 1, "SBRAD": 1, "PACE": 1,
-    "SVARR": 1, "BIGU": 1, "AFLT": 1, "SVTAC": 1, "PSVT": 1, "TRIGU": 1,
+    "NDT": 3,
+    "NST_": 3,
+    "DIG": 4,
+    "LNGQT": 3,
+    "NORM": 4,
+    "IMI": 3,
+    "ASMI": 3,
+    "LVH": 3,
+    "LAFB": 3,
+    "ISC_": 3,
+    "IRBBB": 3,
+    "1AVB": 1,
+    "IVCD": 1,
+    "ISCAL": 3,
+    "CRBBB": 3,
+    "CLBBB": 3,
+    "ILMI": 3,
+    "LAO/LAE": 3,
+    "AMI": 3,
+    "ALMI": 3,
+    "ISCIN": 3,
+    "INJAS": 3,
+    "LMI": 3,
+    "ISCIL": 3,
+    "LPFB": 3,
+    "ISCAS": 3,
+    "INJAL": 3,
+    "ISCLA": 3,
+    "RVH": 3,
+    "ANEUR": 3,
+    "RAO/RAE": 3,
+    "EL": 4,
+    "WPW": 3,
+    "ILBBB": 3,
+    "IPLMI": 3,
+    "ISCAN": 3,
+    "IPMI": 3,
+    "SEHYP": 3,
+    "INJIN": 3,
+    "INJLA": 3,
+    "PMI": 3,
+    "3AVB": 1,
+    "INJIL": 3,
+    "2AVB": 1,
+    "ABQRS": 3,
+    "PVC": 3,
+    "STD_": 3,
+    "VCLVH": 3,
+    "QWAVE": 3,
+    "LOWT": 3,
+    "NT_": 3,
+    "PAC": 3,
+    "LPR": 3,
+    "INVT": 3,
+    "LVOLT": 3,
+    "HVOLT": 3,
+    "TAB_": 3,
+    "STE_": 3,
+    "PRC(S)": 3,
+    "SR": 1,
+    "AFIB": 1,
+    "STACH": 1,
+    "SARRH": 1,
+    "SBRAD": 1,
+    "PACE": 1,
+    "SVARR": 1,
+    "BIGU": 1,
+    "AFLT": 1,
+    "SVTAC": 1,
+    "PSVT": 1,
+    "TRIGU": 1,
 }
 # PTB-XL scp_statements.csv (v1.0.3), CC BY 4.0, Wagner et al. 2020: the real 71 rows in the real order.
 SCP_STATEMENTS_CSV = """\
@@ -162,8 +225,17 @@ def scp_statements_frame() -> pd.DataFrame:
 #: PTB-XL's 71 SCP codes in ``scp_statements.csv`` row order (the order of the 71-label targets).
 SCP_CODES: tuple[str, ...] = tuple(line.split(",", 1)[0] for line in SCP_STATEMENTS_CSV.splitlines()[1:])
 BRANCH_LABEL_SETS = {"branch_rhythm": 1, "branch_morphology": 3, "branch_global": 4}
-LABEL_SETS = ("all", "diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm", "branch_rhythm",
-              "branch_morphology", "branch_global")
+LABEL_SETS = (
+    "all",
+    "diagnostic",
+    "subdiagnostic",
+    "superdiagnostic",
+    "form",
+    "rhythm",
+    "branch_rhythm",
+    "branch_morphology",
+    "branch_global",
+)
 SPLIT_FOLDS = {"train": (1, 2, 3, 4, 5, 6, 7, 8), "val": (9,), "test": (10,)}
 
 DATABASE_CSV = "ptbxl_database.csv"
@@ -197,8 +269,9 @@ def find_ptbxl_root(root: str | Path) -> Path:
 def _read_statements(root: Path) -> pd.DataFrame:
     path = root / STATEMENTS_CSV
     if not path.is_file():
-        raise DataLayoutError(f"missing {STATEMENTS_CSV} (the PTB-XL folder holds {DATABASE_CSV}, "
-                              f"{STATEMENTS_CSV} and records100/)", root)
+        raise DataLayoutError(
+            f"missing {STATEMENTS_CSV} (the PTB-XL folder holds {DATABASE_CSV}, {STATEMENTS_CSV} and records100/)", root
+        )
     try:
         statements = pd.read_csv(path, index_col=0)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -210,8 +283,13 @@ def _read_statements(root: Path) -> pd.DataFrame:
     unknown = [c for c in statements.index if c not in SCP_BRANCH]
     absent = [c for c in SCP_BRANCH if c not in set(statements.index)]
     if unknown or absent or statements.index.duplicated().any():
-        what = (f"unknown code {unknown[0]!r}" if unknown else f"code {absent[0]!r} missing" if absent
-                else "duplicate codes")
+        what = (
+            f"unknown code {unknown[0]!r}"
+            if unknown
+            else f"code {absent[0]!r} missing"
+            if absent
+            else "duplicate codes"
+        )
         raise DataLayoutError(f"{STATEMENTS_CSV} must list PTB-XL's 71 SCP statements once each ({what})", path)
     return statements
 
@@ -219,8 +297,9 @@ def _read_statements(root: Path) -> pd.DataFrame:
 def _read_database(root: Path, statements: pd.DataFrame) -> pd.DataFrame:
     path = root / DATABASE_CSV
     if not path.is_file():
-        raise DataLayoutError(f"missing {DATABASE_CSV} (the PTB-XL folder holds {DATABASE_CSV}, "
-                              f"{STATEMENTS_CSV} and records100/)", root)
+        raise DataLayoutError(
+            f"missing {DATABASE_CSV} (the PTB-XL folder holds {DATABASE_CSV}, {STATEMENTS_CSV} and records100/)", root
+        )
     try:
         db = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -238,8 +317,11 @@ def _read_database(root: Path, statements: pd.DataFrame) -> pd.DataFrame:
     bad = ~fold.isin(range(1, 11))
     if bad.any():
         first = db.loc[bad.idxmax()]
-        raise DataLayoutError(f"strat_fold must be an integer 1-10; ecg_id {first['ecg_id']} has "
-                              f"{first['strat_fold']} ({int(bad.sum())} such rows)", path)
+        raise DataLayoutError(
+            f"strat_fold must be an integer 1-10; ecg_id {first['ecg_id']} has "
+            f"{first['strat_fold']} ({int(bad.sum())} such rows)",
+            path,
+        )
     db["strat_fold"] = fold.astype(np.int64)
     patient = pd.to_numeric(db["patient_id"], errors="coerce")
     if patient.isna().any():
@@ -302,8 +384,9 @@ def _load_tables(root: str | Path, source: str) -> tuple[Path, pd.DataFrame, pd.
         raise ConfigError(f"source must be one of {', '.join(SOURCES)} (got {source!r})")
     root = find_ptbxl_root(root)
     if not (root / DATABASE_CSV).is_file():  # the main file first: a wrong folder should say so
-        raise DataLayoutError(f"missing {DATABASE_CSV} (the PTB-XL folder holds {DATABASE_CSV}, "
-                              f"{STATEMENTS_CSV} and records100/)", root)
+        raise DataLayoutError(
+            f"missing {DATABASE_CSV} (the PTB-XL folder holds {DATABASE_CSV}, {STATEMENTS_CSV} and records100/)", root
+        )
     statements = _read_statements(root)
     db = _read_database(root, statements)
     _check_records(root, db, source)
@@ -447,8 +530,13 @@ def _fill_chunk(args: tuple) -> tuple[int, str, str, str | None] | None:
             x = resample_and_highpass(np.stack([signals[k] for k in same]), fs, rate, highpass)
             if x.shape[-1] != length:
                 k = same[0]
-                return (start + k, "SignalError", f"{n_samples} samples at {fs:g} Hz; PTB-XL records are "
-                        f"{RECORD_SECONDS} s ({length} samples at {rate} Hz)", str(root / names[k]))
+                return (
+                    start + k,
+                    "SignalError",
+                    f"{n_samples} samples at {fs:g} Hz; PTB-XL records are "
+                    f"{RECORD_SECONDS} s ({length} samples at {rate} Hz)",
+                    str(root / names[k]),
+                )
             for j, k in enumerate(same):
                 out[start + k] = x[j]
     out.flush()
@@ -472,9 +560,15 @@ def _remove_stale_parts(parent: Path, name: str) -> None:
             pass
 
 
-def prepare_ptbxl(root: str | Path, cache_dir: str | Path | None = None, sampling_rate: int = 100,
-                  highpass: bool = True, workers: int | None = None, progress: bool = True,
-                  source: str | None = None) -> Path:
+def prepare_ptbxl(
+    root: str | Path,
+    cache_dir: str | Path | None = None,
+    sampling_rate: int = 100,
+    highpass: bool = True,
+    workers: int | None = None,
+    progress: bool = True,
+    source: str | None = None,
+) -> Path:
     """Check the layout, then read every record once into a memory-mapped cache; reuse it when complete.
 
     The cache folder ``<cache_dir>/<fingerprint[:16]>-<rate>hz-<source>-<filter>`` (``cache_dir`` defaults to
@@ -533,17 +627,32 @@ def prepare_ptbxl(root: str | Path, cache_dir: str | Path | None = None, samplin
         started = time.perf_counter()
         _fill(npy, root, names, sampling_rate, highpass, length, workers, progress)
         seconds = time.perf_counter() - started
-        np.savez(part / "index.npz", ecg_id=db["ecg_id"].to_numpy(np.int64),
-                 patient_id=db["patient_id"].to_numpy(np.int64), strat_fold=db["strat_fold"].to_numpy(np.int64),
-                 labels=labels, filenames=np.array(names))
+        np.savez(
+            part / "index.npz",
+            ecg_id=db["ecg_id"].to_numpy(np.int64),
+            patient_id=db["patient_id"].to_numpy(np.int64),
+            strat_fold=db["strat_fold"].to_numpy(np.int64),
+            labels=labels,
+            filenames=np.array(names),
+        )
         statements.to_csv(part / STATEMENTS_CSV)
-        write_json(part / "meta.json", {  # written last: its presence marks a complete cache
-            "format": CACHE_FORMAT, "root": str(root), "fingerprint": fingerprint, "source": source,
-            "sampling_rate": sampling_rate, "highpass": {"enabled": highpass, "cutoff_hz": 0.5, "order": 1,
-                                                         "zero_phase": True},
-            "n_records": n, "samples": length, "leads": list(LEAD_NAMES), "units": "mV", "codes": codes,
-            "seconds_to_build": round(seconds, 3),
-        })
+        write_json(
+            part / "meta.json",
+            {  # written last: its presence marks a complete cache
+                "format": CACHE_FORMAT,
+                "root": str(root),
+                "fingerprint": fingerprint,
+                "source": source,
+                "sampling_rate": sampling_rate,
+                "highpass": {"enabled": highpass, "cutoff_hz": 0.5, "order": 1, "zero_phase": True},
+                "n_records": n,
+                "samples": length,
+                "leads": list(LEAD_NAMES),
+                "units": "mV",
+                "codes": codes,
+                "seconds_to_build": round(seconds, 3),
+            },
+        )
         try:
             part.rename(final)
         except OSError:
@@ -555,12 +664,13 @@ def prepare_ptbxl(root: str | Path, cache_dir: str | Path | None = None, samplin
     return final
 
 
-def _fill(npy: Path, root: Path, names: list[str], rate: int, highpass: bool, length: int, workers: int | None,
-          progress: bool) -> None:
+def _fill(
+    npy: Path, root: Path, names: list[str], rate: int, highpass: bool, length: int, workers: int | None, progress: bool
+) -> None:
     n = len(names)
     workers = min(8, _usable_cpus()) if workers is None else max(1, int(workers))
     chunk = max(32, min(512, -(-n // (workers * 8))))  # several chunks per worker to balance, few enough to be cheap
-    jobs = [(npy, root, names[s:s + chunk], s, rate, highpass, length) for s in range(0, n, chunk)]
+    jobs = [(npy, root, names[s : s + chunk], s, rate, highpass, length) for s in range(0, n, chunk)]
     bar = _progress_bar(n, progress)
     try:
         if workers == 1 or len(jobs) == 1:
@@ -631,8 +741,11 @@ def label_aggregation(statements: pd.DataFrame, label_set: str) -> tuple[list[st
         member = {c: c for c in codes if statements.at[c, label_set] == 1}
     elif label_set in ("subdiagnostic", "superdiagnostic"):
         column = "diagnostic_subclass" if label_set == "subdiagnostic" else "diagnostic_class"
-        member = {c: str(statements.at[c, column]) for c in codes
-                  if statements.at[c, "diagnostic"] == 1 and pd.notna(statements.at[c, column])}
+        member = {
+            c: str(statements.at[c, column])
+            for c in codes
+            if statements.at[c, "diagnostic"] == 1 and pd.notna(statements.at[c, column])
+        }
     else:
         raise ConfigError(f"label set must be one of {', '.join(LABEL_SETS)} (got {label_set!r})")
     names = sorted(set(member.values()))
@@ -681,9 +794,16 @@ class PTBXL:
     (the statements table), ``sampling_rate``, ``cache_path``.
     """
 
-    def __init__(self, root: str | Path, sampling_rate: int = 100, cache_dir: str | Path | None = None,
-                 highpass: bool = True, source: str | None = None, workers: int | None = None,
-                 progress: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        sampling_rate: int = 100,
+        cache_dir: str | Path | None = None,
+        highpass: bool = True,
+        source: str | None = None,
+        workers: int | None = None,
+        progress: bool = False,
+    ) -> None:
         self.root = find_ptbxl_root(root)
         self.sampling_rate = int(sampling_rate)
         self.cache_path = prepare_ptbxl(self.root, cache_dir, sampling_rate, highpass, workers, progress, source)
@@ -750,8 +870,9 @@ class PTBXL:
         return int(hits[0])
 
 
-def fit_standardizer(signals: np.ndarray, indices: Sequence[int] | np.ndarray,
-                     chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def fit_standardizer(
+    signals: np.ndarray, indices: Sequence[int] | np.ndarray, chunk: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-lead mean and standard deviation over the given records (pass the training folds only), float32 (12,)."""
     indices = np.sort(np.asarray(indices, dtype=np.int64))
     if indices.size == 0:
@@ -760,7 +881,7 @@ def fit_standardizer(signals: np.ndarray, indices: Sequence[int] | np.ndarray,
     total_sq = np.zeros(signals.shape[1])
     count = 0
     for s in range(0, indices.size, chunk):  # chunks keep memory flat on the full 21k-record memmap
-        x = np.asarray(signals[indices[s:s + chunk]], dtype=np.float64)
+        x = np.asarray(signals[indices[s : s + chunk]], dtype=np.float64)
         total += x.sum(axis=(0, 2))
         total_sq += np.square(x).sum(axis=(0, 2))
         count += x.shape[0] * x.shape[2]
@@ -780,8 +901,15 @@ class ECGDataset(Dataset):
         transform: optional callable applied to the (12, T) float32 array after standardisation.
     """
 
-    def __init__(self, ptbxl: PTBXL, indices: Sequence[int] | np.ndarray, label_set: str = "all",
-                 mean: np.ndarray | None = None, std: np.ndarray | None = None, transform=None) -> None:
+    def __init__(
+        self,
+        ptbxl: PTBXL,
+        indices: Sequence[int] | np.ndarray,
+        label_set: str = "all",
+        mean: np.ndarray | None = None,
+        std: np.ndarray | None = None,
+        transform=None,
+    ) -> None:
         self.ptbxl = ptbxl
         self.indices = np.asarray(indices, dtype=np.int64)
         self.label_set = label_set
@@ -802,5 +930,9 @@ class ECGDataset(Dataset):
             signal = self.standardize(signal)
         if self.transform is not None:
             signal = self.transform(signal)
-        return {"signal": torch.as_tensor(signal), "target": torch.from_numpy(self.targets[k]),
-                "ecg_id": int(self.ptbxl.ecg_ids[i]), "index": i}
+        return {
+            "signal": torch.as_tensor(signal),
+            "target": torch.from_numpy(self.targets[k]),
+            "ecg_id": int(self.ptbxl.ecg_ids[i]),
+            "index": i,
+        }

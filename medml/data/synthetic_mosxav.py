@@ -108,13 +108,30 @@ def _make_scene(rng: np.random.Generator, balloon: bool, others: bool) -> _Scene
     # Contrast catheter: up the aorta from the bottom edge, over an arch, into the ostium from above.
     entry = np.array([rng.uniform(0.62, 0.85), 1.02])
     contrast_catheter = _bezier(
-        np.array([entry, [entry[0] + rng.uniform(-0.05, 0.05), rng.uniform(0.05, 0.2)],
-                  [ostium[0] + rng.uniform(0.05, 0.2), ostium[1] - rng.uniform(0.1, 0.15)], ostium]), 80)
+        np.array(
+            [
+                entry,
+                [entry[0] + rng.uniform(-0.05, 0.05), rng.uniform(0.05, 0.2)],
+                [ostium[0] + rng.uniform(0.05, 0.2), ostium[1] - rng.uniform(0.1, 0.15)],
+                ostium,
+            ]
+        ),
+        80,
+    )
     # Guiding catheter: from the bottom-left quadrant up to a tip away from the ostium, ending in a J curl.
     entry_c = np.array([rng.uniform(0.1, 0.4), 1.02])
     tip = np.array([rng.uniform(0.15, 0.35), rng.uniform(0.25, 0.45)])
-    shaft = _bezier(np.array([entry_c, [entry_c[0] + rng.uniform(-0.1, 0.1), 0.75],
-                              [tip[0] + rng.uniform(-0.05, 0.1), tip[1] + 0.2], tip]), 70)
+    shaft = _bezier(
+        np.array(
+            [
+                entry_c,
+                [entry_c[0] + rng.uniform(-0.1, 0.1), 0.75],
+                [tip[0] + rng.uniform(-0.05, 0.1), tip[1] + 0.2],
+                tip,
+            ]
+        ),
+        70,
+    )
     direction = shaft[-1] - shaft[-4]
     start_angle = np.arctan2(direction[1], direction[0])
     curl_angles = start_angle + np.linspace(0, 1.4 * np.pi, 30) * (1 if rng.random() < 0.5 else -1)
@@ -126,8 +143,11 @@ def _make_scene(rng: np.random.Generator, balloon: bool, others: bool) -> _Scene
     balloon_geom = None
     if balloon:
         # Mid-sized branches first: lesions sit downstream of the ostium, away from the catheter tip.
-        candidates = ([b for b in branches[1:] if len(b.points) > 6 and b.widths[0] > 0.012]
-                      or [b for b in branches if len(b.points) > 6] or branches)
+        candidates = (
+            [b for b in branches[1:] if len(b.points) > 6 and b.widths[0] > 0.012]
+            or [b for b in branches if len(b.points) > 6]
+            or branches
+        )
         branch = candidates[int(rng.integers(len(candidates)))]
         n = len(branch.points)
         i = int(rng.integers(n // 4, max(n // 4 + 1, (3 * n) // 4)))
@@ -174,8 +194,9 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     vignette = 1.0 - 0.45 * radius2
     transmission = np.exp(-atten) * vignette * rng.uniform(0.85, 0.95)
     heart = np.zeros((size, size), np.float32)
-    cv2.ellipse(heart, (size // 2, int(size * 0.6)), (int(size * 0.32), int(size * 0.27)), rng.uniform(-30, 0),
-                0, 360, 0.12, -1)
+    cv2.ellipse(
+        heart, (size // 2, int(size * 0.6)), (int(size * 0.32), int(size * 0.27)), rng.uniform(-30, 0), 0, 360, 0.12, -1
+    )
     heart = cv2.GaussianBlur(heart, (0, 0), size / 25)
     return transmission.astype(np.float32), heart
 
@@ -225,8 +246,9 @@ def _render(
     for t in range(n_frames):
         scale, shift = _motion(t, phase, period, amp, drift)
 
-        def move(points: np.ndarray, weight: np.ndarray | float = 1.0, _s: float = scale,
-                 _d: np.ndarray = shift) -> np.ndarray:
+        def move(
+            points: np.ndarray, weight: np.ndarray | float = 1.0, _s: float = scale, _d: np.ndarray = shift
+        ) -> np.ndarray:
             moved = scene.heart_centre + (points - scene.heart_centre) * _s + _d
             return points + (moved - points) * weight
 
@@ -259,18 +281,39 @@ def _render(
             width_px = max(width * size, 7.0)  # at least 7 px so it stays wider than any vessel at small sizes
             # A capsule (thick line with round caps) of the chord's length: the sausage shape of an inflated balloon.
             inset = axis / length * min(width_px / 2, length / 2 - 0.5)
-            cv2.line(balloon_mask, tuple(np.round((a_px + inset) * shift_px).astype(int)),
-                     tuple(np.round((b_px - inset) * shift_px).astype(int)), 1, int(round(width_px)), cv2.LINE_8, 4)
+            cv2.line(
+                balloon_mask,
+                tuple(np.round((a_px + inset) * shift_px).astype(int)),
+                tuple(np.round((b_px - inset) * shift_px).astype(int)),
+                1,
+                int(round(width_px)),
+                cv2.LINE_8,
+                4,
+            )
             for end in (0.2, 0.8):  # radio-opaque marker bands near both ends
                 marker = a_px + axis * end
-                cv2.circle(markers, tuple(np.round(marker * shift_px).astype(int)),
-                           max(1, int(width_px / 3)) * shift_px, 1, -1, cv2.LINE_8, 4)
+                cv2.circle(
+                    markers,
+                    tuple(np.round(marker * shift_px).astype(int)),
+                    max(1, int(width_px / 3)) * shift_px,
+                    1,
+                    -1,
+                    cv2.LINE_8,
+                    4,
+                )
             markers &= balloon_mask
         others_mask = np.zeros((size, size), np.uint8)
         if scene.others is not None:
             centre, radius = scene.others
-            cv2.circle(others_mask, tuple(px(centre)), int(radius * size * shift_px), 1,
-                       max(2, int(0.01 * size)), cv2.LINE_8, 4)
+            cv2.circle(
+                others_mask,
+                tuple(px(centre)),
+                int(radius * size * shift_px),
+                1,
+                max(2, int(0.01 * size)),
+                cv2.LINE_8,
+                4,
+            )
 
         label = labels[t]
         label[vessel > 0] = 1
@@ -285,17 +328,28 @@ def _render(
             # Diluted contrast in blood (vessels) is lighter than the undiluted contrast in the injecting
             # catheter and in the inflated balloon; the guiding catheter (no contrast) shows radio-opaque walls
             # around a lighter lumen.
-            0.6 * vessel + 0.4 * core
+            0.6 * vessel
+            + 0.4 * core
             + 1.2 * contrast_cath
-            + 0.8 * (cath - lumen) + 0.2 * lumen
-            + 1.4 * balloon_mask + 0.8 * markers
+            + 0.8 * (cath - lumen)
+            + 0.2 * lumen
+            + 1.4 * balloon_mask
+            + 0.8 * markers
             + 0.8 * others_mask
         ).astype(np.float32)
         atten = cv2.GaussianBlur(atten, (0, 0), blur)
         heart_t = cv2.warpAffine(
-            heart, np.array([[scale, 0, (1 - scale) * scene.heart_centre[0] * size + shift[0] * size],
-                             [0, scale, (1 - scale) * scene.heart_centre[1] * size + shift[1] * size]], np.float32),
-            (size, size), borderMode=cv2.BORDER_REFLECT)
+            heart,
+            np.array(
+                [
+                    [scale, 0, (1 - scale) * scene.heart_centre[0] * size + shift[0] * size],
+                    [0, scale, (1 - scale) * scene.heart_centre[1] * size + shift[1] * size],
+                ],
+                np.float32,
+            ),
+            (size, size),
+            borderMode=cv2.BORDER_REFLECT,
+        )
         frames[t] = transmission * np.exp(-(atten + heart_t))
 
     # Signal-dependent quantum noise (Gaussian approximation of Poisson counts), then a small frame-to-frame
@@ -398,7 +452,8 @@ def write_synthetic_mosxav(
         for i, name in enumerate(names):
             video_seed = int(np.random.SeedSequence([seed, split_index, i]).generate_state(1)[0])
             frames, labels, instances = _render(
-                n_frames, size, video_seed, balloon=i % 4 != 1, others=split_dir == "test" and i % 2 == 0)
+                n_frames, size, video_seed, balloon=i % 4 != 1, others=split_dir == "test" and i % 2 == 0
+            )
             appear: dict[str, list[int]] = {}
             seen: set[int] = set()
             for t in range(n_frames):
@@ -412,8 +467,11 @@ def write_synthetic_mosxav(
                 if new:
                     appear[stem] = new
                     seen.update(new)
-            first_mask[name] = {"frames": {k: {"objects": v} for k, v in appear.items()},
-                                "seen_objects": sorted(seen), "unseen_objects": []}
+            first_mask[name] = {
+                "frames": {k: {"objects": v} for k, v in appear.items()},
+                "seen_objects": sorted(seen),
+                "unseen_objects": [],
+            }
         sets = base / "ImageSets"
         if split_dir == "trainval":
             val = [n for n in names if n in DEFAULT_VAL_VIDEOS] or names[-1:]

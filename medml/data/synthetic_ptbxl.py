@@ -54,14 +54,31 @@ DURATION_S = 10
 MV_PER_ADC = 0.001  # format 16 with gain 1000/mV: 1 µV resolution, as PTB-XL
 
 # rhythm: (template heart rate, heart-rate range in bpm)
-_RHYTHMS = {"SR": (72, (60.0, 95.0)), "STACH": (120, (105.0, 140.0)), "SBRAD": (48, (40.0, 55.0)),
-            "AFIB": (90, (70.0, 120.0))}
+_RHYTHMS = {
+    "SR": (72, (60.0, 95.0)),
+    "STACH": (120, (105.0, 140.0)),
+    "SBRAD": (48, (40.0, 55.0)),
+    "AFIB": (90, (70.0, 120.0)),
+}
 _RHYTHM_SHARE = {"SR": 0.70, "STACH": 0.10, "SBRAD": 0.10, "AFIB": 0.10}
-_MORPHOLOGY_SHARE = {"": 0.44, "LVH": 0.12, "IMI": 0.10, "ISC_": 0.08, "STD_": 0.07, "STE_": 0.06,
-                     "CLBBB": 0.065, "CRBBB": 0.065}
+_MORPHOLOGY_SHARE = {
+    "": 0.44,
+    "LVH": 0.12,
+    "IMI": 0.10,
+    "ISC_": 0.08,
+    "STD_": 0.07,
+    "STE_": 0.06,
+    "CLBBB": 0.065,
+    "CRBBB": 0.065,
+}
 # A first morphology label often comes with a second (probability), which makes the co-occurrence matrix non-trivial.
-_COMPANION = {"LVH": ("STD_", 0.3), "IMI": ("ISC_", 0.3), "ISC_": ("STD_", 0.4), "CLBBB": ("LVH", 0.2),
-              "CRBBB": ("IMI", 0.15)}
+_COMPANION = {
+    "LVH": ("STD_", 0.3),
+    "IMI": ("ISC_", 0.3),
+    "ISC_": ("STD_", 0.4),
+    "CLBBB": ("LVH", 0.2),
+    "CRBBB": ("IMI", 0.15),
+}
 LEARNABLE_CODES = ("NORM", "SR", "STACH", "SBRAD", "AFIB", "LVH", "IMI", "ISC_", "STD_", "STE_", "CLBBB", "CRBBB")
 
 _L = {name: i for i, name in enumerate(("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"))}
@@ -87,15 +104,22 @@ def _beat_template(heart_rate: int, wide_qrs: bool) -> tuple[np.ndarray, int]:
     import neurokit2 as nk
 
     rr = SIM_FS * 60.0 / heart_rate
-    ecg = nk.ecg_simulate(duration=3 * 60.0 / heart_rate, sampling_rate=SIM_FS, heart_rate=heart_rate,
-                          heart_rate_std=0, noise=0, method="multileads", random_state=0,
-                          bi=_WIDE_BI if wide_qrs else _NARROW_BI)
+    ecg = nk.ecg_simulate(
+        duration=3 * 60.0 / heart_rate,
+        sampling_rate=SIM_FS,
+        heart_rate=heart_rate,
+        heart_rate_std=0,
+        noise=0,
+        method="multileads",
+        random_state=0,
+        bi=_WIDE_BI if wide_qrs else _NARROW_BI,
+    )
     x = ecg.to_numpy().T.astype(np.float64)
     # Beats are evenly spaced; lead I has the dominant R, so its maximum near 2 R-R finds the third beat's R peak.
     lo = int(2 * rr - rr / 3)
-    r_peak = lo + int(np.argmax(x[0, lo:int(2 * rr + rr / 3)]))
+    r_peak = lo + int(np.argmax(x[0, lo : int(2 * rr + rr / 3)]))
     before, after = int(round(0.4 * rr)), int(round(0.6 * rr))
-    beat = x[:, r_peak - before:r_peak + after].copy()
+    beat = x[:, r_peak - before : r_peak + after].copy()
     edge = max(2, int(0.05 * rr))
     beat -= np.median(np.concatenate([beat[:, :edge], beat[:, -edge:]], axis=1), axis=1, keepdims=True)
     t = np.arange(beat.shape[1]) - before
@@ -126,9 +150,9 @@ def _edit_beat(beat: np.ndarray, r: int, labels: frozenset[str], rr0: float, wid
         beat[[_L["I"], _L["II"], _L["aVL"], _L["V4"], _L["V5"], _L["V6"]]] += -0.2 * w_st
         beat[_L["aVR"]] += 0.1 * w_st
     if "STE_" in labels:
-        beat[_L["V1"]:_L["V4"] + 1] += 0.3 * w_st
+        beat[_L["V1"] : _L["V4"] + 1] += 0.3 * w_st
     if "CLBBB" in labels:
-        beat[_L["V1"]:_L["V3"] + 1] *= 1 - 2.3 * w_qrs
+        beat[_L["V1"] : _L["V3"] + 1] *= 1 - 2.3 * w_qrs
         beat[[_L["I"], _L["aVL"], _L["V5"], _L["V6"]]] *= 1 - 2.0 * w_t
     if "CRBBB" in labels:
         beat[[_L["V1"], _L["V2"]]] += 0.7 * _gauss(t, qrs - 0.02, 0.015)
@@ -163,10 +187,10 @@ def simulate_ecg(labels: Sequence[str], rng: np.random.Generator) -> np.ndarray:
     pos = rng.uniform(0, rr_mean)
     while pos < DURATION_S + rr_mean:
         start = int(round(pos * SIM_FS)) - r + pad
-        out[:, start:start + length] += beat
+        out[:, start : start + length] += beat
         jitter = rng.uniform(0.6, 1.4) if rhythm == "AFIB" else 1 + 0.02 * rng.standard_normal()
         pos += rr_mean * jitter
-    x = out[:, pad:pad + n]
+    x = out[:, pad : pad + n]
 
     t = np.arange(n) / SIM_FS
     if rhythm == "AFIB":  # fibrillatory waves, strongest in V1 and the inferior leads
@@ -268,13 +292,27 @@ def _write_records(args: tuple[Path, list[tuple[int, tuple[str, ...]]], int, tup
             folder, suffix = ("records500", "hr") if rate == 500 else ("records100", "lr")
             stem = root / folder / _record_stem(ecg_id, suffix)
             stem.parent.mkdir(parents=True, exist_ok=True)
-            wfdb.wrsamp(stem.name, fs=rate, units=["mV"] * 12, sig_name=list(PTBXL_LEAD_NAMES),
-                        p_signal=np.ascontiguousarray(x.T), fmt=["16"] * 12, adc_gain=[1.0 / MV_PER_ADC] * 12,
-                        baseline=[0] * 12, write_dir=str(stem.parent))
+            wfdb.wrsamp(
+                stem.name,
+                fs=rate,
+                units=["mV"] * 12,
+                sig_name=list(PTBXL_LEAD_NAMES),
+                p_signal=np.ascontiguousarray(x.T),
+                fmt=["16"] * 12,
+                adc_gain=[1.0 / MV_PER_ADC] * 12,
+                baseline=[0] * 12,
+                write_dir=str(stem.parent),
+            )
 
 
-def write_synthetic_ptbxl(root: str | Path, n_records: int = 400, seed: int = 0, version: str = "1.0.3",
-                          rates: Sequence[int] = (100,), workers: int | None = None) -> Path:
+def write_synthetic_ptbxl(
+    root: str | Path,
+    n_records: int = 400,
+    seed: int = 0,
+    version: str = "1.0.3",
+    rates: Sequence[int] = (100,),
+    workers: int | None = None,
+) -> Path:
     """Write a PTB-XL-layout dataset of ``n_records`` simulated 10-s 12-lead ECGs into ``root``.
 
     Args:
@@ -308,8 +346,7 @@ def write_synthetic_ptbxl(root: str | Path, n_records: int = 400, seed: int = 0,
     for i, lab in enumerate(labels):
         ecg_id = i + 1
         scp_codes = _likelihoods(lab, statements, rng)
-        rows.append(_database_row(ecg_id, float(patient_ids[patient_of[i]]), int(folds[i]), scp_codes, statements,
-                                  rng))
+        rows.append(_database_row(ecg_id, float(patient_ids[patient_of[i]]), int(folds[i]), scp_codes, statements, rng))
     database = pd.DataFrame(rows).set_index("ecg_id")
     database.to_csv(root / "ptbxl_database.csv")
     (root / "scp_statements.csv").write_text(SCP_STATEMENTS_CSV)
@@ -320,7 +357,7 @@ def write_synthetic_ptbxl(root: str | Path, n_records: int = 400, seed: int = 0,
         _beat_template(hr0, True)
     rates = tuple(sorted(rates))
     workers = workers if workers is not None else ((os.cpu_count() or 1) if n_records >= 200 else 1)
-    chunks = [jobs[k:k + 100] for k in range(0, len(jobs), 100)]
+    chunks = [jobs[k : k + 100] for k in range(0, len(jobs), 100)]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             list(pool.map(_write_records, [(root, c, seed, rates) for c in chunks]))
@@ -336,8 +373,14 @@ _DEVICES = ("CS-12   E", "AT-6     6", "CS100    3", "AT-60    3")
 _AXIS = {"LVH": "LAD", "CLBBB": "LAD", "CRBBB": "RAD"}
 
 
-def _database_row(ecg_id: int, patient_id: float, fold: int, scp_codes: dict[str, float], statements: pd.DataFrame,
-                  rng: np.random.Generator) -> dict:
+def _database_row(
+    ecg_id: int,
+    patient_id: float,
+    fold: int,
+    scp_codes: dict[str, float],
+    statements: pd.DataFrame,
+    rng: np.random.Generator,
+) -> dict:
     """One ``ptbxl_database.csv`` row with every official column (demographics and flags are plausible noise)."""
     report = ". ".join(statements.at[c, "description"] for c in scp_codes) + "."
     axis = next((_AXIS[c] for c in scp_codes if c in _AXIS), str(rng.choice(["MID", "MID", "LAD", "ALAD"])))

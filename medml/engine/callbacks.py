@@ -54,8 +54,10 @@ class EMAWeights(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.ema is None:
-            self.ema = {k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
-                        for k, v in pl_module.state_dict().items()}
+            self.ema = {
+                k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
+                for k, v in pl_module.state_dict().items()
+            }
         else:
             self.ema = {k: v.to(pl_module.device) for k, v in self.ema.items()}
 

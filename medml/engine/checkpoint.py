@@ -18,15 +18,21 @@ FORMAT = 1
 
 
 def checkpoint_meta(pipeline_name: str, config: Any) -> dict[str, Any]:
-    return {"format": FORMAT, "pipeline": pipeline_name, "config": config.model_dump(mode="json"),
-            "medml_version": medml.__version__}
+    return {
+        "format": FORMAT,
+        "pipeline": pipeline_name,
+        "config": config.model_dump(mode="json"),
+        "medml_version": medml.__version__,
+    }
 
 
 def save_model(path: str | Path, pipeline: Any, module: torch.nn.Module) -> Path:
     """Write a slim checkpoint: the resolved config and the weights (and buffers), nothing executable."""
     path = Path(path)
-    payload = {"medml": checkpoint_meta(pipeline.name, pipeline.config),
-               "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}}
+    payload = {
+        "medml": checkpoint_meta(pipeline.name, pipeline.config),
+        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+    }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
@@ -43,8 +49,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         detail = next((ln for ln in lines if "GLOBAL" in ln), None)
         if detail:  # the file names Python callables: exactly what a malicious checkpoint does
-            raise CheckpointError(f"refused: it asks to load Python objects beyond tensors and plain data, which "
-                                  f"medml never unpickles ({detail})", path) from None
+            raise CheckpointError(
+                f"refused: it asks to load Python objects beyond tensors and plain data, which "
+                f"medml never unpickles ({detail})",
+                path,
+            ) from None
         raise CheckpointError("not a readable PyTorch checkpoint (corrupt or not a torch.save file)", path) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise CheckpointError(f"not a readable PyTorch checkpoint ({type(exc).__name__})", path) from None

@@ -23,25 +23,43 @@ def world() -> tuple[int, int]:
 
 
 def train_loader(
-    dataset: Dataset, cfg: TrainConfig, collate_fn: Callable | None = None, batch_size: int | None = None,
+    dataset: Dataset,
+    cfg: TrainConfig,
+    collate_fn: Callable | None = None,
+    batch_size: int | None = None,
     drop_last: bool = True,
 ) -> DataLoader:
     rank, size = world()
-    sampler = DistributedSampler(dataset, num_replicas=size, rank=rank, shuffle=True, seed=cfg.seed,
-                                 drop_last=drop_last)
+    sampler = DistributedSampler(
+        dataset, num_replicas=size, rank=rank, shuffle=True, seed=cfg.seed, drop_last=drop_last
+    )
     return DataLoader(
-        dataset, batch_size=batch_size or cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-        collate_fn=collate_fn, drop_last=drop_last, persistent_workers=cfg.num_workers > 0,
+        dataset,
+        batch_size=batch_size or cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        collate_fn=collate_fn,
+        drop_last=drop_last,
+        persistent_workers=cfg.num_workers > 0,
         pin_memory=False,
     )
 
 
 def eval_loader(
-    dataset: Dataset, cfg: TrainConfig, collate_fn: Callable | None = None, batch_size: int | None = None,
+    dataset: Dataset,
+    cfg: TrainConfig,
+    collate_fn: Callable | None = None,
+    batch_size: int | None = None,
     shard: bool = True,
 ) -> DataLoader:
     """In-order loader; under DDP each process takes every N-th sample (``shard=False`` to give each all)."""
     rank, size = world()
     sampler = DistributedSampler(dataset, num_replicas=size, rank=rank, shuffle=False) if shard and size > 1 else None
-    return DataLoader(dataset, batch_size=batch_size or cfg.batch_size, sampler=sampler, shuffle=False,
-                      num_workers=cfg.num_workers, collate_fn=collate_fn)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size or cfg.batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=cfg.num_workers,
+        collate_fn=collate_fn,
+    )

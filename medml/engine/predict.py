@@ -63,13 +63,19 @@ def _check_folders(input_dir: Path, output_dir: Path) -> None:
         raise ConfigError("input folder not found", input_dir)
     inp, out = input_dir.resolve(), output_dir.resolve()
     if out == inp or inp in out.parents:
-        raise ConfigError("the output folder is inside the input folder; medml never writes into its input",
-                          output_dir)
+        raise ConfigError("the output folder is inside the input folder; medml never writes into its input", output_dir)
 
 
-def predict_folder(pipeline: Any, module: torch.nn.Module, input_dir: str | Path, output_dir: str | Path,
-                   num_parts: int = 1, part_id: int = 0, progress: bool = True,
-                   checkpoint: str | Path | None = None) -> PredictSummary:
+def predict_folder(
+    pipeline: Any,
+    module: torch.nn.Module,
+    input_dir: str | Path,
+    output_dir: str | Path,
+    num_parts: int = 1,
+    part_id: int = 0,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+) -> PredictSummary:
     """Predict every case under ``input_dir`` that belongs to shard ``part_id`` of ``num_parts``."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if num_parts < 1 or not 0 <= part_id < num_parts:
@@ -84,17 +90,24 @@ def predict_folder(pipeline: Any, module: torch.nn.Module, input_dir: str | Path
     cases, unreadable = pipeline.discover(input_dir)
     cases = sorted(cases, key=lambda c: c.case_id)[part_id::num_parts]
     unreadable = sorted(unreadable)[part_id::num_parts]
-    record = base_record("predict", pipeline.name, input_dir=str(input_dir.resolve()),
-                         checkpoint=str(checkpoint) if checkpoint else None,
-                         checkpoint_sha256=_sha256(checkpoint) if checkpoint else None,
-                         model_sha256=fingerprint, config=pipeline.config.model_dump(mode="json"),
-                         num_parts=num_parts, part_id=part_id)
+    record = base_record(
+        "predict",
+        pipeline.name,
+        input_dir=str(input_dir.resolve()),
+        checkpoint=str(checkpoint) if checkpoint else None,
+        checkpoint_sha256=_sha256(checkpoint) if checkpoint else None,
+        model_sha256=fingerprint,
+        config=pipeline.config.model_dump(mode="json"),
+        num_parts=num_parts,
+        part_id=part_id,
+    )
     part_name = "run.json" if num_parts == 1 else f"run.part{part_id}of{num_parts}.json"
     write_json(output_dir / part_name, record)
 
     def fail(case_id: str, path: str, reason: str) -> None:
-        write_json(state_dir / "failed" / f"{_case_key(case_id)}.json", {"case": case_id, "path": path,
-                                                                          "reason": reason})
+        write_json(
+            state_dir / "failed" / f"{_case_key(case_id)}.json", {"case": case_id, "path": path, "reason": reason}
+        )
 
     for path, reason in unreadable:
         fail(_relative_name(path, input_dir), path, reason)
@@ -107,7 +120,7 @@ def predict_folder(pipeline: Any, module: torch.nn.Module, input_dir: str | Path
     device = next(module.parameters()).device
     for start in range(0, len(todo), batch_size):
         loaded = []
-        for case in todo[start:start + batch_size]:
+        for case in todo[start : start + batch_size]:
             try:
                 loaded.append((case, pipeline.load_case(case)))
             except Exception as exc:  # noqa: BLE001 - one bad case must never stop the folder
@@ -178,8 +191,11 @@ def _claim_output(state_dir: Path, fingerprint: str, output_dir: Path) -> None:
     """Resuming into a folder is only right for the same model: refuse to mix two models' predictions."""
     marker = state_dir / "model.sha256"
     if marker.is_file() and marker.read_text().strip() != fingerprint:
-        raise ConfigError("this output folder holds predictions of another model; choose another --output "
-                          "(or delete the folder to start over)", output_dir)
+        raise ConfigError(
+            "this output folder holds predictions of another model; choose another --output "
+            "(or delete the folder to start over)",
+            output_dir,
+        )
     write_text(marker, fingerprint + "\n")
 
 

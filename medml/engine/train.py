@@ -41,8 +41,10 @@ class TrainResult:
 
 
 def is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0 and \
-        int(os.environ.get("LOCAL_RANK", "0")) == 0
+    return (
+        int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+        and int(os.environ.get("LOCAL_RANK", "0")) == 0
+    )
 
 
 def resolve_devices(cfg: TrainConfig) -> dict[str, Any]:
@@ -53,19 +55,31 @@ def resolve_devices(cfg: TrainConfig) -> dict[str, Any]:
     if "LOCAL_WORLD_SIZE" in os.environ and "WORLD_SIZE" in os.environ:  # launched by torchrun
         local = int(os.environ["LOCAL_WORLD_SIZE"])
         world = int(os.environ["WORLD_SIZE"])
-        return {"accelerator": accelerator, "devices": local, "num_nodes": max(1, world // local),
-                "strategy": "ddp" if world > 1 else "auto"}
+        return {
+            "accelerator": accelerator,
+            "devices": local,
+            "num_nodes": max(1, world // local),
+            "strategy": "ddp" if world > 1 else "auto",
+        }
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
         per_node = int(os.environ.get("SLURM_NTASKS_PER_NODE", os.environ["SLURM_NTASKS"]).split("(")[0])
-        return {"accelerator": accelerator, "devices": per_node, "num_nodes": int(os.environ.get("SLURM_NNODES", 1)),
-                "strategy": "ddp"}
+        return {
+            "accelerator": accelerator,
+            "devices": per_node,
+            "num_nodes": int(os.environ.get("SLURM_NNODES", 1)),
+            "strategy": "ddp",
+        }
     devices = cfg.devices
     if devices == "auto":
         devices = torch.cuda.device_count() if accelerator in ("gpu", "cuda") else 1
     devices = int(devices)
     many = devices * cfg.num_nodes > 1
-    return {"accelerator": accelerator, "devices": devices, "num_nodes": cfg.num_nodes,
-            "strategy": "ddp" if many else "auto"}
+    return {
+        "accelerator": accelerator,
+        "devices": devices,
+        "num_nodes": cfg.num_nodes,
+        "strategy": "ddp" if many else "auto",
+    }
 
 
 def resolve_precision(cfg: TrainConfig, accelerator: str) -> str:
@@ -76,14 +90,21 @@ def resolve_precision(cfg: TrainConfig, accelerator: str) -> str:
     return "32-true"
 
 
-def build_trainer(cfg: TrainConfig, stage: StageConfig, stage_dir: Path, run_dir: Path,
-                  manual_optimization: bool = False) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(
+    cfg: TrainConfig, stage: StageConfig, stage_dir: Path, run_dir: Path, manual_optimization: bool = False
+) -> tuple[L.Trainer, ModelCheckpoint]:
     monitor = stage.monitor if stage.monitor is not None else cfg.monitor
     mode = stage.monitor_mode or cfg.monitor_mode
     patience = stage.patience if stage.patience is not None else cfg.patience
-    checkpoint = ModelCheckpoint(dirpath=stage_dir / "checkpoints", filename="best-{epoch:03d}", monitor=monitor,
-                                 mode=mode, save_top_k=cfg.save_top_k if monitor else 1, save_last=True,
-                                 auto_insert_metric_name=False)
+    checkpoint = ModelCheckpoint(
+        dirpath=stage_dir / "checkpoints",
+        filename="best-{epoch:03d}",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=cfg.save_top_k if monitor else 1,
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
     callbacks: list[L.Callback] = [checkpoint, RandomStateCallback()]
     if monitor and patience:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience))
@@ -91,8 +112,10 @@ def build_trainer(cfg: TrainConfig, stage: StageConfig, stage_dir: Path, run_dir
         callbacks.append(EMAWeights(cfg.ema_decay))
     devices = resolve_devices(cfg)
     attempt = len(list((stage_dir / "logs").glob("attempt*")))  # a resumed stage logs beside, not over, the first
-    loggers = [CSVLogger(save_dir=stage_dir, name="logs", version=f"attempt{attempt}"),
-               TensorBoardLogger(save_dir=run_dir / "tensorboard", name=stage_dir.name, version="")]
+    loggers = [
+        CSVLogger(save_dir=stage_dir, name="logs", version=f"attempt{attempt}"),
+        TensorBoardLogger(save_dir=run_dir / "tensorboard", name=stage_dir.name, version=""),
+    ]
     trainer = L.Trainer(
         **devices,
         precision=resolve_precision(cfg, devices["accelerator"]),
@@ -183,19 +206,25 @@ def check_resume_config(pipeline: Any, run_dir: Path) -> None:
         raise ConfigError("nothing to resume: the run folder has no config.yaml", run_dir)
     saved = _flat(yaml.safe_load(saved_path.read_text()))
     current = _flat(pipeline.config.model_dump(mode="json"))
-    changed = sorted(k for k in set(saved) | set(current)
-                     if saved.get(k) != current.get(k) and k not in RESUME_MAY_CHANGE)
+    changed = sorted(
+        k for k in set(saved) | set(current) if saved.get(k) != current.get(k) and k not in RESUME_MAY_CHANGE
+    )
     if changed:
         key = changed[0]
-        raise ConfigError(f"config key '{key}' is {current.get(key)!r} but the run being resumed used "
-                          f"{saved.get(key)!r}; resume with the run's own config (omit --config/--set)", run_dir)
+        raise ConfigError(
+            f"config key '{key}' is {current.get(key)!r} but the run being resumed used "
+            f"{saved.get(key)!r}; resume with the run's own config (omit --config/--set)",
+            run_dir,
+        )
 
 
 def _save_stage(stage_dir: Path, module: torch.nn.Module, summary: dict[str, Any]) -> None:
     """Weights and random state at the end of a stage, so a resume from here continues exactly."""
     stage_dir.mkdir(parents=True, exist_ok=True)
-    state = {"weights": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-             "random_state": RandomStateCallback().state_dict()}
+    state = {
+        "weights": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "random_state": RandomStateCallback().state_dict(),
+    }
     with atomic_path(stage_dir / "end_state.pt") as tmp:
         torch.save(state, tmp)
     write_json(stage_dir / "done.json", {**summary, "finished": now()})
@@ -213,8 +242,10 @@ def train(pipeline: Any, data_dir: str | Path, run_dir: str | Path, resume: bool
         raise ConfigError("data folder not found", data_dir)
     stages_root = run_dir / "stages"
     if stages_root.exists() and not resume:
-        raise ConfigError("this run folder already holds a training run: pass --resume to continue it, "
-                          "or choose another --out", run_dir)
+        raise ConfigError(
+            "this run folder already holds a training run: pass --resume to continue it, or choose another --out",
+            run_dir,
+        )
     if resume and not stages_root.exists():
         raise ConfigError("nothing to resume: the run folder has no stages/", run_dir)
     if resume:
@@ -232,14 +263,25 @@ def train(pipeline: Any, data_dir: str | Path, run_dir: str | Path, resume: bool
         raise ConfigError("config key 'stages': no stage is enabled")
 
     rank0 = is_rank_zero()
-    record = base_record("train", pipeline.name, data_dir=str(data_dir.resolve()),
-                         data_fingerprint=pipeline.data_fingerprint(data_dir), seed=cfg.train.seed,
-                         split=pipeline.split_summary(datamodule), stages=[s.name for s in stages],
-                         devices=resolve_devices(cfg.train))
+    record = base_record(
+        "train",
+        pipeline.name,
+        data_dir=str(data_dir.resolve()),
+        data_fingerprint=pipeline.data_fingerprint(data_dir),
+        seed=cfg.train.seed,
+        split=pipeline.split_summary(datamodule),
+        stages=[s.name for s in stages],
+        devices=resolve_devices(cfg.train),
+    )
     if resume and (run_dir / "run.json").is_file():  # keep the original record; note each resume
         first = json.loads((run_dir / "run.json").read_text())
-        record = {**first, "resumed": [*first.get("resumed", []), {"at": now(), "command": record["command"],
-                                                                   "devices": record["devices"]}]}
+        record = {
+            **first,
+            "resumed": [
+                *first.get("resumed", []),
+                {"at": now(), "command": record["command"], "devices": record["devices"]},
+            ],
+        }
     if rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", dump_config(cfg))
@@ -260,18 +302,28 @@ def train(pipeline: Any, data_dir: str | Path, run_dir: str | Path, resume: bool
         summary: dict[str, Any] = {"stage": stage.name, "kind": stage.kind, "started": now()}
         if stage.kind == "fit":
             if not any(p.requires_grad for p in module.parameters()):
-                raise ConfigError(f"config key 'stages': stage '{stage.name}' trains nothing: no parameter name "
-                                  f"starts with {stage.trainable}")
-            trainer, checkpoint = build_trainer(cfg.train, stage, stage_dir, run_dir,
-                                                manual_optimization=not module.automatic_optimization)
+                raise ConfigError(
+                    f"config key 'stages': stage '{stage.name}' trains nothing: no parameter name "
+                    f"starts with {stage.trainable}"
+                )
+            trainer, checkpoint = build_trainer(
+                cfg.train, stage, stage_dir, run_dir, manual_optimization=not module.automatic_optimization
+            )
             last = stage_dir / "checkpoints" / "last.ckpt"
-            trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None,
-                        weights_only=True)
+            trainer.fit(
+                module,
+                datamodule=datamodule,
+                ckpt_path=str(last) if resume and last.exists() else None,
+                weights_only=True,
+            )
             best = checkpoint.best_model_path or checkpoint.last_model_path
             if best:
                 module.load_state_dict(_stage_weights(best, use_ema=bool(cfg.train.ema_decay)))
-            summary.update(best_checkpoint=best, best_score=None if checkpoint.best_model_score is None
-                           else float(checkpoint.best_model_score), epochs_run=trainer.current_epoch)
+            summary.update(
+                best_checkpoint=best,
+                best_score=None if checkpoint.best_model_score is None else float(checkpoint.best_model_score),
+                epochs_run=trainer.current_epoch,
+            )
         else:
             summary["result"] = module.run_stage(stage, datamodule)
         module.end_stage(stage)

@@ -91,8 +91,9 @@ def read_itk_image(path: str | Path) -> Volume:
     return Volume(array, tuple(map(float, spacing)), tuple(map(float, origin)), direction, meta)
 
 
-def write_nifti(array: np.ndarray, affine_or_volume: np.ndarray | Volume, path: str | Path, *,
-                frame_time_s: float | None = None) -> Path:
+def write_nifti(
+    array: np.ndarray, affine_or_volume: np.ndarray | Volume, path: str | Path, *, frame_time_s: float | None = None
+) -> Path:
     """Write a (z, y, x) array as NIfTI with the given RAS affine (or the geometry of a `Volume`).
 
     Both the sform and the qform carry the affine (code "scanner" when it came from a DICOM volume, "aligned"

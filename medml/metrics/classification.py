@@ -39,8 +39,14 @@ def _auroc_columns(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
     return auc
 
 
-def multilabel_auroc(y_true: np.ndarray, y_score: np.ndarray, names: Sequence[str] | None = None,
-                     n_bootstrap: int = 1000, seed: int = 0, ci: float = 0.95) -> dict[str, Any]:
+def multilabel_auroc(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    names: Sequence[str] | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> dict[str, Any]:
     """Per-label and macro AUROC over all samples, with percentile bootstrap confidence intervals.
 
     Labels with a single class present in ``y_true`` have no AUROC; they are left out of the macro mean and listed
@@ -71,7 +77,7 @@ def multilabel_auroc(y_true: np.ndarray, y_score: np.ndarray, names: Sequence[st
     per_label = {}
     for j in valid:
         col = boot[:, j][np.isfinite(boot[:, j])]
-        lo, hi = (np.quantile(col, [alpha, 1 - alpha]) if len(col) else (np.nan, np.nan))
+        lo, hi = np.quantile(col, [alpha, 1 - alpha]) if len(col) else (np.nan, np.nan)
         per_label[names[j]] = {"auroc": float(aucs[j]), "ci_lo": float(lo), "ci_hi": float(hi), "n_pos": int(pos[j])}
     finite = macro_boot[np.isfinite(macro_boot)]
     macro_ci = tuple(float(v) for v in np.quantile(finite, [alpha, 1 - alpha])) if len(finite) else (np.nan, np.nan)

@@ -12,9 +12,15 @@ from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU
 from monai.networks.utils import one_hot
 
 
-def segmentation_scores(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, num_classes: int,
-                        spacing: Sequence[float] | None = None, include_background: bool = False,
-                        ignore_index: int | None = None, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+def segmentation_scores(
+    pred: np.ndarray | torch.Tensor,
+    target: np.ndarray | torch.Tensor,
+    num_classes: int,
+    spacing: Sequence[float] | None = None,
+    include_background: bool = False,
+    ignore_index: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Dice, IoU and 95th-percentile Hausdorff distance per class for one label map (2D or 3D).
 
     Args:
@@ -46,8 +52,9 @@ def segmentation_scores(pred: np.ndarray | torch.Tensor, target: np.ndarray | to
         # MONAI warns for every class missing from one side; such classes get NaN below, by design.
         warnings.filterwarnings("ignore", message=".* is all 0, this may result in nan/inf distance")
         warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
-        hd = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(
-            p1, t1, spacing=spacing)[0]
+        hd = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(p1, t1, spacing=spacing)[
+            0
+        ]
     names = list(class_names) if class_names is not None else [f"class_{c}" for c in range(num_classes)]
     result: dict[str, Any] = {}
     first = 0 if include_background else 1
@@ -60,7 +67,9 @@ def segmentation_scores(pred: np.ndarray | torch.Tensor, target: np.ndarray | to
         result[names[c]] = {"dice": d, "iou": j, "hd95": h, "present": present}
     scored = [v for v in result.values() if v["present"]]
     result["mean"] = {
-        key: float(np.nanmean([v[key] for v in scored])) if scored and not all(np.isnan(v[key]) for v in scored)
-        else float("nan") for key in ("dice", "iou", "hd95")
+        key: float(np.nanmean([v[key] for v in scored]))
+        if scored and not all(np.isnan(v[key]) for v in scored)
+        else float("nan")
+        for key in ("dice", "iou", "hd95")
     }
     return result

@@ -92,8 +92,11 @@ class Pipeline(abc.ABC):
 
         cases, failures = io.discover(input_dir)
         accepted = [c for c in cases if c.kind in self.input_kinds]
-        skipped = [(str(c.paths[0]), f"a {c.kind} case is not an input of the {self.name} pipeline") for c in cases
-                   if c.kind not in self.input_kinds]
+        skipped = [
+            (str(c.paths[0]), f"a {c.kind} case is not an input of the {self.name} pipeline")
+            for c in cases
+            if c.kind not in self.input_kinds
+        ]
         return accepted, failures + skipped
 
     @abc.abstractmethod

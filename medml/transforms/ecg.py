@@ -132,8 +132,9 @@ class _Delegating(MapTransform):
 class HighPassFilterd(_Delegating):
     """Dictionary wrapper of `HighPassFilter`."""
 
-    def __init__(self, keys: KeysCollection, fs: float, cutoff: float = 0.5, order: int = 1,
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, fs: float, cutoff: float = 0.5, order: int = 1, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.array_transform = HighPassFilter(fs, cutoff, order)
 
@@ -149,7 +150,12 @@ class Resampled(_Delegating):
 class Standardized(_Delegating):
     """Dictionary wrapper of `Standardize`."""
 
-    def __init__(self, keys: KeysCollection, mean: Sequence[float] | np.ndarray, std: Sequence[float] | np.ndarray,
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mean: Sequence[float] | np.ndarray,
+        std: Sequence[float] | np.ndarray,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.array_transform = Standardize(mean, std)

@@ -24,15 +24,21 @@ from medml.pipelines.angio.pipeline import (
 )
 
 TINY_MODEL = {
-    "seg_features": [8, 8, 16, 16, 32, 8], "latent_channels": 8, "encoder_widths": [8, 8, 16], "cond_channels": 8,
-    "denoiser_channels": [16, 16], "denoiser_attention": [False, False], "denoiser_head_channels": 8,
+    "seg_features": [8, 8, 16, 16, 32, 8],
+    "latent_channels": 8,
+    "encoder_widths": [8, 8, 16],
+    "cond_channels": 8,
+    "denoiser_channels": [16, 16],
+    "denoiser_attention": [False, False],
+    "denoiser_head_channels": 8,
     "denoiser_groups": 8,
 }
 
 
 def tiny_config(**model) -> AngioConfig:
-    return load_config(AngioConfig, {"model": {**TINY_MODEL, **model}, "diffusion": {"preset": "diffrect"},
-                                     "data": {"size": 32}})
+    return load_config(
+        AngioConfig, {"model": {**TINY_MODEL, **model}, "diffusion": {"preset": "diffrect"}, "data": {"size": 32}}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +86,9 @@ def test_ddim_two_steps_finite_and_reproducible():
     x = torch.rand(2, 1, 32, 32)
     seg = net.segment(x)
     assert module.sample_steps == 2
-    out, trajectory = net.refine(x, seg, module.ddim, 2, generator=torch.Generator().manual_seed(1),
-                                 return_trajectory=True)
+    out, trajectory = net.refine(
+        x, seg, module.ddim, 2, generator=torch.Generator().manual_seed(1), return_trajectory=True
+    )
     assert out.shape == (2, 5, 32, 32) and torch.isfinite(out).all()
     assert len(trajectory) == 2 and all(torch.isfinite(t).all() for t in trajectory)
     again = net.refine(x, seg, module.ddim, 2, generator=torch.Generator().manual_seed(1))
@@ -91,8 +98,9 @@ def test_ddim_two_steps_finite_and_reproducible():
 
 
 @pytest.mark.parametrize("preset", ["diffrect", "paper"])
-def test_ddim_timesteps_follow_step_and_latent_noise_level(module: AngioModule, preset: str,
-                                                           monkeypatch: pytest.MonkeyPatch):
+def test_ddim_timesteps_follow_step_and_latent_noise_level(
+    module: AngioModule, preset: str, monkeypatch: pytest.MonkeyPatch
+):
     cfg = tiny_config() if preset == "diffrect" else AngioConfig()
     _, ddim, steps = build_schedulers(cfg)
     total = ddim.num_train_timesteps
@@ -222,8 +230,10 @@ def _batch(seed: int = 0, size: int = 32) -> dict:
     labels[:, :, 20:22] = 2
     return {
         "labelled": {"image": torch.rand(2, 1, size, size, generator=g), "label": labels},
-        "unlabelled": {"image_weak": torch.rand(2, 1, size, size, generator=g),
-                       "image_strong": torch.rand(2, 1, size, size, generator=g)},
+        "unlabelled": {
+            "image_weak": torch.rand(2, 1, size, size, generator=g),
+            "image_strong": torch.rand(2, 1, size, size, generator=g),
+        },
     }
 
 

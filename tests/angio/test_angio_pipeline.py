@@ -144,8 +144,13 @@ def test_predict_clinical_folder(loaded_angio, tmp_path: Path):
     assert refs == set(range(1, n_frames + 1))  # every frame of the cine is referenced
     segments = {s.SegmentLabel: s for s in seg.SegmentSequence}
     assert "vessel" in segments
-    property_codes = [(s.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator,
-                       s.SegmentedPropertyTypeCodeSequence[0].CodeValue) for s in segments.values()]
+    property_codes = [
+        (
+            s.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator,
+            s.SegmentedPropertyTypeCodeSequence[0].CodeValue,
+        )
+        for s in segments.values()
+    ]
     assert len(set(property_codes)) == len(property_codes)  # no two segments share a code
 
     import highdicom as hd

@@ -165,8 +165,9 @@ def test_missing_dataset_folder(tmp_path: Path) -> None:
 # ----- mask encodings ---------------------------------------------------------------------------------------------
 def test_palette_rgb_and_grey_masks_read_to_the_same_ids(tmp_path: Path) -> None:
     kwargs = dict(n_trainval=2, n_test=1, n_frames=6, size=64, seed=3)
-    roots = {enc: write_synthetic_mosxav(tmp_path / enc, mask_encoding=enc, **kwargs) for enc in ("palette", "rgb",
-                                                                                                   "grey")}
+    roots = {
+        enc: write_synthetic_mosxav(tmp_path / enc, mask_encoding=enc, **kwargs) for enc in ("palette", "rgb", "grey")
+    }
     rel = Path("test/Annotations_Semantic/v00")
     names = sorted(p.name for p in (roots["palette"] / rel).iterdir())
     assert len(names) == 6
@@ -258,11 +259,18 @@ def test_angio_frames_tensors_resize_and_grey(synthetic_mosxav: Path) -> None:
 
 
 def test_class_5_ignored_or_mapped_to_background(synthetic_mosxav: Path) -> None:
-    items = [i for i in MOSXAV(synthetic_mosxav).items("test", annotated_only=True)
-             if (read_mask(i.mask_path) == OTHERS).any()][:2]
+    items = [
+        i
+        for i in MOSXAV(synthetic_mosxav).items("test", annotated_only=True)
+        if (read_mask(i.mask_path) == OTHERS).any()
+    ][:2]
     assert items, "the synthetic test videos must hold class-5 pixels"
-    for item, ignored, background in zip(items, AngioFrames(items, size=None, others="ignore"),
-                                         AngioFrames(items, size=None, others="background"), strict=True):
+    for item, ignored, background in zip(
+        items,
+        AngioFrames(items, size=None, others="ignore"),
+        AngioFrames(items, size=None, others="background"),
+        strict=True,
+    ):
         raw = read_mask(item.mask_path)
         assert (ignored["label"].numpy() == IGNORE_INDEX).sum() == (raw == OTHERS).sum() > 0
         assert (background["label"].numpy() == OTHERS).sum() == 0
@@ -318,8 +326,16 @@ def test_clinical_inputs_for_predict(tmp_path: Path) -> None:
     assert float(cine.FrameTime) == pytest.approx(1000 / 15, abs=0.1)
     cases, failures = io.discover(out)
     kinds = {case.path.name: case.kind for case in cases}
-    assert kinds == {"xa_cine.dcm": "dicom_multiframe", "angio.mp4": "video", "frames": "frames",
-                     "corrupt_cine.dcm": "dicom_multiframe"} and not failures
+    assert (
+        kinds
+        == {
+            "xa_cine.dcm": "dicom_multiframe",
+            "angio.mp4": "video",
+            "frames": "frames",
+            "corrupt_cine.dcm": "dicom_multiframe",
+        }
+        and not failures
+    )
     for case in cases:
         if case.path.name == "corrupt_cine.dcm":
             with pytest.raises(CorruptFileError):

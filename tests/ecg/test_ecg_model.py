@@ -82,8 +82,7 @@ def test_paper_size_forward_shapes(paper_model):
 
 
 def test_last_layer_initialisation():
-    branch = PrototypeBranch("1d", num_classes=4, prototypes_per_class=3, prototype_dim=16,
-                             widths=(8, 8, 8, 8))
+    branch = PrototypeBranch("1d", num_classes=4, prototypes_per_class=3, prototype_dim=16, widths=(8, 8, 8, 8))
     weight = branch.last_layer.weight  # (C, P)
     for c in range(4):
         for p in range(12):
@@ -99,7 +98,7 @@ def test_windowed_cosine_matches_loop():
     for b in range(2):
         for p in range(5):
             for w in range(8):
-                a = z[b, :, :, w:w + 3].reshape(-1)
+                a = z[b, :, :, w : w + 3].reshape(-1)
                 ref = scale * torch.nn.functional.cosine_similarity(a, protos[p].reshape(-1), dim=0)
                 assert torch.isclose(got[b, p, w], ref, atol=1e-5)
 
@@ -141,8 +140,7 @@ def test_clustering_and_separation_match_loop(loss_case):
             wrong = [float(sim[b, p] * (1 - identity[p, c] * labels[b, c])) for p in range(sim.shape[1])]
             clst += max(correct)
             sep += max(wrong)
-    assert math.isclose(float(losses.clustering_loss(sim, labels, identity)), -clst / (batch * classes),
-                        rel_tol=1e-5)
+    assert math.isclose(float(losses.clustering_loss(sim, labels, identity)), -clst / (batch * classes), rel_tol=1e-5)
     assert math.isclose(float(losses.separation_loss(sim, labels, identity)), sep / (batch * classes), rel_tol=1e-5)
     ref_spars = sum(max(float(v), 0.0) for row in sim for v in row) / batch
     assert math.isclose(float(losses.sparsity_loss(sim)), ref_spars, rel_tol=1e-5)
@@ -157,7 +155,7 @@ def test_diversity_matches_loop(loss_case):
         for j in range(n):
             cos = float(torch.dot(flat[i], flat[j]) / (flat[i].norm() * flat[j].norm()))
             total += (cos - (1.0 if i == j else 0.0)) ** 2
-    assert math.isclose(float(losses.diversity_loss(protos)), total / n ** 2, rel_tol=1e-4)
+    assert math.isclose(float(losses.diversity_loss(protos)), total / n**2, rel_tol=1e-4)
 
 
 def test_jaccard_and_contrastive_match_loop(loss_case):
@@ -247,8 +245,7 @@ def test_off_class_l1_and_total_loss(loss_case):
     loss = losses.PrototypeLoss(torch.ones(3), losses.label_jaccard(labels.numpy()))
     logits = torch.randn(4, 3)
     terms = loss(logits, sim, labels, protos, identity)
-    expected = (terms["bce"] + 0.004 * terms["clst"] + 0.0004 * terms["sep"] + 250 * terms["div"]
-                + 300 * terms["cnrst"])
+    expected = terms["bce"] + 0.004 * terms["clst"] + 0.0004 * terms["sep"] + 250 * terms["div"] + 300 * terms["cnrst"]
     assert torch.isclose(terms["loss"], expected)
     assert "spars" not in terms  # weight 0 in the paper
 
@@ -278,10 +275,15 @@ def _tiny_module(stages: list[str]):
         block = getattr(config.model, name)
         block.widths, block.prototypes_per_class, block.prototype_dim = [8, 8, 16, 16], 2, 8
     config.model.labels = [f"L{i}" for i in range(6)]
-    prefix = {"warmup": ["backbone", "warmup_head"], "classifier": ["last_layer"],
-              "joint": ["backbone", "add_on", "prototype_vectors"]}
-    config.stages = [StageConfig(name=s, trainable=[f"model.branches.{s.split('_')[1]}.{p}"
-                                                    for p in prefix[s.split("_")[0]]]) for s in stages]
+    prefix = {
+        "warmup": ["backbone", "warmup_head"],
+        "classifier": ["last_layer"],
+        "joint": ["backbone", "add_on", "prototype_vectors"],
+    }
+    config.stages = [
+        StageConfig(name=s, trainable=[f"model.branches.{s.split('_')[1]}.{p}" for p in prefix[s.split("_")[0]]])
+        for s in stages
+    ]
     labels = (np.random.default_rng(0).random((40, 6)) < 0.4).astype(np.uint8)
     branches = {"rhythm": [0, 1], "morphology": [2, 3, 4], "global": [5]}
     return EcgModule(config, branches, labels)

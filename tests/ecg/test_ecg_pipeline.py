@@ -34,8 +34,9 @@ def ecg_run(synthetic_ptbxl, ptbxl_cache, tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     pipeline, module = load_checkpoint(result.checkpoint, expect_pipeline="ecg")
-    return SimpleNamespace(data=synthetic_ptbxl, result=result, pipeline=pipeline, module=module,
-                           tmp=tmp_path_factory.mktemp("ecg-out"))
+    return SimpleNamespace(
+        data=synthetic_ptbxl, result=result, pipeline=pipeline, module=module, tmp=tmp_path_factory.mktemp("ecg-out")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -118,10 +119,10 @@ def test_projection_puts_prototypes_on_training_segments_of_their_class(ecg_run,
             else:
                 start = int(branch.projection_start[p])
                 window = next(w for w in range(z.shape[-1]) if branch.raw_start(w) == start)
-                patch = z[0, :, :, window:window + branch.prototype_length]
+                patch = z[0, :, :, window : window + branch.prototype_length]
             torch.testing.assert_close(patch, branch.prototype_vectors[p].detach(), atol=1e-4, rtol=1e-4)
             stored = branch.projection_segment[p].float()
-            raw = signal[0, :, int(branch.projection_start[p]):][:, : stored.shape[1]]
+            raw = signal[0, :, int(branch.projection_start[p]) :][:, : stored.shape[1]]
             torch.testing.assert_close(stored[:, : raw.shape[1]], raw, atol=2e-2, rtol=1e-2)
             checked += 1
     assert checked >= 10
@@ -176,11 +177,15 @@ def test_frozen_branches_keep_their_batchnorm_statistics(ecg_run):
     final = ecg_run.module.state_dict()
     checked = 0
     for branch in ("rhythm", "morphology", "global"):
-        end = torch.load(next(stages.glob(f"*-project_{branch}/end_state.pt")), map_location="cpu",
-                         weights_only=True)["weights"]
+        end = torch.load(next(stages.glob(f"*-project_{branch}/end_state.pt")), map_location="cpu", weights_only=True)[
+            "weights"
+        ]
         prefix = f"model.branches.{branch}."
-        keys = [k for k in end if k.startswith(prefix) and k.rsplit(".", 1)[-1] in ("running_mean", "running_var",
-                                                                                   "num_batches_tracked")]
+        keys = [
+            k
+            for k in end
+            if k.startswith(prefix) and k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")
+        ]
         assert keys, branch
         for key in keys:
             torch.testing.assert_close(final[key].cpu(), end[key], rtol=0, atol=0, msg=key)
@@ -221,8 +226,16 @@ def test_preprocess_resamples_crops_and_rejects_bad_signals():
 def test_paper_defaults_and_recipes():
     paper = EcgConfig()
     enabled = [s.name for s in paper.stages if s.enabled]
-    assert enabled == ["joint_rhythm", "project_rhythm", "joint_morphology", "project_morphology", "joint_global",
-                       "project_global", "fusion", "thresholds"]
+    assert enabled == [
+        "joint_rhythm",
+        "project_rhythm",
+        "joint_morphology",
+        "project_morphology",
+        "joint_global",
+        "project_global",
+        "fusion",
+        "thresholds",
+    ]
     assert (paper.train.optim.lr, paper.train.optim.weight_decay, paper.train.batch_size) == (1e-4, 1.7e-4, 32)
     assert (paper.train.patience, paper.train.max_epochs, paper.model.dropout) == (10, 200, 0.35)
     assert (paper.loss.clst, paper.loss.sep, paper.loss.div, paper.loss.cnrst) == (0.004, 0.0004, 250.0, 300.0)

@@ -68,7 +68,7 @@ def test_resample_500_to_100_equals_scipy_and_keeps_the_waveform():
 
 def test_standardize_per_lead_and_flat_lead_stays_finite():
     rng = np.random.default_rng(1)
-    x = (rng.standard_normal((3, 500)) * np.array([[1.0], [3.0], [0.0]]) + np.array([[2.0], [-1.0], [5.0]]))
+    x = rng.standard_normal((3, 500)) * np.array([[1.0], [3.0], [0.0]]) + np.array([[2.0], [-1.0], [5.0]])
     mean, std = x.mean(axis=1), x.std(axis=1)
     out = Standardize(mean, std)(x.astype(np.float32))
     np.testing.assert_allclose(out[:2].mean(axis=1), 0, atol=1e-5)

@@ -23,8 +23,12 @@ def test_yaml_then_overrides(tmp_path):
 
 @pytest.mark.parametrize(
     "override, key",
-    [("model.hiden=3", "model.hiden"), ("train.batch_size=abc", "train.batch_size"),
-     ("stages.5.epochs=1", "stages.5.epochs"), ("train.optim.name=rmsprop", "train.optim.name")],
+    [
+        ("model.hiden=3", "model.hiden"),
+        ("train.batch_size=abc", "train.batch_size"),
+        ("stages.5.epochs=1", "stages.5.epochs"),
+        ("train.optim.name=rmsprop", "train.optim.name"),
+    ],
 )
 def test_bad_override_is_one_line_error_naming_the_key(override, key):
     with pytest.raises(ConfigError) as err:

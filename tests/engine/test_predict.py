@@ -33,8 +33,9 @@ def _snapshot(folder):
 def test_predicts_every_case_and_lists_the_bad_one(toy_run, clinical, tmp_path):
     pipeline, module = load_checkpoint(toy_run.checkpoint)
     before = _snapshot(clinical)
-    summary = predict_folder(pipeline, module, clinical, tmp_path / "out", progress=False,
-                             checkpoint=toy_run.checkpoint)
+    summary = predict_folder(
+        pipeline, module, clinical, tmp_path / "out", progress=False, checkpoint=toy_run.checkpoint
+    )
     assert (summary.done, summary.failed) == (5, 1)
     rows = _rows(tmp_path / "out" / "predictions.csv")
     assert sorted(r["case"] for r in rows) == [f"case{i}" for i in range(5)]
@@ -98,8 +99,10 @@ def test_killed_predict_process_resumes(toy_run, clinical, tmp_path):
 
 def test_shards_partition_the_cases(toy_run, clinical, tmp_path):
     pipeline, module = load_checkpoint(toy_run.checkpoint)
-    counts = [predict_folder(pipeline, module, clinical, tmp_path / "out", num_parts=3, part_id=i,
-                             progress=False).done for i in range(3)]
+    counts = [
+        predict_folder(pipeline, module, clinical, tmp_path / "out", num_parts=3, part_id=i, progress=False).done
+        for i in range(3)
+    ]
     assert sum(counts) == 5 and max(counts) <= 2
     assert len(_rows(tmp_path / "out" / "predictions.csv")) == 5  # the last part leaves the full table
     with pytest.raises(ConfigError, match="part-id"):
@@ -136,8 +139,11 @@ def test_malicious_pickle_checkpoint_is_refused_not_executed(toy_run, tmp_path, 
 def test_checkpoint_errors_are_one_line(toy_run, tmp_path):
     (tmp_path / "junk.ckpt").write_bytes(b"\x00" * 100)
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
-    for name, match in [("missing.ckpt", "not found"), ("junk.ckpt", "not a readable"),
-                        ("foreign.ckpt", "not a medml checkpoint")]:
+    for name, match in [
+        ("missing.ckpt", "not found"),
+        ("junk.ckpt", "not a readable"),
+        ("foreign.ckpt", "not a medml checkpoint"),
+    ]:
         with pytest.raises(CheckpointError, match=match) as err:
             read_checkpoint(tmp_path / name)
         assert "\n" not in str(err.value) and name in str(err.value)

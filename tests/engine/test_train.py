@@ -66,8 +66,10 @@ def _final(run: Path):
 
 @pytest.mark.parametrize(
     "kill_at, stages",
-    [("fit:2", None),  # inside a stage: continues from its last.ckpt
-     ("tune:0", "stages=[{name: fit, epochs: 2}, {name: tune, epochs: 2, trainable: [net.4]}]")],  # between stages
+    [
+        ("fit:2", None),  # inside a stage: continues from its last.ckpt
+        ("tune:0", "stages=[{name: fit, epochs: 2}, {name: tune, epochs: 2, trainable: [net.4]}]"),
+    ],  # between stages
     ids=["within-stage", "stage-boundary"],
 )
 def test_resume_after_kill_reproduces_uninterrupted_run(toy_data, tmp_path, kill_at, stages):
@@ -98,8 +100,13 @@ def test_resume_refuses_a_changed_config(toy_run, toy_data):
 def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(toy_data, tmp_path, launcher):
     # SyncBatchNorm needs CUDA, so the CPU check uses no BatchNorm; dropout off so both runs draw no randomness.
     # Two fit stages: each stage builds its own Trainer inside the already-launched processes.
-    common = ["model.dropout=0", "model.batchnorm=false", "train.max_epochs=2", "train.accelerator=cpu",
-              "stages=[{name: all}, {name: head, trainable: [net.4]}]"]
+    common = [
+        "model.dropout=0",
+        "model.batchnorm=false",
+        "train.max_epochs=2",
+        "train.accelerator=cpu",
+        "stages=[{name: all}, {name: head, trainable: [net.4]}]",
+    ]
     single = _run_toy(toy_data, tmp_path / "single", *common, "train.batch_size=8")
     assert single.returncode == 0, single.stderr[-2000:]
     if launcher == "torchrun":
@@ -123,8 +130,9 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
 def test_ema_callback_tracks_the_moving_average(toy_data, tmp_path):
     cfg = load_config(ToyPipeline.Config, None, ["train.ema_decay=0.9", "train.max_epochs=1"])
     result = train(ToyPipeline(cfg), toy_data, tmp_path / "ema")
-    ckpt = torch.load(next((tmp_path / "ema" / "stages" / "00-fit" / "checkpoints").glob("last.ckpt")),
-                      weights_only=True)
+    ckpt = torch.load(
+        next((tmp_path / "ema" / "stages" / "00-fit" / "checkpoints").glob("last.ckpt")), weights_only=True
+    )
     ema_state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("EMAWeights"))["ema"]
     live = ckpt["state_dict"]["net.0.weight"]
     assert not torch.allclose(ema_state["net.0.weight"], live)  # the average lags the live weights
@@ -155,8 +163,9 @@ def test_a_stage_that_trains_nothing_is_a_config_error(toy_data, tmp_path):
 
 def test_early_stopping_ends_a_stage_that_stops_improving(toy_data, tmp_path):
     # lr 0: the validation loss never improves, so patience 2 stops the stage after 3 of its 20 epochs
-    cfg = load_config(ToyPipeline.Config, None, ["train.optim.lr=0", "train.max_epochs=20", "train.patience=2",
-                                                 "model.dropout=0"])
+    cfg = load_config(
+        ToyPipeline.Config, None, ["train.optim.lr=0", "train.max_epochs=20", "train.patience=2", "model.dropout=0"]
+    )
     train(ToyPipeline(cfg), toy_data, tmp_path / "run")
     done = json.loads((tmp_path / "run" / "stages" / "00-fit" / "done.json").read_text())
     assert done["epochs_run"] == 3

@@ -36,8 +36,15 @@ class ToyModel(Strict):
 
 class ToyConfig(PipelineConfig):
     model: ToyModel = ToyModel()
-    train: TrainConfig = TrainConfig(batch_size=8, max_epochs=4, num_workers=0, progress=False,
-                                     monitor="val_loss", log_every_n_steps=1, optim={"lr": 0.05})
+    train: TrainConfig = TrainConfig(
+        batch_size=8,
+        max_epochs=4,
+        num_workers=0,
+        progress=False,
+        monitor="val_loss",
+        log_every_n_steps=1,
+        optim={"lr": 0.05},
+    )
     stages: list[StageConfig] = [StageConfig(name="fit"), StageConfig(name="calibrate", kind="run")]
 
 
@@ -45,9 +52,13 @@ class ToyModule(MedmlModule):
     def __init__(self, config: ToyConfig):
         super().__init__(config)
         m = config.model
-        self.net = nn.Sequential(nn.Linear(N_FEATURES, m.hidden),
-                                 nn.BatchNorm1d(m.hidden) if m.batchnorm else nn.Identity(), nn.ReLU(),
-                                 nn.Dropout(m.dropout), nn.Linear(m.hidden, 1))
+        self.net = nn.Sequential(
+            nn.Linear(N_FEATURES, m.hidden),
+            nn.BatchNorm1d(m.hidden) if m.batchnorm else nn.Identity(),
+            nn.ReLU(),
+            nn.Dropout(m.dropout),
+            nn.Linear(m.hidden, 1),
+        )
         self.register_buffer("offset", torch.zeros(1))
         self.kill_at = os.environ.get("TOY_KILL_AT", "")  # "stage:epoch"
 

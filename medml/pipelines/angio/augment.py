@@ -18,27 +18,45 @@ from torch.utils.data import Dataset
 from medml.pipelines.angio.losses import IGNORE_INDEX
 
 
-def weak_transform(rotate_limit: float = 15.0, scale: tuple[float, float] = (0.85, 1.15),
-                   translate: float = 0.05, flip_p: float = 0.5) -> A.Compose:
+def weak_transform(
+    rotate_limit: float = 15.0, scale: tuple[float, float] = (0.85, 1.15), translate: float = 0.05, flip_p: float = 0.5
+) -> A.Compose:
     """Geometric view; areas moved in from outside the frame are black in the image and ignored in the mask."""
-    return A.Compose([
-        A.HorizontalFlip(p=flip_p),
-        A.Affine(scale=scale, rotate=(-rotate_limit, rotate_limit), translate_percent=(-translate, translate),
-                 border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE_INDEX, p=1.0 if rotate_limit else 0.0),
-    ])
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=flip_p),
+            A.Affine(
+                scale=scale,
+                rotate=(-rotate_limit, rotate_limit),
+                translate_percent=(-translate, translate),
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                fill_mask=IGNORE_INDEX,
+                p=1.0 if rotate_limit else 0.0,
+            ),
+        ]
+    )
 
 
-def strong_transform(brightness: float = 0.3, contrast: float = 0.3, noise_std: tuple[float, float] = (0.02, 0.08),
-                     blur_p: float = 0.3, cutout_p: float = 0.5) -> A.Compose:
+def strong_transform(
+    brightness: float = 0.3,
+    contrast: float = 0.3,
+    noise_std: tuple[float, float] = (0.02, 0.08),
+    blur_p: float = 0.3,
+    cutout_p: float = 0.5,
+) -> A.Compose:
     """Photometric view on top of the weak one: intensity, gamma, blur, noise (quantum mottle) and cut-out."""
-    return A.Compose([
-        A.RandomBrightnessContrast(brightness_limit=brightness, contrast_limit=contrast, p=0.8),
-        A.RandomGamma(gamma_limit=(70, 150), p=0.5),
-        A.GaussianBlur(sigma_limit=(0.3, 1.5), p=blur_p),
-        A.GaussNoise(std_range=noise_std, p=0.5),
-        A.CoarseDropout(num_holes_range=(1, 3), hole_height_range=(0.05, 0.2), hole_width_range=(0.05, 0.2),
-                        fill=0, p=cutout_p),
-    ])
+    return A.Compose(
+        [
+            A.RandomBrightnessContrast(brightness_limit=brightness, contrast_limit=contrast, p=0.8),
+            A.RandomGamma(gamma_limit=(70, 150), p=0.5),
+            A.GaussianBlur(sigma_limit=(0.3, 1.5), p=blur_p),
+            A.GaussNoise(std_range=noise_std, p=0.5),
+            A.CoarseDropout(
+                num_holes_range=(1, 3), hole_height_range=(0.05, 0.2), hole_width_range=(0.05, 0.2), fill=0, p=cutout_p
+            ),
+        ]
+    )
 
 
 def _to_numpy(image: torch.Tensor) -> np.ndarray:

@@ -39,16 +39,22 @@ class MaskedDiceCE(torch.nn.Module):
     either Dice sum; the CE is averaged over the same pixels, and an all-ignored batch gives exactly 0 (no NaN).
     """
 
-    def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0, ignore_index: int = IGNORE_INDEX,
-                 class_weights: list[float] | None = None):
+    def __init__(
+        self,
+        dice_weight: float = 1.0,
+        ce_weight: float = 1.0,
+        ignore_index: int = IGNORE_INDEX,
+        class_weights: list[float] | None = None,
+    ):
         super().__init__()
         self.dice = DiceLoss(softmax=False, to_onehot_y=False, include_background=True, batch=True)
         self.dice_weight = dice_weight
         self.ce_weight = ce_weight
         self.ignore_index = ignore_index
         # CE class weights (small classes such as balloons cover < 1 % of a frame); the mean is over weights.
-        self.register_buffer("class_weights", None if class_weights is None else torch.tensor(class_weights),
-                             persistent=False)
+        self.register_buffer(
+            "class_weights", None if class_weights is None else torch.tensor(class_weights), persistent=False
+        )
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         valid = labels != self.ignore_index
@@ -81,8 +87,9 @@ def latent_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
     return (err * weight).sum() / total.clamp_min(1e-6)
 
 
-def latent_labels(labels: torch.Tensor, stride: int, num_classes: int, min_fraction: float = 0.25,
-                  ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def latent_labels(
+    labels: torch.Tensor, stride: int, num_classes: int, min_fraction: float = 0.25, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """Labels at the latent stride for prototypes: (B, H, W) -> (B, H/s, W/s).
 
     Thin structures (catheters, small vessels) cover a few percent of a stride-8 cell, so a plain majority vote
@@ -103,8 +110,9 @@ def latent_labels(labels: torch.Tensor, stride: int, num_classes: int, min_fract
     return torch.where(valid_frac >= 0.5, out, torch.full_like(out, ignore_index))
 
 
-def batch_prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                     ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_prototypes(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised masked mean of L2-normalised features per class.
 
     Args:
@@ -117,8 +125,9 @@ def batch_prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: 
     return prototypes_from_sums(*class_feature_sums(features, labels, num_classes, ignore_index))
 
 
-def class_feature_sums(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                       ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+def class_feature_sums(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class sums (C, d) of L2-normalised features and pixel counts (C,): what processes all-reduce."""
     feats = F.normalize(features.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, features.shape[1])
     flat = labels.reshape(-1)
@@ -136,8 +145,13 @@ def prototypes_from_sums(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torc
 
 
 @torch.no_grad()
-def update_prototypes(prototypes: torch.Tensor, initialised: torch.Tensor, batch_protos: torch.Tensor,
-                      present: torch.Tensor, momentum: float) -> None:
+def update_prototypes(
+    prototypes: torch.Tensor,
+    initialised: torch.Tensor,
+    batch_protos: torch.Tensor,
+    present: torch.Tensor,
+    momentum: float,
+) -> None:
     """EMA update in place: ``p_c <- normalise(m p_c + (1 - m) b_c)`` for classes in the batch.
 
     A class seen for the first time takes the batch prototype as is (no pull towards the zero initial value).
@@ -149,9 +163,14 @@ def update_prototypes(prototypes: torch.Tensor, initialised: torch.Tensor, batch
     initialised.copy_(initialised | present)
 
 
-def prototype_contrastive_loss(features: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
-                               initialised: torch.Tensor, temperature: float,
-                               ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def prototype_contrastive_loss(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    prototypes: torch.Tensor,
+    initialised: torch.Tensor,
+    temperature: float,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
     """``-mean_i log softmax_c(cos(z_i, p_c) / tau)[y_i]`` over latent pixels whose class has a prototype.
 
     Classes without a prototype yet are left out of the denominator too, so the loss is well defined from step 1.
@@ -167,8 +186,9 @@ def prototype_contrastive_loss(features: torch.Tensor, labels: torch.Tensor, pro
     return (nll * valid).sum() / valid.sum()
 
 
-def prototype_alignment(protos_a: torch.Tensor, present_a: torch.Tensor, protos_b: torch.Tensor,
-                        present_b: torch.Tensor) -> torch.Tensor:
+def prototype_alignment(
+    protos_a: torch.Tensor, present_a: torch.Tensor, protos_b: torch.Tensor, present_b: torch.Tensor
+) -> torch.Tensor:
     """``mean_c ||p_c^L - p_c^U||^2`` over classes present in both batches (the optional §A5.5 term)."""
     both = present_a & present_b
     if not bool(both.any()):

@@ -29,17 +29,29 @@ def build_segmenter(kind: str, in_channels: int, num_classes: int, features: Seq
     if kind == "basic_unet":
         if len(features) != 6:
             raise ValueError("model.seg_features must have 6 entries for basic_unet (MONAI BasicUNet)")
-        return BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=num_classes, features=tuple(features),
-                         norm=("instance", {"affine": True}), dropout=0.0)
+        return BasicUNet(
+            spatial_dims=2,
+            in_channels=in_channels,
+            out_channels=num_classes,
+            features=tuple(features),
+            norm=("instance", {"affine": True}),
+            dropout=0.0,
+        )
     # MONAI UNet: channels per level, every level but the last downsamples by 2.
     channels = tuple(features[:5])
-    return UNet(spatial_dims=2, in_channels=in_channels, out_channels=num_classes, channels=channels,
-                strides=(2,) * (len(channels) - 1), num_res_units=2, norm="instance")
+    return UNet(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        channels=channels,
+        strides=(2,) * (len(channels) - 1),
+        num_res_units=2,
+        norm="instance",
+    )
 
 
 def _conv(in_ch: int, out_ch: int, stride: int = 1) -> Convolution:
-    return Convolution(2, in_ch, out_ch, strides=stride, kernel_size=3, norm=("group", {"num_groups": 8}),
-                       act="SWISH")
+    return Convolution(2, in_ch, out_ch, strides=stride, kernel_size=3, norm=("group", {"num_groups": 8}), act="SWISH")
 
 
 def normalise_latent(h: torch.Tensor) -> torch.Tensor:
@@ -117,8 +129,7 @@ class LabelDecoder(nn.Module):
         return F.interpolate(self.head(h), size=skips[0].shape[-2:], mode="bilinear", align_corners=False)
 
 
-def ddim_timesteps(scheduler: DDIMScheduler, num_steps: int, device: torch.device | str | None = None
-                   ) -> torch.Tensor:
+def ddim_timesteps(scheduler: DDIMScheduler, num_steps: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Set ``num_steps`` DDIM steps on ``scheduler`` and return timesteps consistent with its ``step()``.
 
     MONAI's ``set_timesteps`` spaces timesteps by ``linspace(T-1, 0, n)`` but ``step(t)`` moves the latent to
@@ -151,12 +162,20 @@ class AngioNet(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int = 5, in_channels: int = 1, segmenter: str = "basic_unet",
-        seg_features: Sequence[int] = (32, 32, 64, 128, 256, 32), latent_channels: int = 64,
-        encoder_widths: Sequence[int] = (32, 64, 128), cond_channels: int = 64,
-        denoiser_channels: Sequence[int] = (128, 256), denoiser_res_blocks: int = 1,
-        denoiser_attention: Sequence[bool] = (False, True), denoiser_head_channels: int = 32,
-        denoiser_groups: int = 32, with_diffusion: bool = True,
+        self,
+        num_classes: int = 5,
+        in_channels: int = 1,
+        segmenter: str = "basic_unet",
+        seg_features: Sequence[int] = (32, 32, 64, 128, 256, 32),
+        latent_channels: int = 64,
+        encoder_widths: Sequence[int] = (32, 64, 128),
+        cond_channels: int = 64,
+        denoiser_channels: Sequence[int] = (128, 256),
+        denoiser_res_blocks: int = 1,
+        denoiser_attention: Sequence[bool] = (False, True),
+        denoiser_head_channels: int = 32,
+        denoiser_groups: int = 32,
+        with_diffusion: bool = True,
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -170,9 +189,13 @@ class AngioNet(nn.Module):
         self.image_encoder = ImageEncoder(in_channels, encoder_widths, cond_channels)
         # Input: [noisy latent z_t, latent of the noisy prediction (the prior to rectify), image condition].
         self.denoiser = DiffusionModelUNet(
-            spatial_dims=2, in_channels=2 * latent_channels + cond_channels, out_channels=latent_channels,
-            num_res_blocks=denoiser_res_blocks, channels=tuple(denoiser_channels),
-            attention_levels=tuple(denoiser_attention), norm_num_groups=denoiser_groups,
+            spatial_dims=2,
+            in_channels=2 * latent_channels + cond_channels,
+            out_channels=latent_channels,
+            num_res_blocks=denoiser_res_blocks,
+            channels=tuple(denoiser_channels),
+            attention_levels=tuple(denoiser_attention),
+            norm_num_groups=denoiser_groups,
             num_head_channels=denoiser_head_channels,
         )
         self.label_decoder = LabelDecoder(latent_channels, self.image_encoder.skip_channels, num_classes)
@@ -187,8 +210,9 @@ class AngioNet(nn.Module):
     def encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return self.image_encoder(image)
 
-    def denoise(self, z_t: torch.Tensor, timesteps: torch.Tensor, prior: torch.Tensor, cond: torch.Tensor
-                ) -> torch.Tensor:
+    def denoise(
+        self, z_t: torch.Tensor, timesteps: torch.Tensor, prior: torch.Tensor, cond: torch.Tensor
+    ) -> torch.Tensor:
         """Predict the clean label latent x0 from z_t (x0 parameterisation, as DiffRect's START_X)."""
         return self.denoiser(torch.cat([z_t, prior, cond], dim=1), timesteps)
 
@@ -208,8 +232,13 @@ class AngioNet(nn.Module):
 
     @torch.no_grad()
     def refine(
-        self, image: torch.Tensor, seg_logits: torch.Tensor, scheduler: DDIMScheduler, num_steps: int,
-        generator: torch.Generator | None = None, return_trajectory: bool = False,
+        self,
+        image: torch.Tensor,
+        seg_logits: torch.Tensor,
+        scheduler: DDIMScheduler,
+        num_steps: int,
+        generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Rectify the segmenter's prediction by DDIM sampling of the label latent, then decode it.
 
@@ -219,8 +248,12 @@ class AngioNet(nn.Module):
         """
         cond, skips = self.encode_image(image)
         prior = self.encode_label(torch.softmax(seg_logits.float(), dim=1).to(cond.dtype))
-        z = torch.randn(prior.shape, generator=generator, device="cpu" if generator is None else generator.device,
-                        dtype=torch.float32).to(device=prior.device, dtype=prior.dtype)
+        z = torch.randn(
+            prior.shape,
+            generator=generator,
+            device="cpu" if generator is None else generator.device,
+            dtype=torch.float32,
+        ).to(device=prior.device, dtype=prior.dtype)
         timesteps_list = ddim_timesteps(scheduler, num_steps, device=image.device)
         trajectory = []
         x0 = z

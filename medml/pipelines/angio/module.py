@@ -31,19 +31,31 @@ from medml.pipelines.base import MedmlModule
 def build_net(cfg: Any) -> AngioNet:
     m = cfg.model
     return AngioNet(
-        num_classes=m.num_classes, in_channels=m.in_channels, segmenter=m.segmenter, seg_features=m.seg_features,
-        latent_channels=m.latent_channels, encoder_widths=m.encoder_widths, cond_channels=m.cond_channels,
-        denoiser_channels=m.denoiser_channels, denoiser_res_blocks=m.denoiser_res_blocks,
-        denoiser_attention=m.denoiser_attention, denoiser_head_channels=m.denoiser_head_channels,
-        denoiser_groups=m.denoiser_groups, with_diffusion=m.method == "rnpll",
+        num_classes=m.num_classes,
+        in_channels=m.in_channels,
+        segmenter=m.segmenter,
+        seg_features=m.seg_features,
+        latent_channels=m.latent_channels,
+        encoder_widths=m.encoder_widths,
+        cond_channels=m.cond_channels,
+        denoiser_channels=m.denoiser_channels,
+        denoiser_res_blocks=m.denoiser_res_blocks,
+        denoiser_attention=m.denoiser_attention,
+        denoiser_head_channels=m.denoiser_head_channels,
+        denoiser_groups=m.denoiser_groups,
+        with_diffusion=m.method == "rnpll",
     )
 
 
 def build_schedulers(cfg: Any) -> tuple[DDPMScheduler, DDIMScheduler, int]:
     """Training (DDPM noise) and sampling (DDIM) schedulers with x0 prediction, and the DDIM step count."""
     steps_train, steps_sample = cfg.diffusion.resolved()
-    kwargs = {"num_train_timesteps": steps_train, "schedule": cfg.diffusion.schedule, "prediction_type": "sample",
-              "clip_sample": False}  # latents are unit-variance, not in [-1, 1]
+    kwargs = {
+        "num_train_timesteps": steps_train,
+        "schedule": cfg.diffusion.schedule,
+        "prediction_type": "sample",
+        "clip_sample": False,
+    }  # latents are unit-variance, not in [-1, 1]
     return DDPMScheduler(**kwargs), DDIMScheduler(**kwargs), steps_sample
 
 
@@ -56,8 +68,9 @@ class AngioModule(MedmlModule):
         self.net = build_net(config)
         self.teacher = None
         if self.method != "supervised":
-            self.teacher = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(config.model.ema_decay),
-                                         use_buffers=True)
+            self.teacher = AveragedModel(
+                self.net, multi_avg_fn=get_ema_multi_avg_fn(config.model.ema_decay), use_buffers=True
+            )
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
         self.ddpm, self.ddim, self.sample_steps = build_schedulers(config)
@@ -65,8 +78,9 @@ class AngioModule(MedmlModule):
         self.register_buffer("prototypes", torch.zeros(num_classes, d))
         self.register_buffer("prototypes_initialised", torch.zeros(num_classes, dtype=torch.bool))
         lc = config.loss
-        self.seg_loss = L_.MaskedDiceCE(dice_weight=lc.dice_weight, ce_weight=lc.ce_weight,
-                                        class_weights=lc.class_weights)
+        self.seg_loss = L_.MaskedDiceCE(
+            dice_weight=lc.dice_weight, ce_weight=lc.ce_weight, class_weights=lc.class_weights
+        )
         self._total_steps = 1
         self._ema_step = 0  # global_step at the last teacher update
         self._val_stats: torch.Tensor | None = None
@@ -106,19 +120,32 @@ class AngioModule(MedmlModule):
             logits_s = self.net.segment(x_s)
             loss_unsup = self.seg_loss(logits_s, pseudo, mask=confident)
             total = total + self.config.loss.unsup_weight * ramp * loss_unsup
-            logs.update(loss_unsup=loss_unsup.detach(), ramp=torch.tensor(ramp),
-                        confident_fraction=confident.float().mean(), refined=torch.tensor(float(refined)))
+            logs.update(
+                loss_unsup=loss_unsup.detach(),
+                ramp=torch.tensor(ramp),
+                confident_fraction=confident.float().mean(),
+                refined=torch.tensor(float(refined)),
+            )
             if self.method == "rnpll":
                 pseudo_masked = torch.where(confident, pseudo, torch.full_like(pseudo, L_.IGNORE_INDEX))
                 diff_terms = self.diffusion_losses(x_l, y_l, logits_l, x_w, pseudo_masked, logits_s, ramp)
                 lc = self.config.loss
-                total = total + lc.diff_weight * diff_terms["loss_diff"] + lc.proto_weight * diff_terms["loss_proto"] \
+                total = (
+                    total
+                    + lc.diff_weight * diff_terms["loss_diff"]
+                    + lc.proto_weight * diff_terms["loss_proto"]
                     + lc.proto_align_weight * diff_terms["loss_proto_align"]
+                )
                 logs.update({k: v.detach() for k, v in diff_terms.items()})
         logs["loss"] = total.detach()
         batch_size = x_l.shape[0]
-        self.log_dict({f"train_{k}": v for k, v in logs.items()}, on_step=True, on_epoch=True, batch_size=batch_size,
-                      prog_bar=False)
+        self.log_dict(
+            {f"train_{k}": v for k, v in logs.items()},
+            on_step=True,
+            on_epoch=True,
+            batch_size=batch_size,
+            prog_bar=False,
+        )
         return total
 
     @torch.no_grad()
@@ -126,17 +153,29 @@ class AngioModule(MedmlModule):
         """Teacher's weak-view labels, their confidence mask, and whether diffusion rectified them."""
         teacher = self.teacher.module
         logits = teacher.segment(x_weak)
-        refined = (self.method == "rnpll" and self.config.model.refine_pseudo_labels
-                   and self.global_step >= self.config.model.refine_start_step)
+        refined = (
+            self.method == "rnpll"
+            and self.config.model.refine_pseudo_labels
+            and self.global_step >= self.config.model.refine_start_step
+        )
         if refined:
             generator = torch.Generator(device=x_weak.device).manual_seed(int(self.global_step))
             logits = teacher.refine(x_weak, logits, self.ddim, self.sample_steps, generator=generator)
-        labels, confident, _ = L_.confident_pseudo_labels(torch.softmax(logits.float(), dim=1),
-                                                          self.config.model.confidence)
+        labels, confident, _ = L_.confident_pseudo_labels(
+            torch.softmax(logits.float(), dim=1), self.config.model.confidence
+        )
         return labels, confident, refined
 
-    def diffusion_losses(self, x_l: torch.Tensor, y_l: torch.Tensor, logits_l: torch.Tensor, x_u: torch.Tensor,
-                         pseudo_u: torch.Tensor, logits_u: torch.Tensor, ramp: float) -> dict[str, torch.Tensor]:
+    def diffusion_losses(
+        self,
+        x_l: torch.Tensor,
+        y_l: torch.Tensor,
+        logits_l: torch.Tensor,
+        x_u: torch.Tensor,
+        pseudo_u: torch.Tensor,
+        logits_u: torch.Tensor,
+        ramp: float,
+    ) -> dict[str, torch.Tensor]:
         """Latent x0 MSE + decoded Dice/CE for labelled (GT) and unlabelled (confident pseudo-label) frames, and the
         prototype contrastive consistency on clean and denoised latents."""
         net, lc = self.net, self.config.loss
@@ -171,8 +210,9 @@ class AngioModule(MedmlModule):
         proto_terms = []
         for (z0, x0_hat), y_lat, weight in zip(latents, latent_targets, (1.0, ramp), strict=True):
             for feats in (z0, x0_hat):
-                proto_terms.append(weight * L_.prototype_contrastive_loss(
-                    feats, y_lat, anchors, anchors_ready, lc.proto_temperature))
+                proto_terms.append(
+                    weight * L_.prototype_contrastive_loss(feats, y_lat, anchors, anchors_ready, lc.proto_temperature)
+                )
         out["loss_proto"] = torch.stack(proto_terms).sum() / 2.0
         (z_l, xh_l), (z_u, xh_u) = latents
         p_l, present_l = L_.batch_prototypes(xh_l, latent_targets[0], net.num_classes)
@@ -187,8 +227,7 @@ class AngioModule(MedmlModule):
             torch.distributed.all_reduce(sums)
             torch.distributed.all_reduce(counts)
         batch_protos, present = L_.prototypes_from_sums(sums, counts)
-        L_.update_prototypes(self.prototypes, self.prototypes_initialised, batch_protos, present,
-                             lc.proto_momentum)
+        L_.update_prototypes(self.prototypes, self.prototypes_initialised, batch_protos, present, lc.proto_momentum)
         return out
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -141,7 +141,10 @@ class AngioConfig(PipelineConfig):
     """Defaults = the paper-size configuration (``pipelines/angio/paper.yaml``)."""
 
     train: TrainConfig = TrainConfig(
-        batch_size=4, max_epochs=100, monitor="val_dice", monitor_mode="max",
+        batch_size=4,
+        max_epochs=100,
+        monitor="val_dice",
+        monitor_mode="max",
         # DiffRect's segmentation optimiser [V]: SGD 0.01, momentum 0.9, wd 1e-4, poly 0.9.
         optim=OptimConfig(name="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, schedule="poly", poly_power=0.9),
     )
@@ -171,16 +174,22 @@ class AngioDataModule(L.LightningDataModule):
         mosxav = MOSXAV(self.data_dir)
         labelled, unlabelled = labelled_pools(mosxav, cfg.labelled_fraction, cfg.labelled_by, cfg.split_seed)
         val = mosxav.items("val", annotated_only=True)
-        weak = weak_transform(cfg.rotate_limit, (cfg.scale_min, cfg.scale_max), flip_p=cfg.flip_p) \
-            if cfg.augment else None
+        weak = (
+            weak_transform(cfg.rotate_limit, (cfg.scale_min, cfg.scale_max), flip_p=cfg.flip_p) if cfg.augment else None
+        )
         strong = strong_transform(cfg.brightness, cfg.contrast, cutout_p=cfg.cutout_p) if cfg.augment else None
         self.train_labelled = LabelledViews(AngioFrames(labelled, cfg.size, cfg.others), weak)
         self.train_unlabelled = UnlabelledViews(AngioFrames(unlabelled, cfg.size, cfg.others), weak, strong)
         self.val = AngioFrames(val, cfg.size, cfg.others)
         self.split_summary = {
-            **mosxav.split_summary(), "labelled_fraction": cfg.labelled_fraction, "labelled_by": cfg.labelled_by,
-            "split_seed": cfg.split_seed, "labelled_frames": [f"{i.video}/{i.image_path.name}" for i in labelled],
-            "n_labelled": len(labelled), "n_unlabelled": len(unlabelled), "n_val_frames": len(val),
+            **mosxav.split_summary(),
+            "labelled_fraction": cfg.labelled_fraction,
+            "labelled_by": cfg.labelled_by,
+            "split_seed": cfg.split_seed,
+            "labelled_frames": [f"{i.video}/{i.image_path.name}" for i in labelled],
+            "n_labelled": len(labelled),
+            "n_unlabelled": len(unlabelled),
+            "n_val_frames": len(val),
         }
         self._ready = True
 
@@ -218,21 +227,22 @@ def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_frames(module: AngioModule, frames: np.ndarray, size: int, frame_batch: int, seed: int = 0,
-                   refine: bool | None = None) -> np.ndarray:
+def predict_frames(
+    module: AngioModule, frames: np.ndarray, size: int, frame_batch: int, seed: int = 0, refine: bool | None = None
+) -> np.ndarray:
     """Label ids (T, H, W) uint8 at the frames' own size for (T, H, W) float frames in [0, 1]."""
     device = next(module.parameters()).device
     height, width = frames.shape[-2:]
     out = np.zeros(frames.shape[:1] + (height, width), dtype=np.uint8)
     for start in range(0, len(frames), frame_batch):
-        chunk = torch.from_numpy(np.ascontiguousarray(frames[start:start + frame_batch])).to(device)
+        chunk = torch.from_numpy(np.ascontiguousarray(frames[start : start + frame_batch])).to(device)
         logits = module.predict_logits(resize_frames(chunk.float(), size), refine=refine, seed=seed + start)
         # Resize the class probabilities (bilinear) to the source size, then take the argmax: smoother, and thin
         # structures survive better than nearest-resizing label ids.
         probs = torch.softmax(logits.float(), dim=1)
         if probs.shape[-2:] != (height, width):
             probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
-        out[start:start + len(chunk)] = probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        out[start : start + len(chunk)] = probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
     return out
 
 
@@ -249,6 +259,7 @@ def dicom_pixel_spacing(ds: Any) -> tuple[tuple[float, float] | None, str | None
     spacing as is, flagged by its source so areas are labelled detector-plane (they overstate patient areas by the
     magnification, typically 1.2-1.6 in angiography).
     """
+
     def pair(value: Any) -> tuple[float, float] | None:
         try:
             row, col = float(value[0]), float(value[1])
@@ -271,9 +282,13 @@ def dicom_pixel_spacing(ds: Any) -> tuple[tuple[float, float] | None, str | None
     return imager, SPACING_DETECTOR
 
 
-def class_areas(labels: np.ndarray, names: Sequence[str], spacing_mm: Sequence[float] | None,
-                frame_times_ms: Sequence[float] | None = None, spacing_source: str | None = None
-                ) -> list[dict[str, Any]]:
+def class_areas(
+    labels: np.ndarray,
+    names: Sequence[str],
+    spacing_mm: Sequence[float] | None,
+    frame_times_ms: Sequence[float] | None = None,
+    spacing_source: str | None = None,
+) -> list[dict[str, Any]]:
     """Per-frame pixel counts per foreground class, and areas when the pixel spacing is known.
 
     Areas are ``<class>_mm2`` for a patient-plane spacing, ``<class>_mm2_detector`` when ``spacing_source`` is
@@ -319,8 +334,15 @@ def segment_table(names: Sequence[str]) -> list[Any]:
         if label == 0:
             continue
         code = SEGMENT_CODES.get(name, ("260787004", "SCT", "Physical object", "49062001", "SCT", "Device"))
-        table.append(SegmentSpec(label=label, name=name, category=code[:3], property_type=code[3:],
-                                 color=tuple(PALETTE[label]) if label < len(PALETTE) else None))
+        table.append(
+            SegmentSpec(
+                label=label,
+                name=name,
+                category=code[:3],
+                property_type=code[3:],
+                color=tuple(PALETTE[label]) if label < len(PALETTE) else None,
+            )
+        )
     return table
 
 
@@ -349,8 +371,12 @@ class AngioPipeline(Pipeline):
     def prepare(self, data_dir: Path) -> dict[str, Any]:
         self.check_layout(data_dir)
         summary = MOSXAV(data_dir).split_summary()
-        labelled, unlabelled = labelled_pools(MOSXAV(data_dir), self.config.data.labelled_fraction,
-                                              self.config.data.labelled_by, self.config.data.split_seed)
+        labelled, unlabelled = labelled_pools(
+            MOSXAV(data_dir),
+            self.config.data.labelled_fraction,
+            self.config.data.labelled_by,
+            self.config.data.split_seed,
+        )
         summary.update(n_labelled=len(labelled), n_unlabelled=len(unlabelled))
         return summary
 
@@ -378,8 +404,9 @@ class AngioPipeline(Pipeline):
         video = io.read_video(case)
         frames = np.asarray(video.frames)
         if frames.ndim not in (3, 4) or frames.shape[0] < 1:
-            raise UnsupportedFormatError(f"expected a video of frames, got an array of shape {frames.shape}",
-                                         case.paths[0])
+            raise UnsupportedFormatError(
+                f"expected a video of frames, got an array of shape {frames.shape}", case.paths[0]
+            )
         grey = to_unit_grey(frames)
         if not np.isfinite(grey).all():
             raise CorruptFileError("frames hold non-finite values", case.paths[0])
@@ -392,14 +419,23 @@ class AngioPipeline(Pipeline):
         elif video.meta.get("pixel_spacing"):
             row_mm, col_mm = video.meta["pixel_spacing"][:2]
             spacing, spacing_source = (float(row_mm), float(col_mm)), "input metadata"
-        return {"frames": grey, "fps": float(video.fps), "frame_times_ms": np.asarray(video.frame_times_ms),
-                "meta": dict(video.meta), "kind": case.kind, "source": Path(case.paths[0]), "spacing": spacing,
-                "spacing_source": spacing_source}
+        return {
+            "frames": grey,
+            "fps": float(video.fps),
+            "frame_times_ms": np.asarray(video.frame_times_ms),
+            "meta": dict(video.meta),
+            "kind": case.kind,
+            "source": Path(case.paths[0]),
+            "spacing": spacing,
+            "spacing_source": spacing_source,
+        }
 
     def predict_batch(self, module: AngioModule, samples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         ev = self.config.eval
-        return [{"labels": predict_frames(module, s["frames"], self.config.data.size, ev.frame_batch, ev.seed)}
-                for s in samples]
+        return [
+            {"labels": predict_frames(module, s["frames"], self.config.data.size, ev.frame_batch, ev.seed)}
+            for s in samples
+        ]
 
     def write_case(self, case: Any, sample: dict[str, Any], output: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         from medml import io
@@ -415,24 +451,40 @@ class AngioPipeline(Pipeline):
         row_mm, col_mm = spacing if spacing else (1.0, 1.0)
         # NIfTI 2D+t: (x = columns, y = rows, z = 1, t = frames), pixdim[4] = frame interval in seconds.
         affine = np.diag([col_mm, row_mm, 1.0, 1.0])
-        io.write_nifti(np.ascontiguousarray(labels), affine, out_dir / "labels.nii.gz",
-                       frame_time_s=frame_ms / 1000.0 if frame_ms > 0 else 1.0)
+        io.write_nifti(
+            np.ascontiguousarray(labels),
+            affine,
+            out_dir / "labels.nii.gz",
+            frame_time_s=frame_ms / 1000.0 if frame_ms > 0 else 1.0,
+        )
         wrote_seg = False
         if sample["kind"] == "dicom_multiframe":
             import pydicom
 
             source = pydicom.dcmread(sample["source"])
-            io.write_dicom_seg(source, labels, segment_table(names), out_dir / "seg.dcm",
-                               series_description="medml angio segmentation", algorithm_name="medml-angio")
+            io.write_dicom_seg(
+                source,
+                labels,
+                segment_table(names),
+                out_dir / "seg.dcm",
+                series_description="medml angio segmentation",
+                algorithm_name="medml-angio",
+            )
             wrote_seg = True
         display = np.round(sample["frames"] * 255).astype(np.uint8)
         io.write_overlay_video(display, labels, palette, out_dir / "overlay.mp4", fps=sample["fps"] or 15.0)
         areas = class_areas(labels, names, spacing, sample["frame_times_ms"], spacing_source)
         io.write_csv(areas, out_dir / "areas.csv")
-        row: dict[str, Any] = {"kind": sample["kind"], "frames": int(labels.shape[0]), "height": int(labels.shape[1]),
-                               "width": int(labels.shape[2]), "fps": round(float(sample["fps"]), 3),
-                               "seg": wrote_seg, "refined": bool(self.config.model.refine_at_inference),
-                               "spacing_source": spacing_source or ""}
+        row: dict[str, Any] = {
+            "kind": sample["kind"],
+            "frames": int(labels.shape[0]),
+            "height": int(labels.shape[1]),
+            "width": int(labels.shape[2]),
+            "fps": round(float(sample["fps"]), 3),
+            "seg": wrote_seg,
+            "refined": bool(self.config.model.refine_at_inference),
+            "spacing_source": spacing_source or "",
+        }
         for c in range(1, len(names)):
             row[f"mean_{names[c]}_px"] = round(float(np.mean([a[f"{names[c]}_px"] for a in areas])), 2)
         return row
@@ -459,8 +511,9 @@ class AngioPipeline(Pipeline):
             labels = np.stack([s["label"] for s in samples])
             preds = predict_frames(module, images, cfg.data.size, cfg.eval.frame_batch, cfg.eval.seed)
             for i, pred, target in zip(indices, preds, labels, strict=True):
-                scores = segmentation_scores(pred, target, num_classes=cfg.model.num_classes,
-                                             ignore_index=IGNORE_INDEX, class_names=names)
+                scores = segmentation_scores(
+                    pred, target, num_classes=cfg.model.num_classes, ignore_index=IGNORE_INDEX, class_names=names
+                )
                 per_frame.append({"video": video, "frame": items[i].frame_index, "scores": scores})
             if len(figure_rows) < cfg.eval.figure_frames:
                 mid = len(indices) // 2
@@ -477,18 +530,27 @@ class AngioPipeline(Pipeline):
                     out[name][key] = float(np.mean(vals)) if vals else float("nan")
                 out[name]["frames_present"] = sum(bool(r["scores"][name]["present"]) for r in rows)
             out["mean_foreground"] = {
-                key: float(np.nanmean([out[n][key] for n in fg])) if any(not np.isnan(out[n][key]) for n in fg)
-                else float("nan") for key in ("dice", "iou", "hd95")}
+                key: float(np.nanmean([out[n][key] for n in fg]))
+                if any(not np.isnan(out[n][key]) for n in fg)
+                else float("nan")
+                for key in ("dice", "iou", "hd95")
+            }
             return out
 
         overall = summarise(per_frame)
         per_video = {video: summarise([r for r in per_frame if r["video"] == video]) for video in by_video}
-        metrics = {"split": split, "frames": len(per_frame), "videos": list(by_video),
-                   "others": cfg.data.others, "method": cfg.model.method,
-                   "refine_at_inference": cfg.model.refine_at_inference,
-                   "averaging": "per-frame scores (MONAI Dice, IoU, HD95 in pixels) averaged over the frames where "
-                                "the class is in the target or the prediction; mean_foreground = mean over classes",
-                   "overall": overall, "per_video": per_video}
+        metrics = {
+            "split": split,
+            "frames": len(per_frame),
+            "videos": list(by_video),
+            "others": cfg.data.others,
+            "method": cfg.model.method,
+            "refine_at_inference": cfg.model.refine_at_inference,
+            "averaging": "per-frame scores (MONAI Dice, IoU, HD95 in pixels) averaged over the frames where "
+            "the class is in the target or the prediction; mean_foreground = mean over classes",
+            "overall": overall,
+            "per_video": per_video,
+        }
         out_dir = Path(out_dir)
         write_json(out_dir / "metrics.json", metrics)
         table = []

@@ -50,18 +50,28 @@ def prototype_table(module) -> list[dict[str, Any]]:
             start = int(branch.projection_start[p])
             length = branch.segment_length
             ecg_id = int(branch.projection_ecg_id[p])
-            rows.append({
-                "branch": name, "prototype": p, "label": labels[int(label_index[classes[p]])],
-                "source_ecg_id": ecg_id if ecg_id >= 0 else None,
-                "source_record": paths[p] or None,
-                "source_window_s": [round(start / fs, 3), round((start + length) / fs, 3)] if ecg_id >= 0 else None,
-                "projection_similarity": float(branch.projection_similarity[p]) if ecg_id >= 0 else None,
-            })
+            rows.append(
+                {
+                    "branch": name,
+                    "prototype": p,
+                    "label": labels[int(label_index[classes[p]])],
+                    "source_ecg_id": ecg_id if ecg_id >= 0 else None,
+                    "source_record": paths[p] or None,
+                    "source_window_s": [round(start / fs, 3), round((start + length) / fs, 3)] if ecg_id >= 0 else None,
+                    "projection_similarity": float(branch.projection_similarity[p]) if ecg_id >= 0 else None,
+                }
+            )
     return rows
 
 
-def explain_sample(module, outputs: dict[str, torch.Tensor], probs: np.ndarray, thresholds: np.ndarray,
-                   fs: float, table: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def explain_sample(
+    module,
+    outputs: dict[str, torch.Tensor],
+    probs: np.ndarray,
+    thresholds: np.ndarray,
+    fs: float,
+    table: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Explanation of one ECG from its model outputs (``module(signal)`` entries for that sample).
 
     Returns ``{"labels": [...]}``: one entry per positive label (highest probability first, at most
@@ -100,18 +110,31 @@ def explain_sample(module, outputs: dict[str, torch.Tensor], probs: np.ndarray, 
                 w = int(windows.argmax())
                 s = branch.raw_start(w)
                 query = [round(s / fs, 3), round((s + branch.segment_length) / fs, 3)]
-            info.update(index=int(j), similarity=float(similarity[j]), weight=float(weight[c, j]),
-                        contribution=float(contribution[j]), query_window_s=query)
+            info.update(
+                index=int(j),
+                similarity=float(similarity[j]),
+                weight=float(weight[c, j]),
+                contribution=float(contribution[j]),
+                query_window_s=query,
+            )
             protos.append(info)
-        explained.append({"label": labels[c], "probability": float(probs[c]), "threshold": float(thresholds[c]),
-                          "positive": bool(probs[c] >= thresholds[c]),
-                          "bias": float(module.model.fusion.bias[c].detach()),
-                          "unprojected_contribution": float(contribution[~projected].sum()), "prototypes": protos})
+        explained.append(
+            {
+                "label": labels[c],
+                "probability": float(probs[c]),
+                "threshold": float(thresholds[c]),
+                "positive": bool(probs[c] >= thresholds[c]),
+                "bias": float(module.model.fusion.bias[c].detach()),
+                "unprojected_contribution": float(contribution[~projected].sum()),
+                "prototypes": protos,
+            }
+        )
     return {"labels": explained, "n_positive": len(positive)}
 
 
-def _plot_leads(ax, signal: np.ndarray, fs: float, spacing: float = 2.0, colour: str = "black",
-                lw: float = 0.6, t0: float = 0.0) -> None:
+def _plot_leads(
+    ax, signal: np.ndarray, fs: float, spacing: float = 2.0, colour: str = "black", lw: float = 0.6, t0: float = 0.0
+) -> None:
     t = t0 + np.arange(signal.shape[1]) / fs
     for i in range(signal.shape[0]):
         ax.plot(t, signal[i] - i * spacing, color=colour, lw=lw)
@@ -132,8 +155,14 @@ def prototype_segments(module, explanation: dict[str, Any]) -> dict[str, np.ndar
     return out
 
 
-def explanation_figure(signal: np.ndarray, fs: float, explanation: dict[str, Any], path: str | Path,
-                       segments: dict[str, np.ndarray], max_prototypes: int = 3) -> Path:
+def explanation_figure(
+    signal: np.ndarray,
+    fs: float,
+    explanation: dict[str, Any],
+    path: str | Path,
+    segments: dict[str, np.ndarray],
+    max_prototypes: int = 3,
+) -> Path:
     """The 12-lead ECG with matched windows highlighted (left) beside the prototypes' training segments (right).
 
     ``segments`` (from `prototype_segments`) come from the checkpoint's ``projection_segment`` buffers, so the
@@ -150,8 +179,13 @@ def explanation_figure(signal: np.ndarray, fs: float, explanation: dict[str, Any
     _plot_leads(ax, signal, fs)
     for k, (label, proto) in enumerate(entries):
         lo, hi = proto["query_window_s"]
-        ax.axvspan(lo, hi, color=COLOURS[k % len(COLOURS)], alpha=0.15 if hi - lo < 5 else 0.05,
-                   label=f"{label}: {proto['branch']} #{proto['prototype']} (sim {proto['similarity']:.2f})")
+        ax.axvspan(
+            lo,
+            hi,
+            color=COLOURS[k % len(COLOURS)],
+            alpha=0.15 if hi - lo < 5 else 0.05,
+            label=f"{label}: {proto['branch']} #{proto['prototype']} (sim {proto['similarity']:.2f})",
+        )
     title = ", ".join(f"{lab['label']} {lab['probability']:.2f}" for lab in explanation["labels"][:4])
     ax.set_title(f"{explanation.get('case_id', '')}  {title}", fontsize=9)
     ax.set_xlabel("time (s)", fontsize=7)
@@ -163,8 +197,11 @@ def explanation_figure(signal: np.ndarray, fs: float, explanation: dict[str, Any
         window = proto.get("source_window_s") or [0, 0]
         _plot_leads(pax, segment, fs, spacing=2.0, colour=COLOURS[k % len(COLOURS)], lw=0.5, t0=window[0])
         pax.tick_params(axis="y", labelsize=4)
-        pax.set_title(f"{label} <- {proto['branch']} #{proto['prototype']} ({proto['label']} prototype): ecg_id "
-                      f"{proto.get('source_ecg_id')}, {window[0]:.2f}-{window[1]:.2f} s", fontsize=7)
+        pax.set_title(
+            f"{label} <- {proto['branch']} #{proto['prototype']} ({proto['label']} prototype): ecg_id "
+            f"{proto.get('source_ecg_id')}, {window[0]:.2f}-{window[1]:.2f} s",
+            fontsize=7,
+        )
     return _save_figure(fig, path, dpi=90)
 
 
@@ -191,11 +228,15 @@ def prototype_gallery(module, path: str | Path, per_branch: int = 4) -> Path:
                 continue
             t = picked[c]
             segment = branch.projection_segment[t["prototype"]].float().cpu().numpy()
-            _plot_leads(ax, segment, fs, spacing=2.0, colour=COLOURS[c % len(COLOURS)], lw=0.5,
-                        t0=t["source_window_s"][0])
+            _plot_leads(
+                ax, segment, fs, spacing=2.0, colour=COLOURS[c % len(COLOURS)], lw=0.5, t0=t["source_window_s"][0]
+            )
             ax.tick_params(axis="y", labelsize=4)
-            ax.set_title(f"{name} #{t['prototype']} {t['label']}\necg_id {t['source_ecg_id']} "
-                         f"{t['source_window_s'][0]:.1f}-{t['source_window_s'][1]:.1f} s", fontsize=7)
+            ax.set_title(
+                f"{name} #{t['prototype']} {t['label']}\necg_id {t['source_ecg_id']} "
+                f"{t['source_window_s'][0]:.1f}-{t['source_window_s'][1]:.1f} s",
+                fontsize=7,
+            )
     return _save_figure(fig, path, dpi=80)
 
 

@@ -105,15 +105,29 @@ class PrototypeLoss(nn.Module):
         clst, sep, spars, div, cnrst: term weights; the defaults are the paper's.
     """
 
-    def __init__(self, pos_weight: torch.Tensor, jaccard: torch.Tensor, clst: float = 0.004, sep: float = 0.0004,
-                 spars: float = 0.0, div: float = 250.0, cnrst: float = 300.0):
+    def __init__(
+        self,
+        pos_weight: torch.Tensor,
+        jaccard: torch.Tensor,
+        clst: float = 0.004,
+        sep: float = 0.0004,
+        spars: float = 0.0,
+        div: float = 250.0,
+        cnrst: float = 300.0,
+    ):
         super().__init__()
         self.register_buffer("pos_weight", pos_weight.clone().float())
         self.register_buffer("jaccard", jaccard.clone().float())
         self.weights = {"clst": clst, "sep": sep, "spars": spars, "div": div, "cnrst": cnrst}
 
-    def forward(self, logits: torch.Tensor, similarity: torch.Tensor, labels: torch.Tensor,
-                prototypes: torch.Tensor, identity: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        logits: torch.Tensor,
+        similarity: torch.Tensor,
+        labels: torch.Tensor,
+        prototypes: torch.Tensor,
+        identity: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
         terms = {
             "bce": F.binary_cross_entropy_with_logits(logits, labels, pos_weight=self.pos_weight),
             "clst": clustering_loss(similarity, labels, identity),
@@ -135,8 +149,9 @@ class ClassifierLoss(nn.Module):
         self.register_buffer("pos_weight", pos_weight.clone().float())
         self.l1 = l1
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
-                identity: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, identity: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         bce = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=self.pos_weight)
         l1 = off_class_l1(weight, identity)
         return {"bce": bce, "l1": l1, "loss": bce + self.l1 * l1}

@@ -46,6 +46,7 @@ def decode_path(row: torch.Tensor) -> str:
     raw = bytes(row.cpu().tolist())
     return raw.split(b"\0", 1)[0].decode("utf-8", errors="replace")
 
+
 # ----------------------------------------------------------------------------------------------------------------
 # building blocks
 # ----------------------------------------------------------------------------------------------------------------
@@ -66,8 +67,9 @@ class BasicBlock1D(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or in_channels != channels:
-            self.downsample = nn.Sequential(nn.Conv1d(in_channels, channels, 1, stride=stride, bias=False),
-                                            nn.BatchNorm1d(channels))
+            self.downsample = nn.Sequential(
+                nn.Conv1d(in_channels, channels, 1, stride=stride, bias=False), nn.BatchNorm1d(channels)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -79,8 +81,13 @@ class BasicBlock1D(nn.Module):
 class ResNet1D(nn.Module):
     """1D ResNet over (B, leads, T): stem conv k7/s2 + max-pool, four stages, global average pool -> (B, C)."""
 
-    def __init__(self, layers: Sequence[int] = (2, 2, 2, 2), widths: Sequence[int] = (64, 128, 256, 512),
-                 in_channels: int = 12, kernel_size: int = 3):
+    def __init__(
+        self,
+        layers: Sequence[int] = (2, 2, 2, 2),
+        widths: Sequence[int] = (64, 128, 256, 512),
+        in_channels: int = 12,
+        kernel_size: int = 3,
+    ):
         super().__init__()
         self.conv1 = nn.Conv1d(in_channels, widths[0], 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm1d(widths[0])
@@ -116,15 +123,20 @@ class ResNet2D(nn.Module):
     is (B, 512, 1, 32).
     """
 
-    def __init__(self, depth: int = 18, leads: int = 12, dropout: float = 0.35, widths: Sequence[int] | None = None,
-                 imagenet_weights: str | Path | None = None):
+    def __init__(
+        self,
+        depth: int = 18,
+        leads: int = 12,
+        dropout: float = 0.35,
+        widths: Sequence[int] | None = None,
+        imagenet_weights: str | Path | None = None,
+    ):
         super().__init__()
         if depth not in (18, 34):
             raise ConfigError(f"config key 'model.depth_2d': {depth} is not 18 or 34")
         narrow = widths is not None and tuple(widths) != (64, 128, 256, 512)
         if narrow and imagenet_weights is not None:
-            raise ConfigError("config key 'model.imagenet_weights': ImageNet weights need the standard widths "
-                              "64..512")
+            raise ConfigError("config key 'model.imagenet_weights': ImageNet weights need the standard widths 64..512")
         net = _narrow_resnet(depth, widths) if narrow else (resnet18 if depth == 18 else resnet34)(weights=None)
         if imagenet_weights is not None:
             load_imagenet_weights(net, imagenet_weights)
@@ -174,8 +186,9 @@ def load_imagenet_weights(net: nn.Module, path: str | Path) -> None:
     missing, unexpected = net.load_state_dict(keep, strict=False)
     missing = [k for k in missing if not k.startswith(("conv1.", "fc."))]
     if missing or unexpected:
-        raise CheckpointError(f"not a ResNet state dict of this depth (missing {missing[:2]}, unexpected "
-                              f"{unexpected[:2]})", path)
+        raise CheckpointError(
+            f"not a ResNet state dict of this depth (missing {missing[:2]}, unexpected {unexpected[:2]})", path
+        )
 
 
 def prototype_class_identity(num_classes: int, per_class: int) -> torch.Tensor:
@@ -213,10 +226,22 @@ class PrototypeBranch(nn.Module):
     projection and the explanations use the best window).
     """
 
-    def __init__(self, kind: str, num_classes: int, prototypes_per_class: int, prototype_length: int = 1,
-                 prototype_dim: int = 512, depth: int = 18, widths: Sequence[int] = (64, 128, 256, 512),
-                 dropout: float = 0.35, leads: int = 12, imagenet_weights: str | Path | None = None,
-                 warmup_head: bool = False, signal_length: int = 1000, latent_length: int = 32):
+    def __init__(
+        self,
+        kind: str,
+        num_classes: int,
+        prototypes_per_class: int,
+        prototype_length: int = 1,
+        prototype_dim: int = 512,
+        depth: int = 18,
+        widths: Sequence[int] = (64, 128, 256, 512),
+        dropout: float = 0.35,
+        leads: int = 12,
+        imagenet_weights: str | Path | None = None,
+        warmup_head: bool = False,
+        signal_length: int = 1000,
+        latent_length: int = 32,
+    ):
         super().__init__()
         if kind not in ("1d", "2d"):
             raise ValueError(f"branch kind must be '1d' or '2d', not {kind!r}")
@@ -228,14 +253,16 @@ class PrototypeBranch(nn.Module):
             layers = (2, 2, 2, 2) if depth == 18 else (3, 4, 6, 3)
             self.backbone: nn.Module = ResNet1D(layers, widths, in_channels=leads)
             feat = self.backbone.out_channels
-            self.add_on = nn.Sequential(nn.Linear(feat, prototype_dim), nn.ReLU(),
-                                        nn.Linear(prototype_dim, prototype_dim), nn.Sigmoid())
+            self.add_on = nn.Sequential(
+                nn.Linear(feat, prototype_dim), nn.ReLU(), nn.Linear(prototype_dim, prototype_dim), nn.Sigmoid()
+            )
             shape: tuple[int, ...] = (prototype_dim,)
         else:
             self.backbone = ResNet2D(depth, leads, dropout, widths, imagenet_weights)
             feat = self.backbone.out_channels
-            self.add_on = nn.Sequential(nn.Conv2d(feat, prototype_dim, 1), nn.ReLU(),
-                                        nn.Conv2d(prototype_dim, prototype_dim, 1), nn.Sigmoid())
+            self.add_on = nn.Sequential(
+                nn.Conv2d(feat, prototype_dim, 1), nn.ReLU(), nn.Conv2d(prototype_dim, prototype_dim, 1), nn.Sigmoid()
+            )
             for m in self.add_on:
                 if isinstance(m, nn.Conv2d):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -257,8 +284,9 @@ class PrototypeBranch(nn.Module):
         self.register_buffer("projection_start", torch.zeros(num_prototypes, dtype=torch.long))  # raw sample
         self.register_buffer("projection_similarity", torch.full((num_prototypes,), float("nan")))
         self.register_buffer("projection_path", torch.zeros(num_prototypes, PATH_BYTES, dtype=torch.uint8))
-        self.register_buffer("projection_segment",
-                             torch.zeros(num_prototypes, leads, self.segment_length, dtype=torch.float16))
+        self.register_buffer(
+            "projection_segment", torch.zeros(num_prototypes, leads, self.segment_length, dtype=torch.float16)
+        )
 
     @property
     def num_prototypes(self) -> int:
@@ -325,14 +353,15 @@ class ProtoECGNet(nn.Module):
         branch_kwargs: keyword arguments of each `PrototypeBranch`.
     """
 
-    def __init__(self, branch_labels: dict[str, Sequence[int]], num_labels: int,
-                 branch_kwargs: dict[str, dict]):
+    def __init__(self, branch_labels: dict[str, Sequence[int]], num_labels: int, branch_kwargs: dict[str, dict]):
         super().__init__()
         self.branch_names = tuple(name for name in BRANCHES if name in branch_labels)
-        self.branches = nn.ModuleDict({
-            name: PrototypeBranch(num_classes=len(branch_labels[name]), **branch_kwargs[name])
-            for name in self.branch_names
-        })
+        self.branches = nn.ModuleDict(
+            {
+                name: PrototypeBranch(num_classes=len(branch_labels[name]), **branch_kwargs[name])
+                for name in self.branch_names
+            }
+        )
         for name in self.branch_names:
             self.register_buffer(f"label_index_{name}", torch.as_tensor(list(branch_labels[name]), dtype=torch.long))
         width = sum(b.num_prototypes for b in self.branches.values())
@@ -365,24 +394,29 @@ def protoecgnet_rhythm_1d(num_classes: int = 16, prototypes_per_class: int = 5, 
     return PrototypeBranch("1d", num_classes, prototypes_per_class, **kwargs)
 
 
-def protoecgnet_morphology_2d(num_classes: int = 52, prototypes_per_class: int = 18, prototype_length: int = 3,
-                              **kwargs) -> PrototypeBranch:
+def protoecgnet_morphology_2d(
+    num_classes: int = 52, prototypes_per_class: int = 18, prototype_length: int = 3, **kwargs
+) -> PrototypeBranch:
     """Branch 3 at paper size: 2D ResNet-18, 18 time-localised prototypes per class of 3 latent steps."""
     return PrototypeBranch("2d", num_classes, prototypes_per_class, prototype_length, **kwargs)
 
 
-def protoecgnet_global_2d(num_classes: int = 3, prototypes_per_class: int = 7, prototype_length: int = 32,
-                          **kwargs) -> PrototypeBranch:
+def protoecgnet_global_2d(
+    num_classes: int = 3, prototypes_per_class: int = 7, prototype_length: int = 32, **kwargs
+) -> PrototypeBranch:
     """Branch 4 at paper size: 2D ResNet-18, 7 prototypes per class spanning all 32 latent steps (10 s)."""
     return PrototypeBranch("2d", num_classes, prototypes_per_class, prototype_length, **kwargs)
 
 
-def protoecgnet_fusion(branch_labels: dict[str, Sequence[int]], num_labels: int = 71,
-                       branch_kwargs: dict[str, dict] | None = None) -> ProtoECGNet:
+def protoecgnet_fusion(
+    branch_labels: dict[str, Sequence[int]], num_labels: int = 71, branch_kwargs: dict[str, dict] | None = None
+) -> ProtoECGNet:
     """The full paper model: the three branches at paper size plus Linear(1037 -> 71)."""
-    defaults = {"rhythm": {"kind": "1d", "prototypes_per_class": 5},
-                "morphology": {"kind": "2d", "prototypes_per_class": 18, "prototype_length": 3},
-                "global": {"kind": "2d", "prototypes_per_class": 7, "prototype_length": 32}}
+    defaults = {
+        "rhythm": {"kind": "1d", "prototypes_per_class": 5},
+        "morphology": {"kind": "2d", "prototypes_per_class": 18, "prototype_length": 3},
+        "global": {"kind": "2d", "prototypes_per_class": 7, "prototype_length": 32},
+    }
     for name, extra in (branch_kwargs or {}).items():
         defaults[name] = {**defaults[name], **extra}
     return ProtoECGNet(branch_labels, num_labels, defaults)

@@ -33,8 +33,10 @@ def parse_stage(name: str) -> tuple[str, str | None]:
         return name, None
     mode, _, branch = name.partition("_")
     if mode not in STAGE_MODES or branch not in BRANCHES:
-        raise ConfigError(f"config key 'stages': unknown ECG stage '{name}' (use warmup_|joint_|project_|"
-                          f"classifier_ + rhythm|morphology|global, fusion, thresholds)")
+        raise ConfigError(
+            f"config key 'stages': unknown ECG stage '{name}' (use warmup_|joint_|project_|"
+            f"classifier_ + rhythm|morphology|global, fusion, thresholds)"
+        )
     return mode, branch
 
 
@@ -88,8 +90,15 @@ class EcgModule(MedmlModule):
             replace them anyway, so prediction never needs the ImageNet file).
     """
 
-    def __init__(self, config, branch_labels: dict[str, Sequence[int]], train_labels: np.ndarray | None = None,
-                 mean: np.ndarray | None = None, std: np.ndarray | None = None, load_imagenet: bool = True):
+    def __init__(
+        self,
+        config,
+        branch_labels: dict[str, Sequence[int]],
+        train_labels: np.ndarray | None = None,
+        mean: np.ndarray | None = None,
+        std: np.ndarray | None = None,
+        load_imagenet: bool = True,
+    ):
         super().__init__(config)
         mcfg, lcfg = config.model, config.loss
         labels = mcfg.labels
@@ -100,12 +109,16 @@ class EcgModule(MedmlModule):
         for name in BRANCHES:
             bcfg = getattr(mcfg, f"branch_{name}")
             branch_kwargs[name] = {
-                "kind": "1d" if name == "rhythm" else "2d", "prototypes_per_class": bcfg.prototypes_per_class,
+                "kind": "1d" if name == "rhythm" else "2d",
+                "prototypes_per_class": bcfg.prototypes_per_class,
                 "prototype_length": bcfg.prototype_length if name != "rhythm" else 1,
-                "prototype_dim": bcfg.prototype_dim, "depth": bcfg.depth, "widths": tuple(bcfg.widths),
+                "prototype_dim": bcfg.prototype_dim,
+                "depth": bcfg.depth,
+                "widths": tuple(bcfg.widths),
                 "dropout": mcfg.dropout,
                 "imagenet_weights": mcfg.imagenet_weights if name != "rhythm" and load_imagenet else None,
-                "warmup_head": name in warmup, "signal_length": seconds_length,
+                "warmup_head": name in warmup,
+                "signal_length": seconds_length,
                 "latent_length": _latent_length(seconds_length),
             }
         self.model = ProtoECGNet(branch_labels, num_labels, branch_kwargs)
@@ -118,8 +131,15 @@ class EcgModule(MedmlModule):
             index = list(branch_labels[name])
             # Each branch is its own training run (spec 1.7), so sum_k n_k runs over the branch's own labels.
             weight = class_pos_weight(y[:, index]) if weights_on else torch.ones(len(index))
-            self.proto_losses[name] = PrototypeLoss(weight, label_jaccard(y[:, index]), clst=lcfg.clst,
-                                                    sep=lcfg.sep, spars=lcfg.spars, div=lcfg.div, cnrst=lcfg.cnrst)
+            self.proto_losses[name] = PrototypeLoss(
+                weight,
+                label_jaccard(y[:, index]),
+                clst=lcfg.clst,
+                sep=lcfg.sep,
+                spars=lcfg.spars,
+                div=lcfg.div,
+                cnrst=lcfg.cnrst,
+            )
             self.classifier_losses[name] = ClassifierLoss(weight, l1=lcfg.l1)
         # Fusion trains on all 71 outputs at once: its weights use the totals over the whole label set.
         self.fusion_loss = ClassifierLoss(class_pos_weight(y) if weights_on else torch.ones(num_labels), l1=lcfg.l1)
@@ -178,16 +198,19 @@ class EcgModule(MedmlModule):
             return {"bce": bce, "loss": bce}
         out = branch(x)
         if mode == "classifier":
-            return self.classifier_losses[name](out["logits"], y, branch.last_layer.weight,
-                                                branch.prototype_class_identity)
-        return self.proto_losses[name](out["logits"], out["similarity"], y, branch.prototype_vectors,
-                                       branch.prototype_class_identity)
+            return self.classifier_losses[name](
+                out["logits"], y, branch.last_layer.weight, branch.prototype_class_identity
+            )
+        return self.proto_losses[name](
+            out["logits"], out["similarity"], y, branch.prototype_vectors, branch.prototype_class_identity
+        )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         terms = self._losses(batch)
         size = batch["signal"].shape[0]
-        self.log("train_loss", terms["loss"], on_step=False, on_epoch=True, prog_bar=True, batch_size=size,
-                 sync_dist=True)
+        self.log(
+            "train_loss", terms["loss"], on_step=False, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True
+        )
         for key, value in terms.items():
             if key != "loss":
                 self.log(f"train_{key}", value, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
@@ -205,8 +228,9 @@ class EcgModule(MedmlModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         terms = self._losses(batch)
-        self.log("val_loss", terms["loss"], on_step=False, on_epoch=True, batch_size=batch["signal"].shape[0],
-                 sync_dist=True)
+        self.log(
+            "val_loss", terms["loss"], on_step=False, on_epoch=True, batch_size=batch["signal"].shape[0], sync_dist=True
+        )
         record = {"index": batch["index"].long(), "target": batch["target"].float()}
         for key, probs in self._scores(batch["signal"]).items():
             record[f"probs/{key}"] = probs.float()
@@ -268,8 +292,11 @@ class EcgModule(MedmlModule):
                 index.append(batch["index"].long())
         finally:
             self.to(old_device).train(was_training)
-        return {"probs": torch.cat(probs).numpy(), "target": torch.cat(targets).numpy(),
-                "index": torch.cat(index).numpy()}
+        return {
+            "probs": torch.cat(probs).numpy(),
+            "target": torch.cat(targets).numpy(),
+            "index": torch.cat(index).numpy(),
+        }
 
     @torch.no_grad()
     def push_prototypes(self, name: str, datamodule) -> dict[str, Any]:
@@ -332,18 +359,25 @@ class EcgModule(MedmlModule):
         finally:
             self.to(old_device).train(was_training)
         missing = sorted({self.label_names[int(label_index[c])] for c in proto_class.cpu()[~found].tolist()})
-        return {"branch": name, "prototypes": num, "projected": int(found.sum()),
-                "unique_records": int(torch.unique(best_row[found]).numel()),
-                "classes_without_training_positive": missing,
-                "mean_similarity": float(best_sim[found.to(device)].mean()) if found.any() else None}
+        return {
+            "branch": name,
+            "prototypes": num,
+            "projected": int(found.sum()),
+            "unique_records": int(torch.unique(best_row[found]).numel()),
+            "classes_without_training_positive": missing,
+            "mean_similarity": float(best_sim[found.to(device)].mean()) if found.any() else None,
+        }
 
     def select_thresholds(self, datamodule) -> dict[str, Any]:
         """Choose the decision threshold of every label on the validation fold (whole fold)."""
         out = self.predict_dataset(datamodule.val_dataset, device=self.device)
         thresholds = choose_thresholds(out["target"], out["probs"], self.config.model.threshold)
         self.thresholds.copy_(torch.as_tensor(thresholds))
-        return {"policy": self.config.model.threshold, "mean_threshold": float(thresholds.mean()),
-                "val_macro_auroc": macro_auroc(out["target"], out["probs"])}
+        return {
+            "policy": self.config.model.threshold,
+            "mean_threshold": float(thresholds.mean()),
+            "val_macro_auroc": macro_auroc(out["target"], out["probs"]),
+        }
 
 
 def _latent_length(signal_length: int) -> int:

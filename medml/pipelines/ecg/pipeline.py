@@ -29,15 +29,22 @@ from medml.utils.files import write_json, write_text
 CATEGORY_BRANCH = {1: "rhythm", 3: "morphology", 4: "global"}
 BENCHMARK_SETS = ("diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm")
 #: Strodthoff et al. 2020 leaderboard (fold 10 macro-AUROC, best model per task; spec 1.11) and ProtoECGNet.
-BENCHMARK_BEST = {"all": ("inception1d / xresnet1d101", 0.925), "diagnostic": ("xresnet1d101", 0.937),
-                  "subdiagnostic": ("inception1d", 0.930), "superdiagnostic": ("resnet1d_wang", 0.930),
-                  "form": ("inception1d", 0.899), "rhythm": ("xresnet1d101", 0.957)}
+BENCHMARK_BEST = {
+    "all": ("inception1d / xresnet1d101", 0.925),
+    "diagnostic": ("xresnet1d101", 0.937),
+    "subdiagnostic": ("inception1d", 0.930),
+    "superdiagnostic": ("resnet1d_wang", 0.930),
+    "form": ("inception1d", 0.899),
+    "rhythm": ("xresnet1d101", 0.957),
+}
 #: ProtoECGNet's own headline (Sethi et al., MLHC 2025, Tables 1-2): level V3 in specs/published-results.md §0 /
 #: §1.2, i.e. known only from one third-party literature note; the paper's table was not reachable. Unverified.
 PROTOECGNET_PUBLISHED = {"all": 0.913}
-PROTOECGNET_PUBLISHED_NOTE = ("ProtoECGNet paper value: V3, unverified (one third-party literature note on Sethi et "
-                              "al., MLHC 2025, Tables 1-2, as listed in specs/published-results.md; the paper's own "
-                              "table was not reachable)")
+PROTOECGNET_PUBLISHED_NOTE = (
+    "ProtoECGNet paper value: V3, unverified (one third-party literature note on Sethi et "
+    "al., MLHC 2025, Tables 1-2, as listed in specs/published-results.md; the paper's own "
+    "table was not reachable)"
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -104,14 +111,27 @@ def _branch_stages(branch: str) -> list[StageConfig]:
     prefix = f"model.branches.{branch}."
     monitor = f"val_auroc_{branch}"
     return [
-        StageConfig(name=f"warmup_{branch}", enabled=False, trainable=[prefix + "backbone", prefix + "warmup_head"],
-                    monitor=monitor, monitor_mode="max"),
-        StageConfig(name=f"joint_{branch}", trainable=[prefix + "backbone", prefix + "add_on",
-                                                       prefix + "prototype_vectors"],
-                    monitor=monitor, monitor_mode="max"),
+        StageConfig(
+            name=f"warmup_{branch}",
+            enabled=False,
+            trainable=[prefix + "backbone", prefix + "warmup_head"],
+            monitor=monitor,
+            monitor_mode="max",
+        ),
+        StageConfig(
+            name=f"joint_{branch}",
+            trainable=[prefix + "backbone", prefix + "add_on", prefix + "prototype_vectors"],
+            monitor=monitor,
+            monitor_mode="max",
+        ),
         StageConfig(name=f"project_{branch}", kind="run"),
-        StageConfig(name=f"classifier_{branch}", enabled=False, trainable=[prefix + "last_layer"], monitor=monitor,
-                    monitor_mode="max"),
+        StageConfig(
+            name=f"classifier_{branch}",
+            enabled=False,
+            trainable=[prefix + "last_layer"],
+            monitor=monitor,
+            monitor_mode="max",
+        ),
     ]
 
 
@@ -128,7 +148,13 @@ class EcgConfig(PipelineConfig):
     early stopping on validation macro-AUROC (patience 10), top-3 checkpoints, seed 42."""
 
     train: TrainConfig = TrainConfig(
-        batch_size=32, max_epochs=200, monitor="val_auroc", monitor_mode="max", patience=10, save_top_k=3, seed=42,
+        batch_size=32,
+        max_epochs=200,
+        monitor="val_auroc",
+        monitor_mode="max",
+        patience=10,
+        save_top_k=3,
+        seed=42,
         optim=OptimConfig(name="adam", lr=1e-4, weight_decay=1.7e-4, schedule="cosine"),
     )
     stages: list[StageConfig] = paper_stages()
@@ -156,8 +182,7 @@ class EcgDataModule(L.LightningDataModule):
         from medml.data.ptbxl import PTBXL, ECGDataset, fit_standardizer
 
         cfg = self.config.data
-        self.ptbxl = PTBXL(self.data_dir, sampling_rate=cfg.sampling_rate, highpass=cfg.highpass,
-                           source=cfg.source)
+        self.ptbxl = PTBXL(self.data_dir, sampling_rate=cfg.sampling_rate, highpass=cfg.highpass, source=cfg.source)
         self.train_index = self.ptbxl.split_indices("train")
         self.val_index = self.ptbxl.split_indices("val")
         # Standardisation lives in the module (buffers in the checkpoint), so datasets return raw mV.
@@ -166,8 +191,13 @@ class EcgDataModule(L.LightningDataModule):
         self.mean = self.std = None
         if cfg.standardize:
             self.mean, self.std = fit_standardizer(self.ptbxl.signals, self.train_index)
-        self.split_summary = {"train_folds": list(range(1, 9)), "val_folds": [9], "test_folds": [10],
-                              "n_train": int(len(self.train_index)), "n_val": int(len(self.val_index))}
+        self.split_summary = {
+            "train_folds": list(range(1, 9)),
+            "val_folds": [9],
+            "test_folds": [10],
+            "n_train": int(len(self.train_index)),
+            "n_val": int(len(self.val_index)),
+        }
 
     @property
     def codes(self) -> list[str]:
@@ -204,8 +234,9 @@ def branch_label_indices(codes: Sequence[str]) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {name: [] for name in BRANCHES}
     for i, code in enumerate(codes):
         if code not in SCP_BRANCH:
-            raise DataLayoutError(f"SCP code '{code}' has no ProtoECGNet branch (expected one of the 71 PTB-XL "
-                                  f"statements)")
+            raise DataLayoutError(
+                f"SCP code '{code}' has no ProtoECGNet branch (expected one of the 71 PTB-XL statements)"
+            )
         out[CATEGORY_BRANCH[SCP_BRANCH[code]]].append(i)
     return out
 
@@ -232,19 +263,28 @@ class EcgPipeline(Pipeline):
         from medml.data.ptbxl import check_ptbxl_layout
 
         cfg = self.config.data
-        check_ptbxl_layout(Path(data_dir), source=cfg.source or ("records100" if cfg.sampling_rate == 100
-                                                                 else "records500"))
+        check_ptbxl_layout(
+            Path(data_dir), source=cfg.source or ("records100" if cfg.sampling_rate == 100 else "records500")
+        )
 
     def prepare(self, data_dir: Path) -> dict[str, Any]:
         from medml.data.ptbxl import PTBXL
 
         self.check_layout(data_dir)
-        ptbxl = PTBXL(Path(data_dir), sampling_rate=self.config.data.sampling_rate,
-                      highpass=self.config.data.highpass, source=self.config.data.source, progress=True)
+        ptbxl = PTBXL(
+            Path(data_dir),
+            sampling_rate=self.config.data.sampling_rate,
+            highpass=self.config.data.highpass,
+            source=self.config.data.source,
+            progress=True,
+        )
         return {split: int(len(ptbxl.split_indices(split))) for split in ("train", "val", "test")} | {
-            "records": int(len(ptbxl.ecg_ids)), "labels": len(ptbxl.codes),
-            "positives_train": {c: int(n) for c, n in zip(ptbxl.codes, ptbxl.labels[ptbxl.split_indices("train")]
-                                                          .sum(0))}}
+            "records": int(len(ptbxl.ecg_ids)),
+            "labels": len(ptbxl.codes),
+            "positives_train": {
+                c: int(n) for c, n in zip(ptbxl.codes, ptbxl.labels[ptbxl.split_indices("train")].sum(0))
+            },
+        }
 
     def datamodule(self, data_dir: Path) -> EcgDataModule:
         return EcgDataModule(Path(data_dir), self.config)
@@ -268,8 +308,12 @@ class EcgPipeline(Pipeline):
         out_dir.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(seed)
         order = list(STANDARD_LEADS[6:] + STANDARD_LEADS[:6])  # chest leads first: readers must reorder
-        cases = [("wfdb_normal", ["NORM", "SR"]), ("wfdb_afib", ["AFIB"]), ("wfdb_lvh", ["LVH", "SR"]),
-                 ("wfdb_stach_imi", ["STACH", "IMI"])]
+        cases = [
+            ("wfdb_normal", ["NORM", "SR"]),
+            ("wfdb_afib", ["AFIB"]),
+            ("wfdb_lvh", ["LVH", "SR"]),
+            ("wfdb_stach_imi", ["STACH", "IMI"]),
+        ]
         for name, labels in cases:
             sig = simulate_ecg(labels, rng)  # (12, 5000) mV at 500 Hz
             _write_wfdb(wfdb, out_dir / name, sig, 500, STANDARD_LEADS, order)
@@ -278,8 +322,9 @@ class EcgPipeline(Pipeline):
         _write_wfdb(wfdb, out_dir / "wfdb_flat_lead", flat, 500, STANDARD_LEADS, order)
         shutil.copyfile(get_testdata_file("waveform_ecg.dcm"), out_dir / "waveform_ecg.dcm")
         sig = simulate_ecg(["CRBBB", "SR"], rng)
-        write_dicom_ecg(out_dir / "dicom_crbbb.dcm", sig[[STANDARD_LEADS.index(x) for x in order]], 500,
-                        lead_order=order)
+        write_dicom_ecg(
+            out_dir / "dicom_crbbb.dcm", sig[[STANDARD_LEADS.index(x) for x in order]], 500, lead_order=order
+        )
         return out_dir
 
     # ----- model ---------------------------------------------------------------------------------------------------
@@ -291,8 +336,9 @@ class EcgPipeline(Pipeline):
             if cfg.model.labels is not None and list(cfg.model.labels) != codes:
                 raise ConfigError("config key 'model.labels': differs from the dataset's scp_statements.csv rows")
             cfg.model.labels = codes
-            return EcgModule(cfg, branch_label_indices(codes), datamodule.train_labels(), datamodule.mean,
-                             datamodule.std)
+            return EcgModule(
+                cfg, branch_label_indices(codes), datamodule.train_labels(), datamodule.mean, datamodule.std
+            )
         # A trained checkpoint always carries its labels; without them (a fresh config) use PTB-XL's 71 statements.
         labels = list(cfg.model.labels) if cfg.model.labels else ptbxl_statement_codes()
         if cfg.model.labels is None:
@@ -306,8 +352,13 @@ class EcgPipeline(Pipeline):
         record = read_ecg(case)
         path = getattr(case, "path", case)
         signal = preprocess_signal(record.signal, float(record.fs), self.config.data, path)
-        return {"signal": signal, "fs": float(self.config.data.sampling_rate), "source_fs": float(record.fs),
-                "source_seconds": float(record.signal.shape[1] / record.fs), "path": str(path)}
+        return {
+            "signal": signal,
+            "fs": float(self.config.data.sampling_rate),
+            "source_fs": float(record.fs),
+            "source_seconds": float(record.signal.shape[1] / record.fs),
+            "path": str(path),
+        }
 
     @torch.no_grad()
     def predict_batch(self, module: EcgModule, samples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -322,8 +373,15 @@ class EcgPipeline(Pipeline):
         for i, sample in enumerate(samples):
             per = {k: v[i].float().cpu() for k, v in out.items()}
             explanation = explain_sample(module, per, probs[i], thresholds, sample["fs"], table)
-            results.append({"probs": probs[i], "thresholds": thresholds, "decision": probs[i] >= thresholds,
-                            "explanation": explanation, "segments": prototype_segments(module, explanation)})
+            results.append(
+                {
+                    "probs": probs[i],
+                    "thresholds": thresholds,
+                    "decision": probs[i] >= thresholds,
+                    "explanation": explanation,
+                    "segments": prototype_segments(module, explanation),
+                }
+            )
         return results
 
     def write_case(self, case: Any, sample: dict[str, Any], output: dict[str, Any], out_dir: Path) -> dict[str, Any]:
@@ -336,16 +394,25 @@ class EcgPipeline(Pipeline):
         for name, p, t, d in zip(labels, output["probs"], output["thresholds"], output["decision"]):
             lines.append(f"{name},{p:.6f},{t:.2f},{int(d)}")
         write_text(out_dir / "probabilities.csv", "\n".join(lines) + "\n")
-        explanation = {"case_id": case.case_id, "source": sample["path"], "source_fs": sample["source_fs"],
-                       "source_seconds": sample["source_seconds"], **output["explanation"]}
+        explanation = {
+            "case_id": case.case_id,
+            "source": sample["path"],
+            "source_fs": sample["source_fs"],
+            "source_seconds": sample["source_seconds"],
+            **output["explanation"],
+        }
         write_json(out_dir / "explanation.json", explanation)
-        explanation_figure(sample["signal"], sample["fs"], explanation, out_dir / "explanation.png",
-                           output["segments"])
+        explanation_figure(sample["signal"], sample["fs"], explanation, out_dir / "explanation.png", output["segments"])
         order = np.argsort(-output["probs"])
         positive = [labels[j] for j in order if output["decision"][j]]
-        return {"case_id": case.case_id, "n_positive": len(positive), "positive_labels": ";".join(positive),
-                "top_label": labels[int(order[0])], "top_probability": round(float(output["probs"][order[0]]), 4),
-                "top3": ";".join(f"{labels[j]}:{output['probs'][j]:.3f}" for j in order[:3])}
+        return {
+            "case_id": case.case_id,
+            "n_positive": len(positive),
+            "positive_labels": ";".join(positive),
+            "top_label": labels[int(order[0])],
+            "top_probability": round(float(output["probs"][order[0]]), 4),
+            "top3": ";".join(f"{labels[j]}:{output['probs'][j]:.3f}" for j in order[:3]),
+        }
 
     # ----- evaluation ----------------------------------------------------------------------------------------------
     def evaluate(self, module: EcgModule, data_dir: Path, split: str, out_dir: Path) -> dict[str, float]:
@@ -357,18 +424,39 @@ class EcgPipeline(Pipeline):
         write_json(out_dir / "metrics.json", results)
         # per-record outputs, so any metric can be recomputed over the whole fold later
         codes = module.label_names
-        write_csv(({"ecg_id": int(ecg_id), **{f"prob_{c}": f"{v:.6f}" for c, v in zip(codes, prob)},
-                    **{f"label_{c}": int(v) for c, v in zip(codes, target)}}
-                   for ecg_id, prob, target in zip(arrays["ecg_id"], arrays["probs"], arrays["target"])),
-                  out_dir / f"predictions_{split}.csv",
-                  columns=["ecg_id", *(f"prob_{c}" for c in codes), *(f"label_{c}" for c in codes)])
-        write_csv(({"label_set": label_set, "label": label, "auroc": f"{row['auroc']:.4f}",
-                    "ci_lo": f"{row['ci_lo']:.4f}", "ci_hi": f"{row['ci_hi']:.4f}", "n_pos": row["n_pos"]}
-                   for label_set, res in results["label_sets"].items() for label, row in res["per_label"].items()),
-                  out_dir / "per_label_auroc.csv")
+        write_csv(
+            (
+                {
+                    "ecg_id": int(ecg_id),
+                    **{f"prob_{c}": f"{v:.6f}" for c, v in zip(codes, prob)},
+                    **{f"label_{c}": int(v) for c, v in zip(codes, target)},
+                }
+                for ecg_id, prob, target in zip(arrays["ecg_id"], arrays["probs"], arrays["target"])
+            ),
+            out_dir / f"predictions_{split}.csv",
+            columns=["ecg_id", *(f"prob_{c}" for c in codes), *(f"label_{c}" for c in codes)],
+        )
+        write_csv(
+            (
+                {
+                    "label_set": label_set,
+                    "label": label,
+                    "auroc": f"{row['auroc']:.4f}",
+                    "ci_lo": f"{row['ci_lo']:.4f}",
+                    "ci_hi": f"{row['ci_hi']:.4f}",
+                    "n_pos": row["n_pos"],
+                }
+                for label_set, res in results["label_sets"].items()
+                for label, row in res["per_label"].items()
+            ),
+            out_dir / "per_label_auroc.csv",
+        )
         write_text(out_dir / "benchmark_table.md", benchmark_table(results))
-        per_label_auroc_figure(results["label_sets"]["all"], out_dir / "per_label_auroc.png",
-                               title=f"ProtoECGNet, PTB-XL {split} fold, 71 labels")
+        per_label_auroc_figure(
+            results["label_sets"]["all"],
+            out_dir / "per_label_auroc.png",
+            title=f"ProtoECGNet, PTB-XL {split} fold, 71 labels",
+        )
         headline = {"macro_auroc": results["label_sets"]["all"]["macro"], "fmax": results["fmax"]}
         for name in BENCHMARK_SETS:
             headline[f"macro_auroc_{name}"] = results["label_sets"][name]["macro"]
@@ -385,9 +473,17 @@ class EcgPipeline(Pipeline):
 
 def _write_wfdb(wfdb, stem: Path, signal: np.ndarray, fs: int, leads: Sequence[str], order: Sequence[str]) -> None:
     rows = [list(leads).index(lead) for lead in order]
-    wfdb.wrsamp(stem.name, fs=fs, units=["mV"] * len(order), sig_name=list(order),
-                p_signal=np.ascontiguousarray(signal[rows].T), fmt=["16"] * len(order), adc_gain=[1000.0] * len(order),
-                baseline=[0] * len(order), write_dir=str(stem.parent))
+    wfdb.wrsamp(
+        stem.name,
+        fs=fs,
+        units=["mV"] * len(order),
+        sig_name=list(order),
+        p_signal=np.ascontiguousarray(signal[rows].T),
+        fmt=["16"] * len(order),
+        adc_gain=[1000.0] * len(order),
+        baseline=[0] * len(order),
+        write_dir=str(stem.parent),
+    )
 
 
 def preprocess_signal(signal: np.ndarray, fs: float, cfg: EcgDataConfig, path: Any) -> np.ndarray:
@@ -420,15 +516,16 @@ def preprocess_signal(signal: np.ndarray, fs: float, cfg: EcgDataConfig, path: A
     n = x.shape[1]
     if n > want:
         start = 0 if cfg.crop == "start" else (n - want) // 2
-        x = x[:, start:start + want]
+        x = x[:, start : start + want]
     elif n < want:
         x = np.pad(x, ((0, 0), (0, want - n)))
     check_signal(x[:, : min(n, want)], rate, path, flat_lead_mv=cfg.flat_lead_mv)  # the high-pass can flatten too
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def evaluate_split(module: EcgModule, data_dir: Path, split: str, config: EcgConfig,
-                   n_bootstrap: int = 1000) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def evaluate_split(
+    module: EcgModule, data_dir: Path, split: str, config: EcgConfig, n_bootstrap: int = 1000
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Whole-fold scores of the fused 71 outputs, and of each benchmark label set derived from them; also the
     per-record arrays (ecg_id, probabilities, targets) they were computed from.
 
@@ -440,8 +537,9 @@ def evaluate_split(module: EcgModule, data_dir: Path, split: str, config: EcgCon
 
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split '{split}' is not one of train, val, test")
-    ptbxl = PTBXL(data_dir, sampling_rate=config.data.sampling_rate, highpass=config.data.highpass,
-                  source=config.data.source)
+    ptbxl = PTBXL(
+        data_dir, sampling_rate=config.data.sampling_rate, highpass=config.data.highpass, source=config.data.source
+    )
     codes = list(ptbxl.codes)
     if codes != list(module.label_names):
         raise DataLayoutError("scp_statements.csv rows differ from the labels the model was trained on", data_dir)
@@ -462,24 +560,34 @@ def evaluate_split(module: EcgModule, data_dir: Path, split: str, config: EcgCon
         res["n_records_without_label_dropped"] = int((~keep).sum())
         label_sets[name] = res
     for branch, index in branch_label_indices(codes).items():
-        label_sets[f"branch_{branch}"] = multilabel_auroc(target[:, index], probs[:, index],
-                                                          names=[codes[i] for i in index], n_bootstrap=n_bootstrap)
+        label_sets[f"branch_{branch}"] = multilabel_auroc(
+            target[:, index], probs[:, index], names=[codes[i] for i in index], n_bootstrap=n_bootstrap
+        )
     fm, ft = fmax(target, probs)
     thresholds = module.thresholds.cpu().numpy()
     decisions = probs >= thresholds
     tp = float((decisions & (target > 0.5)).sum())
     f1_at_thresholds = 2 * tp / max(float(decisions.sum() + (target > 0.5).sum()), 1.0)
-    results = {"split": split, "n_records": int(len(rows)), "label_sets": label_sets, "fmax": fm,
-               "fmax_threshold": ft, "micro_f1_at_val_thresholds": f1_at_thresholds,
-               "aggregation": "sub/superdiagnostic scores = max over member SCP codes of the 71 fused outputs"}
+    results = {
+        "split": split,
+        "n_records": int(len(rows)),
+        "label_sets": label_sets,
+        "fmax": fm,
+        "fmax_threshold": ft,
+        "micro_f1_at_val_thresholds": f1_at_thresholds,
+        "aggregation": "sub/superdiagnostic scores = max over member SCP codes of the 71 fused outputs",
+    }
     return results, {"ecg_id": np.asarray(ptbxl.ecg_ids)[row_ids], "probs": probs, "target": target}
 
 
 def benchmark_table(results: dict[str, Any]) -> str:
     """Markdown table in the PTB-XL benchmark's format: macro-AUC (95% bootstrap half-width in thousandths)."""
-    lines = [f"Split: {results['split']} ({results['n_records']} records); macro-AUROC over the whole fold.", "",
-             "| Task (#labels) | medml ProtoECGNet | best PTB-XL benchmark (Strodthoff 2020) | ProtoECGNet paper |",
-             "|---|---|---|---|"]
+    lines = [
+        f"Split: {results['split']} ({results['n_records']} records); macro-AUROC over the whole fold.",
+        "",
+        "| Task (#labels) | medml ProtoECGNet | best PTB-XL benchmark (Strodthoff 2020) | ProtoECGNet paper |",
+        "|---|---|---|---|",
+    ]
     for name in ("all", *BENCHMARK_SETS):
         res = results["label_sets"][name]
         k = len(res["per_label"]) + len(res["skipped"])
@@ -490,7 +598,11 @@ def benchmark_table(results: dict[str, Any]) -> str:
         paper = f"{PROTOECGNET_PUBLISHED[name]:.3f} (V3, unverified)" if name in PROTOECGNET_PUBLISHED else "not found"
         scored = f"; {len(res['per_label'])} scored" if res["skipped"] else ""
         lines.append(f"| {name} ({k}{scored}) | {ours} | {model} {value:.3f} | {paper} |")
-    lines += ["", f"Fmax (micro, 71 labels): {results['fmax']:.3f} at threshold {results['fmax_threshold']:.2f}",
-              "", f"{PROTOECGNET_PUBLISHED_NOTE}. Best PTB-XL benchmark: Strodthoff et al. 2020, V1 (official "
-              "README of helme/ecg_ptbxl_benchmarking)."]
+    lines += [
+        "",
+        f"Fmax (micro, 71 labels): {results['fmax']:.3f} at threshold {results['fmax_threshold']:.2f}",
+        "",
+        f"{PROTOECGNET_PUBLISHED_NOTE}. Best PTB-XL benchmark: Strodthoff et al. 2020, V1 (official "
+        "README of helme/ecg_ptbxl_benchmarking).",
+    ]
     return "\n".join(lines) + "\n"
