@@ -1,8 +1,13 @@
 """Fixtures shared across test folders."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
+from filelock import FileLock
 
+from medml.demo import DemoRun
 from tests.engine.toy_pipeline import ToyPipeline
 
 # The suite runs as 2 pytest-xdist workers on 2 cores: one torch thread each avoids oversubscription, which
@@ -29,3 +34,28 @@ def toy_run(tmp_path_factory, toy_data):
     from medml.engine.train import train
 
     return train(ToyPipeline(), toy_data, tmp_path_factory.mktemp("toyrun") / "run")
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """The session's shared ``medml-demo`` folder: one per test run, the same for every xdist worker."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return shared / "medml-demo"
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(demo_root):
+    """``tiny_demo(name)``: that pipeline's finished demo (synthetic data, tiny run, predictions, evaluation).
+
+    Trained once per test session whichever worker asks first; the others wait on the lock and read it, so the
+    demo test, the notebooks and the pipeline tests all share one tiny run per pipeline.
+    """
+    from medml.demo import run_pipeline_demo
+
+    def get(name: str) -> DemoRun:
+        demo_root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(demo_root.parent / f"medml-demo-{name}.lock")):
+            return run_pipeline_demo(name, demo_root, progress=False)
+
+    return get

@@ -16,36 +16,32 @@ PIPELINES = [n for n in list_pipelines() if n != "toy"]
 
 
 @pytest.fixture(scope="module")
-def demo_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    report = run_demo(root / "medml-demo", names=PIPELINES, progress=False)
-    return root, report
+def demos(tiny_demo):
+    """Every pipeline's shared tiny demo (see ``tests/conftest.py``), finished."""
+    return [tiny_demo(name) for name in PIPELINES]
 
 
-def test_demo_writes_a_report_for_every_pipeline(demo_root):
-    root, report = demo_root
-    text = report.read_text()
+def test_demo_writes_a_report_for_every_pipeline(demos, demo_root):
+    # Finished runs are reused, not retrained: the report comes from the shared runs, whose checkpoints stay put.
+    before = {p: p.stat().st_mtime_ns for p in demo_root.rglob("model.ckpt")}
+    text = run_demo(demo_root, names=PIPELINES, progress=False).read_text()
+    assert {p: p.stat().st_mtime_ns for p in demo_root.rglob("model.ckpt")} == before
     assert "SYNTHETIC" in text
     for name in PIPELINES:
-        summary = json.loads((root / "medml-demo" / name / "demo.json").read_text())
+        summary = json.loads((demo_root / name / "demo.json").read_text())
         assert summary["predicted"] > 0, name
         assert summary["metrics"], name
         assert f"<h2>{name}:" in text
-        assert (root / "medml-demo" / name / "predictions" / "failures.csv").is_file()
+        assert (demo_root / name / "predictions" / "failures.csv").is_file()
     assert text.count("data:image/png;base64,") >= len(PIPELINES)
 
 
-def test_demo_is_idempotent(demo_root):
-    root, _ = demo_root
-    before = {p: p.stat().st_mtime_ns for p in (root / "medml-demo").rglob("model.ckpt")}
-    run_demo(root / "medml-demo", names=PIPELINES, progress=False)  # finished runs are reused, not retrained
-    assert {p: p.stat().st_mtime_ns for p in (root / "medml-demo").rglob("model.ckpt")} == before
-
-
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_executes(notebook, demo_root):
-    root, _ = demo_root
+def test_notebook_executes(notebook, demos, demo_root):
     nb = nbformat.read(notebook, as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(root)}}).execute()
+    # No cell timeout: a busy machine must not fail a correct notebook (pytest's own limits still apply).
+    NotebookClient(
+        nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(demo_root.parent)}}
+    ).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors

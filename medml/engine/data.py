@@ -8,11 +8,14 @@ uninterrupted run would have, and N processes with batch b see the same global b
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import lightning as L
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from medml.config import TrainConfig
+from medml.config import PipelineConfig, TrainConfig
 
 
 def world() -> tuple[int, int]:
@@ -63,3 +66,36 @@ def eval_loader(
         num_workers=cfg.num_workers,
         collate_fn=collate_fn,
     )
+
+
+class MedmlDataModule(L.LightningDataModule):
+    """The DataModule every pipeline starts from: train/val datasets in, engine-correct loaders out.
+
+    A pipeline implements `build_datasets` (read the official layout, choose the split) and, if its samples do
+    not stack with the default collate (detection targets, variable-length records), sets ``collate_fn``.
+    Anything `build_datasets` stores on ``self`` (the adapter, label names, class weights) is there for
+    ``build_module``. ``split_summary`` goes into ``run.json``.
+    """
+
+    collate_fn: Callable | None = None
+
+    def __init__(self, data_dir: str | Path, config: PipelineConfig):
+        super().__init__()
+        self.data_dir, self.config = Path(data_dir), config
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self.split_summary: dict[str, Any] = {}
+
+    def build_datasets(self) -> tuple[Dataset, Dataset]:
+        """(train, val) datasets from ``self.data_dir``; called once, on every process."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is None:
+            self.train_dataset, self.val_dataset = self.build_datasets()
+
+    def train_dataloader(self) -> DataLoader:
+        return train_loader(self.train_dataset, self.config.train, collate_fn=self.collate_fn)
+
+    def val_dataloader(self) -> DataLoader:
+        return eval_loader(self.val_dataset, self.config.train, collate_fn=self.collate_fn)

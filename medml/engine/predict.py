@@ -137,6 +137,7 @@ def predict_folder(
                 case_dir = output_dir / case.case_id
                 if case_dir.exists():  # left half-done by a killed run
                     shutil.rmtree(case_dir)
+                case_dir.mkdir(parents=True)
                 row = pipeline.write_case(case, sample, output, case_dir)
                 write_json(state_dir / "done" / f"{_case_key(case.case_id)}.json", {"case": case.case_id, **row})
                 stale = state_dir / "failed" / f"{_case_key(case.case_id)}.json"

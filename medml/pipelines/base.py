@@ -21,8 +21,9 @@ Lifecycle of the engine calls, in order:
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -63,7 +64,7 @@ class Pipeline(abc.ABC):
 
     @abc.abstractmethod
     def datamodule(self, data_dir: Path) -> L.LightningDataModule:
-        """The DataModule for training and validation. Use `medml.engine.data.train_loader` / `eval_loader`."""
+        """The DataModule for training and validation: a `medml.engine.data.MedmlDataModule` subclass."""
 
     def data_fingerprint(self, data_dir: Path) -> str:
         return folder_fingerprint(data_dir)
@@ -109,7 +110,8 @@ class Pipeline(abc.ABC):
 
     @abc.abstractmethod
     def write_case(self, case: Any, sample: dict[str, Any], output: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-        """Write one case's outputs into ``out_dir`` (its own folder), atomically; return its predictions.csv row."""
+        """Write one case's outputs into ``out_dir`` (its own folder, made empty by the runner), atomically;
+        return its predictions.csv row."""
 
     predict_batch_size: ClassVar[int] = 8
 
@@ -143,6 +145,19 @@ class MedmlModule(L.LightningModule):
         from medml.engine.checkpoint import checkpoint_meta
 
         checkpoint["medml"] = checkpoint_meta(self.pipeline_name, self.config)
+
+    @contextlib.contextmanager
+    def evaluating(self, device: str | torch.device | None = None) -> Iterator[MedmlModule]:
+        """Eval mode and no gradients on ``device`` (default: where the module is) for the block, then the
+        module's own mode and device back: evaluation inside training (projection, thresholds) and after it share
+        this."""
+        was_training, old_device = self.training, self.device
+        self.eval().to(device or old_device)
+        try:
+            with torch.no_grad():
+                yield self
+        finally:
+            self.to(old_device).train(was_training)
 
     # ----- stages --------------------------------------------------------------------------------------------------
     def stage_parameters(self, stage: StageConfig) -> Iterable[tuple[str, torch.nn.Parameter]]:

@@ -12,14 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from medml.config import PipelineConfig, StageConfig, Strict, TrainConfig
-from medml.engine.data import eval_loader, train_loader
+from medml.engine.data import MedmlDataModule
 from medml.errors import DataLayoutError, ReadError
 from medml.pipelines.base import MedmlModule, Pipeline
 from medml.registry import register_pipeline
@@ -80,30 +79,19 @@ class ToyModule(MedmlModule):
             os._exit(3)
 
     def run_stage(self, stage, datamodule):
-        self.eval()
-        with torch.no_grad():
-            x, y = datamodule.val.tensors
+        with self.evaluating():
+            x, y = datamodule.val_dataset.tensors
             self.offset += (y - self(x)).mean()
         return {"offset": float(self.offset)}
 
 
-class ToyData(L.LightningDataModule):
-    def __init__(self, data_dir: Path, cfg: ToyConfig):
-        super().__init__()
-        self.data_dir, self.cfg = data_dir, cfg
-
-    def setup(self, stage: str | None = None) -> None:
+class ToyData(MedmlDataModule):
+    def build_datasets(self):
         rows = np.loadtxt(self.data_dir / "data.csv", delimiter=",", skiprows=1, dtype=np.float32)
         x, y, split = torch.from_numpy(rows[:, :N_FEATURES]), torch.from_numpy(rows[:, N_FEATURES]), rows[:, -1]
-        self.train = TensorDataset(x[split == 0], y[split == 0])
-        self.val = TensorDataset(x[split == 1], y[split == 1])
-        self.split_summary = {"train": len(self.train), "val": len(self.val)}
-
-    def train_dataloader(self):
-        return train_loader(self.train, self.cfg.train)
-
-    def val_dataloader(self):
-        return eval_loader(self.val, self.cfg.train)
+        train, val = TensorDataset(x[split == 0], y[split == 0]), TensorDataset(x[split == 1], y[split == 1])
+        self.split_summary = {"train": len(train), "val": len(val)}
+        return train, val
 
 
 @dataclass
@@ -126,7 +114,7 @@ class ToyPipeline(Pipeline):
         if not (data_dir / "data.csv").is_file():
             raise DataLayoutError("missing data.csv", data_dir)
 
-    def datamodule(self, data_dir: Path) -> L.LightningDataModule:
+    def datamodule(self, data_dir: Path) -> ToyData:
         return ToyData(data_dir, self.config)
 
     def synthesize(self, out_dir: Path, seed: int = 0) -> Path:
@@ -177,7 +165,7 @@ class ToyPipeline(Pipeline):
     def evaluate(self, module, data_dir: Path, split: str, out_dir: Path) -> dict[str, float]:
         dm = ToyData(data_dir, self.config)
         dm.setup()
-        x, y = dm.val.tensors
-        with torch.no_grad():
+        x, y = dm.val_dataset.tensors
+        with module.evaluating():
             mse = float(nn.functional.mse_loss(module(x), y))
         return {"mse": mse}
