@@ -10,7 +10,8 @@ from medml.io.image import default_palette, write_overlay_png, write_palette_png
 from medml.io.nifti import write_nifti
 from medml.io.readers import read_case, read_ecg, read_image, read_video, read_volume
 from medml.io.reports import scrub_identifiers, write_csv, write_report_json
-from medml.io.seg import Finding, SegmentSpec, source_datasets_in_volume_order, write_dicom_seg, write_dicom_sr
+from medml.io.seg import SegmentSpec, source_datasets_in_volume_order, write_dicom_seg
+from medml.io.sr import Finding, write_dicom_sr
 from medml.io.types import CASE_KINDS, STANDARD_LEADS, Case, EcgRecord, Image2D, Video, Volume
 from medml.io.video import write_overlay_video
 

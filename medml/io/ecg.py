@@ -183,7 +183,7 @@ def _channel_unit_scale(channel: Any) -> float:
 
 def read_dicom_ecg(path: str | Path, *, derive_limb_leads: bool = True, check: bool = True) -> EcgRecord:
     """Read a DICOM waveform ECG (12-lead, general or ambulatory) from its rhythm multiplex group."""
-    from medml.io.dicom import _common_meta, read_dataset
+    from medml.io.dicom import common_meta, read_dataset
 
     path = Path(path)
     ds = read_dataset(path)
@@ -213,7 +213,7 @@ def read_dicom_ecg(path: str | Path, *, derive_limb_leads: bool = True, check: b
     signal, derived = assemble_leads(
         data.T * scale[:, None], names, fs, path, derive_limb_leads=derive_limb_leads, check=check
     )
-    meta = _common_meta(ds)
+    meta = common_meta(ds)
     meta.update(
         {
             "SOPInstanceUID": str(ds.get("SOPInstanceUID", "")),

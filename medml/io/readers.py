@@ -39,9 +39,9 @@ def case_for_path(path: str | Path, wanted: tuple[str, ...] = ()) -> Case:
             if "WaveformSequence" in header:
                 kind = "dicom_ecg"
             elif "Rows" not in header:
-                from medml.io.dicom import _sop_class_name
+                from medml.io.dicom import sop_class_name
 
-                raise UnsupportedFormatError(f"no pixel data or waveform ({_sop_class_name(header)})", path)
+                raise UnsupportedFormatError(f"no pixel data or waveform ({sop_class_name(header)})", path)
             else:
                 kind = "dicom_multiframe" if number_of_frames(header) > 1 else "dicom_image"
             return Case(_relative_id(path, path.parent), kind, [path], _dicom_meta(header, path))

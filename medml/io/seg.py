@@ -1,13 +1,11 @@
-"""DICOM Segmentation and Structured Report writers.
+"""DICOM Segmentation writer (the Structured Report writer is `medml.io.sr`).
 
-* `write_dicom_seg` writes a BINARY Segmentation object that references its source instances. Sources with
-  patient-space plane geometry (CT/MR series, enhanced multi-frame) go through highdicom. Sources without it
-  (XA/XRF cines, 2D photographs) are built with pydicom per the Segmentation IOD, because highdicom 0.28 refuses
-  multi-frame sources lacking plane geometry and a Frame of Reference: no Frame of Reference module, one
-  Derivation Image item per frame whose Source Image item carries the ReferencedFrameNumber, and the source frame
-  number as the temporal dimension index.
-* `write_dicom_sr` writes a Comprehensive 3D SR with a TID 1500 Measurement Report holding image- or study-level
-  findings as qualitative evaluations (present/absent), with their probabilities as measurements.
+`write_dicom_seg` writes a BINARY Segmentation object that references its source instances. Sources with
+patient-space plane geometry (CT/MR series, enhanced multi-frame) go through highdicom. Sources without it
+(XA/XRF cines, 2D photographs) are built with pydicom per the Segmentation IOD, because highdicom 0.28 refuses
+multi-frame sources lacking plane geometry and a Frame of Reference: no Frame of Reference module, one
+Derivation Image item per frame whose Source Image item carries the ReferencedFrameNumber, and the source frame
+number as the temporal dimension index.
 
 Segment descriptions need coded concepts; each pipeline passes its own label table of `SegmentSpec`.
 """
@@ -18,7 +16,6 @@ import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pydicom
@@ -27,10 +24,11 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medml.errors import UnsupportedFormatError
+from medml.io.codes import MEDML_MANUFACTURER, CodeTuple, code_item, coded, medml_version
+from medml.io.dicom import read_dataset, stack_geometry
 from medml.utils.files import atomic_path
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-CodeTuple = tuple[str, str, str]  # (code value, coding scheme designator, code meaning)
 
 # Common segmented property categories (SNOMED CT, from DICOM CID 7150).
 CATEGORY_ANATOMY: CodeTuple = ("91723000", "SCT", "Anatomical Structure")
@@ -38,8 +36,6 @@ CATEGORY_TISSUE: CodeTuple = ("85756007", "SCT", "Tissue")
 CATEGORY_MORPHOLOGY: CodeTuple = ("49755003", "SCT", "Morphologically Altered Structure")
 CATEGORY_DEVICE: CodeTuple = ("260787004", "SCT", "Physical object")
 CATEGORY_FINDING: CodeTuple = ("404684003", "SCT", "Clinical finding")
-
-MEDML_MANUFACTURER = "medml"
 
 
 @dataclass(frozen=True)
@@ -59,27 +55,6 @@ class SegmentSpec:
     category: CodeTuple
     property_type: CodeTuple
     color: tuple[int, int, int] | None = None
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("medml")
-    except Exception:  # not installed as a distribution (running from a checkout)
-        return "0.0.0"
-
-
-def _code(code: CodeTuple) -> Any:
-    from pydicom.sr.coding import Code
-
-    return Code(code[0], code[1], code[2])
-
-
-def _code_item(code: CodeTuple) -> Dataset:
-    item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
-    return item
 
 
 def _segments(masks: np.ndarray, table: Sequence[SegmentSpec] | Mapping[int, SegmentSpec]) -> list[SegmentSpec]:
@@ -144,7 +119,7 @@ def write_dicom_seg(
     if np.any(masks < 0) or not np.issubdtype(masks.dtype, np.integer):
         raise ValueError("masks must hold non-negative integer labels")
     specs = _segments(masks, segment_table)
-    version = algorithm_version or _version()
+    version = algorithm_version or medml_version()
     build = _seg_with_highdicom if _has_plane_geometry(sources) else _seg_without_geometry
     dataset = build(sources, masks, specs, series_description, algorithm_name, version, series_number)
     path = Path(path)
@@ -201,8 +176,8 @@ def _segment_descriptions(specs: list[SegmentSpec], algorithm: str, version: str
         hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=spec.name,
-            segmented_property_category=_code(spec.category),
-            segmented_property_type=_code(spec.property_type),
+            segmented_property_category=coded(spec.category),
+            segmented_property_type=coded(spec.property_type),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm_id,
             display_color=hd.color.CIELabColor.from_rgb(*spec.color[:3]) if spec.color else None,
@@ -314,8 +289,8 @@ def _seg_without_geometry(
     ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
 
     per_frame, planes = [], []
-    purpose = _code_item(("121322", "DCM", "Source image for image processing operation"))
-    derivation_code = _code_item(("113076", "DCM", "Segmentation"))
+    purpose = code_item(("121322", "DCM", "Source image for image processing operation"))
+    derivation_code = code_item(("113076", "DCM", "Segmentation"))
     for number, spec in enumerate(specs, start=1):
         for t in range(n_source_frames):
             src = first if single_object else sources[t]
@@ -360,8 +335,6 @@ def _seg_without_geometry(
 
 def source_datasets_in_volume_order(paths: Sequence[str | Path]) -> list[Dataset]:
     """Headers of a series' slice files sorted as `read_volume` sorts them (along the slice normal)."""
-    from medml.io.dicom import read_dataset, stack_geometry
-
     datasets = [read_dataset(p, stop_before_pixels=True) for p in paths]
     if len(datasets) == 1:
         return datasets
@@ -375,99 +348,3 @@ def source_datasets_in_volume_order(paths: Sequence[str | Path]) -> list[Dataset
         Path(paths[0]).parent,
     )
     return [datasets[i] for i in geometry.order]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Structured report
-# ----------------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Finding:
-    """One image- or study-level result: a coded finding, whether it is present, and the model's probability."""
-
-    concept: CodeTuple
-    present: bool
-    probability: float | None = None
-
-
-PRESENT: CodeTuple = ("52101004", "SCT", "Present")
-ABSENT: CodeTuple = ("2667000", "SCT", "Absent")
-
-
-def write_dicom_sr(
-    source: Sequence[Dataset] | Dataset,
-    findings: Sequence[Finding],
-    path: str | Path,
-    *,
-    algorithm_name: str = "medml",
-    algorithm_version: str | None = None,
-    procedure: CodeTuple = ("363679005", "SCT", "Imaging procedure"),
-    series_number: int = 902,
-) -> Path:
-    """Write a Comprehensive 3D SR (TID 1500 Measurement Report) with one qualitative evaluation per finding.
-
-    Args:
-        source: the datasets the findings were computed from (headers suffice); they become the SR's evidence
-            and the measurement group's source images.
-        findings: coded findings with present/absent and an optional probability (stored as a measurement with
-            UCUM unit ``1``).
-        path: output file.
-        algorithm_name, algorithm_version: the AI algorithm recorded in the measurement group.
-        procedure: the procedure reported (default SNOMED "Imaging procedure").
-        series_number: SeriesNumber of the SR series.
-    """
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-
-    sources = [source] if isinstance(source, Dataset) else list(source)
-    if not sources:
-        raise ValueError("write_dicom_sr needs at least one source dataset")
-    version = algorithm_version or _version()
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(), name=algorithm_name, manufacturer_name=MEDML_MANUFACTURER, model_name=algorithm_name
-        ),
-    )
-    context = hd.sr.ObservationContext(observer_person_context=None, observer_device_context=observer)
-    qualitative, measurements = [], []
-    for finding in findings:
-        qualitative.append(
-            hd.sr.QualitativeEvaluation(
-                name=_code(finding.concept), value=_code(PRESENT if finding.present else ABSENT)
-            )
-        )
-        if finding.probability is not None:
-            measurements.append(
-                hd.sr.Measurement(
-                    name=_code(finding.concept),
-                    value=float(finding.probability),
-                    unit=_code(("1", "UCUM", "no units")),
-                    algorithm_id=hd.sr.AlgorithmIdentification(name=algorithm_name, version=version),
-                )
-            )
-    source_images = [hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources if "Rows" in ds]
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="medml findings"),
-        algorithm_id=hd.sr.AlgorithmIdentification(name=algorithm_name, version=version),
-        qualitative_evaluations=qualitative or None,
-        measurements=measurements or None,
-        source_images=source_images or None,
-    )
-    report = hd.sr.MeasurementReport(
-        observation_context=context, procedure_reported=_code(procedure), imaging_measurements=[group]
-    )
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=sources,
-        content=report,
-        series_instance_uid=generate_uid(),
-        series_number=series_number,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer=MEDML_MANUFACTURER,
-        is_complete=True,
-        series_description=f"{algorithm_name} findings",
-    )
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        sr.save_as(tmp, enforce_file_format=True)
-    return path

@@ -13,9 +13,11 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from medml.errors import CorruptFileError
 from medml.io import dicom as dicom_module
 from medml.io import read_volume
 from medml.io.dicom import read_dicom_series
+from medml.io.dicom import series as series_module
 from medml.io.synthetic import write_ct_series
 
 from .conftest import OBLIQUE
@@ -95,7 +97,7 @@ VARIANTS: dict[str, tuple[dict, Callable[[Dataset, int], None] | None]] = {
 
 def _read_both(paths: list[Path], monkeypatch, require_one_series: bool = True) -> tuple:
     """(fast volume, pydicom volume, number of slices the fast path read in the last len(paths) attempts)."""
-    real = dicom_module._read_native_slice
+    real = dicom_module.native.read_native_slice
     taken = []
 
     def spy(*args, **kwargs):
@@ -104,10 +106,10 @@ def _read_both(paths: list[Path], monkeypatch, require_one_series: bool = True) 
         return header
 
     with monkeypatch.context() as patch:
-        patch.setattr(dicom_module, "_read_native_slice", spy)
+        patch.setattr(series_module, "read_native_slice", spy)
         fast = read_dicom_series(paths, require_one_series=require_one_series)
     with monkeypatch.context() as patch:
-        patch.setattr(dicom_module, "_read_native_slice", lambda *args, **kwargs: None)
+        patch.setattr(series_module, "read_native_slice", lambda *args, **kwargs: None)
         reference = read_dicom_series(paths, require_one_series=require_one_series)
     return fast, reference, sum(taken[-len(paths) :])
 
@@ -227,7 +229,7 @@ def test_truncated_pixel_data_still_names_the_file(tmp_path):
     paths = write_ct_series(tmp_path, shape=SHAPE, seed=4)
     data = paths[2].read_bytes()
     paths[2].write_bytes(data[:-7])
-    with pytest.raises(dicom_module.CorruptFileError) as info:
+    with pytest.raises(CorruptFileError) as info:
         read_dicom_series(paths)
     assert info.value.path == str(paths[2])
 
@@ -243,7 +245,7 @@ def test_header_walk_matches_pydicom_on_real_files():
     for path in files:
         ds = pydicom.dcmread(path)
         out = np.empty((int(ds.Rows), int(ds.Columns)), np.float32)
-        header = dicom_module._read_native_slice(path, out, None)
+        header = dicom_module.native.read_native_slice(path, out, None)
         if header is None:
             assert str(ds.file_meta.TransferSyntaxUID) not in dicom_module.NATIVE_LITTLE_ENDIAN or ds.get(
                 "NumberOfFrames", 1

@@ -225,14 +225,14 @@ def test_folder_path_single_pass_and_fallback_agree(tmp_path):
 
 
 def test_in_place_permutation_matches_fancy_indexing():
-    from medml.io.dicom import _permute_slices_in_place
+    from medml.io.dicom import permute_slices_in_place
 
     rng = np.random.default_rng(0)
     for n in (2, 5, 17):
         array = rng.integers(0, 1000, (n, 3, 4)).astype(np.int16)
         order = rng.permutation(n)
         expected = array[order]
-        _permute_slices_in_place(array, order)
+        permute_slices_in_place(array, order)
         np.testing.assert_array_equal(array, expected)
 
 

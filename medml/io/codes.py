@@ -1,0 +1,32 @@
+"""Coded concepts and the manufacturer identity shared by the DICOM objects medml writes (SEG, SR)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+CodeTuple = tuple[str, str, str]  # (code value, coding scheme designator, code meaning)
+
+MEDML_MANUFACTURER = "medml"
+
+
+def medml_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("medml")
+    except Exception:  # not installed as a distribution (running from a checkout)
+        return "0.0.0"
+
+
+def coded(code: CodeTuple) -> Any:
+    from pydicom.sr.coding import Code
+
+    return Code(code[0], code[1], code[2])
+
+
+def code_item(code: CodeTuple) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
+    return item

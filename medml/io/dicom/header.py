@@ -1,0 +1,197 @@
+"""Opening DICOM files and reading the header facts every reader needs (frames, size, UIDs, SOP class)."""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from medml.errors import AbsurdSizeError, CorruptFileError, ReadError, UnsupportedFormatError
+
+# Larger than any clinical object (a 4k x 4k mammogram, a 2048-slice CT, a 2000-frame cine); anything above is a
+# corrupt header, and allocating it would exhaust memory before the decoder could complain.
+MAX_ROWS_COLUMNS = 16384
+MAX_FRAMES = 20000
+MAX_VOXELS = 4 * 1024**3
+
+# Which package decodes which compressed transfer syntax (named in MissingDecoderError).
+DECODER_PACKAGES = {
+    "1.2.840.10008.1.2.4.50": "pylibjpeg-libjpeg (or python-gdcm)",
+    "1.2.840.10008.1.2.4.51": "pylibjpeg-libjpeg (or python-gdcm)",
+    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg (or python-gdcm)",
+    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg (or python-gdcm)",
+    "1.2.840.10008.1.2.4.80": "pyjpegls (or pylibjpeg-libjpeg)",
+    "1.2.840.10008.1.2.4.81": "pyjpegls (or pylibjpeg-libjpeg)",
+    "1.2.840.10008.1.2.4.90": "pylibjpeg-openjpeg (or python-gdcm)",
+    "1.2.840.10008.1.2.4.91": "pylibjpeg-openjpeg (or python-gdcm)",
+    "1.2.840.10008.1.2.4.201": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.202": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.203": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.5": "pylibjpeg-rle (or python-gdcm)",
+}
+NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+OTHER_NATIVE = {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}  # big endian, deflated: pydicom decodes both
+
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+DICOMDIR_STORAGE = "1.2.840.10008.1.3.10"
+
+
+VRS = {
+    b"AE",
+    b"AS",
+    b"AT",
+    b"CS",
+    b"DA",
+    b"DS",
+    b"DT",
+    b"FL",
+    b"FD",
+    b"IS",
+    b"LO",
+    b"LT",
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"PN",
+    b"SH",
+    b"SL",
+    b"SQ",
+    b"SS",
+    b"ST",
+    b"SV",
+    b"TM",
+    b"UC",
+    b"UI",
+    b"UL",
+    b"UN",
+    b"UR",
+    b"US",
+    b"UT",
+    b"UV",
+}
+
+
+def looks_like_raw_dataset(head: bytes) -> bool:
+    """True for a DICOM dataset written without preamble or meta header: it starts with a group 0008 element
+    whose VR (explicit) or length (implicit) is plausible, in either byte order."""
+    if len(head) < 12:
+        return False
+    for order in ("<", ">"):
+        group, element = struct.unpack(f"{order}HH", head[:4])
+        if group != 0x0008 or element == 0 or element > 0x1200:
+            continue
+        if head[4:6] in VRS:
+            return True
+        if struct.unpack(f"{order}I", head[4:8])[0] < 1024:  # implicit VR: a short first value
+            return True
+    return False
+
+
+def read_dataset(
+    path: str | Path, *, stop_before_pixels: bool = False, specific_tags: list[Any] | None = None
+) -> Dataset:
+    """Open a DICOM file (with or without preamble), turning every pydicom failure into a `ReadError`.
+
+    Args:
+        path: the file.
+        stop_before_pixels: parse the header only.
+        specific_tags: parse only these tags (faster header scans).
+
+    Raises:
+        UnsupportedFormatError: not DICOM.
+        CorruptFileError: truncated or malformed.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UnsupportedFormatError("a folder, not a DICOM file", path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+            has_preamble = head[128:132] == b"DICM"
+            force = not has_preamble and looks_like_raw_dataset(head)
+            if not has_preamble and not force:
+                raise UnsupportedFormatError("not a DICOM file (no DICM prefix, no DICOM tags)", path)
+            fh.seek(0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(
+                    fh, force=force, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags
+                )
+    except ReadError:
+        raise
+    except InvalidDicomError as exc:
+        raise UnsupportedFormatError(f"not a DICOM file ({exc})", path) from None
+    except (EOFError, struct.error, ValueError, KeyError, TypeError, IndexError, OverflowError, OSError) as exc:
+        raise CorruptFileError(f"truncated or malformed DICOM ({type(exc).__name__}: {exc})", path) from None
+    if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+        # Files without meta header: pydicom guessed the encoding while parsing; record it for the decoders.
+        ds.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
+        implicit, little = getattr(ds, "original_encoding", (True, True))
+        ds.file_meta.TransferSyntaxUID = (
+            (pydicom.uid.ImplicitVRLittleEndian if implicit else pydicom.uid.ExplicitVRLittleEndian)
+            if little is not False
+            else pydicom.uid.ExplicitVRBigEndian
+        )
+    return ds
+
+
+def transfer_syntax(ds: Dataset) -> str:
+    return str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "1.2.840.10008.1.2"))
+
+
+def has_pixel_data(ds: Dataset) -> bool:
+    return any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+
+
+def number_of_frames(ds: Dataset) -> int:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about malformed IS values such as '1A'
+            return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def check_dimensions(ds: Dataset, path: str | Path) -> tuple[int, int, int]:
+    """(frames, rows, columns), or `AbsurdSizeError` for dimensions no device produces."""
+    rows, cols, frames = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), number_of_frames(ds)
+    if not (0 < rows <= MAX_ROWS_COLUMNS and 0 < cols <= MAX_ROWS_COLUMNS and 0 < frames <= MAX_FRAMES):
+        raise AbsurdSizeError(f"implausible size: {frames} frames of {rows}x{cols}", path)
+    return frames, rows, cols
+
+
+def sop_class_name(ds: Dataset) -> str:
+    uid = ds.get("SOPClassUID") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+    return UID(str(uid)).name if uid else "unknown SOP class"
+
+
+UID_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+META_KEYS = ("Modality", "SeriesNumber", "SeriesDescription", "Manufacturer", "SOPClassUID", "BodyPartExamined")
+
+
+def common_meta(ds: Dataset) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for key in UID_KEYS + META_KEYS:
+        value = ds.get(key)
+        if value not in (None, ""):
+            meta[key] = str(value) if not isinstance(value, int | float) else value
+    return meta
+
+
+def float_values(value: Any) -> tuple[float, ...] | None:
+    if value is None or value == "":
+        return None
+    try:
+        values = value if isinstance(value, list | tuple | pydicom.multival.MultiValue) else [value]
+        return tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        return None
