@@ -60,3 +60,11 @@ class SignalError(ReadError):
 
 class AbsurdSizeError(ReadError):
     """Dimensions or values outside any plausible range for the modality."""
+
+
+class TooLargeError(AbsurdSizeError):
+    """A case whose decoded pixels or samples would need more memory than the budget (`medml.io.set_memory_budget`)."""
+
+
+class OutsideInputError(ReadError):
+    """A file named inside another file (a WFDB signal file, an MHD/NRRD data file) that lies outside its folder."""

@@ -6,6 +6,7 @@ study/series/instance UIDs); writers keep that geometry and reference the source
 
 from medml.io.commands import convert, format_inspect, inspect
 from medml.io.discover import discover
+from medml.io.guard import memory_budget, set_memory_budget
 from medml.io.image import default_palette, write_overlay_png, write_palette_png
 from medml.io.nifti import write_nifti
 from medml.io.readers import read_case, read_ecg, read_image, read_video, read_volume
@@ -30,12 +31,14 @@ __all__ = [
     "discover",
     "format_inspect",
     "inspect",
+    "memory_budget",
     "read_case",
     "read_ecg",
     "read_image",
     "read_video",
     "read_volume",
     "scrub_identifiers",
+    "set_memory_budget",
     "source_datasets_in_volume_order",
     "write_csv",
     "write_dicom_seg",

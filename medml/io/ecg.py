@@ -8,6 +8,7 @@ Goldberger's equations; any other missing lead, a NaN or a flat line is a `Signa
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from medml.errors import CorruptFileError, SignalError, UnsupportedFormatError
+from medml.io.dicom import common_meta, header_float, header_int, read_dataset
+from medml.io.guard import check_memory, contained, reading
 from medml.io.types import STANDARD_LEADS, EcgRecord
 
 # Lead codes: SCP-ECG (DICOM CID 3001) and ISO/IEEE 11073 MDC ("2:n" as DICOM writes them).
@@ -132,13 +135,39 @@ def read_wfdb(path: str | Path, *, derive_limb_leads: bool = True, check: bool =
         derive_limb_leads: compute missing III/aVR/aVL/aVF from I and II.
         check: reject NaN and flat leads.
     """
-    import wfdb
-
     path = Path(path)
     record_path = path.with_suffix("") if path.suffix.lower() in (".hea", ".dat") else path
     hea = record_path.with_suffix(".hea")
     if not hea.is_file():
         raise UnsupportedFormatError("no WFDB header (.hea) for this record", hea)
+    with reading(hea, "WFDB record"):
+        return _read_wfdb(record_path, hea, derive_limb_leads, check)
+
+
+def check_wfdb_header(record_path: Path, hea: Path) -> None:
+    """Before any sample is read: the signal files lie in the header's folder, the sampling rate is positive and
+    finite, and the samples fit the memory budget."""
+    import wfdb
+
+    try:
+        header = wfdb.rdheader(str(record_path))
+    except Exception as exc:  # wfdb raises ValueError, IndexError, ... on malformed headers
+        raise CorruptFileError(f"cannot read WFDB header ({type(exc).__name__}: {str(exc)[:200]})", hea) from None
+    for name in header.file_name or []:
+        if name and name != "~":  # "~": the signal is not stored in a file
+            contained(str(name), hea, "WFDB signal file")
+    fs = header.fs
+    if fs is None or not math.isfinite(float(fs)) or float(fs) <= 0:
+        raise SignalError(f"invalid sampling frequency {fs}", hea)
+    n_sig, sig_len = int(header.n_sig or 0), int(header.sig_len or 0)
+    # digital and physical copies of the samples (int + float64), then the float32 result
+    check_memory(n_sig * max(sig_len, 0) * 20, f"a WFDB record of {n_sig} signals x {sig_len} samples", hea)
+
+
+def _read_wfdb(record_path: Path, hea: Path, derive_limb_leads: bool, check: bool) -> EcgRecord:
+    import wfdb
+
+    check_wfdb_header(record_path, hea)
     try:
         record = wfdb.rdrecord(str(record_path))
     except FileNotFoundError as exc:
@@ -183,9 +212,12 @@ def _channel_unit_scale(channel: Any) -> float:
 
 def read_dicom_ecg(path: str | Path, *, derive_limb_leads: bool = True, check: bool = True) -> EcgRecord:
     """Read a DICOM waveform ECG (12-lead, general or ambulatory) from its rhythm multiplex group."""
-    from medml.io.dicom import common_meta, read_dataset
-
     path = Path(path)
+    with reading(path, "DICOM waveform"):
+        return _read_dicom_ecg(path, derive_limb_leads, check)
+
+
+def _read_dicom_ecg(path: Path, derive_limb_leads: bool, check: bool) -> EcgRecord:
     ds = read_dataset(path)
     groups = ds.get("WaveformSequence")
     if not groups:
@@ -200,6 +232,12 @@ def read_dicom_ecg(path: str | Path, *, derive_limb_leads: bool = True, check: b
     )
     index = order[0]
     group = groups[index]
+    samples = header_int(group, "NumberOfWaveformSamples", 0, path)
+    channels = header_int(group, "NumberOfWaveformChannels", 0, path)
+    check_memory(samples * channels * 16, f"a waveform of {channels} channels x {samples} samples", path)
+    fs = header_float(group.get("SamplingFrequency"), "SamplingFrequency", 0.0, path)
+    if fs <= 0:
+        raise SignalError(f"invalid sampling frequency {fs}", path)
     try:
         data = ds.waveform_array(index)  # (samples, channels) with sensitivity and baseline applied
     except Exception as exc:  # pydicom raises ValueError/AttributeError/KeyError on malformed waveform modules
@@ -209,7 +247,6 @@ def read_dicom_ecg(path: str | Path, *, derive_limb_leads: bool = True, check: b
         raise CorruptFileError(f"{data.shape[1]} waveform channels but {len(channels)} channel definitions", path)
     scale = np.array([_channel_unit_scale(ch) for ch in channels])
     names = [_channel_lead(ch) for ch in channels]
-    fs = float(group.get("SamplingFrequency", 0) or 0)
     signal, derived = assemble_leads(
         data.T * scale[:, None], names, fs, path, derive_limb_leads=derive_limb_leads, check=check
     )

@@ -6,13 +6,15 @@ PNG mask keeps its labels), RGB and RGBA stay HxWx3 / HxWx4. Pass ``rgb=True`` t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medml.errors import AbsurdSizeError, CorruptFileError
+from medml.errors import AbsurdSizeError, CorruptFileError, TooLargeError
+from medml.io.guard import check_memory, reading
 from medml.io.types import Image2D
 from medml.utils.files import atomic_path
 
@@ -60,9 +62,19 @@ def read_image_file(path: str | Path, *, rgb: bool = False) -> Image2D:
 
     path = Path(path)
     try:
-        with Image.open(path) as img:
-            if max(img.size) > MAX_SIDE:
-                raise AbsurdSizeError(f"implausible image size {img.size}", path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img_file = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses above twice Image.MAX_IMAGE_PIXELS (about 179 megapixels) before decoding anything.
+        raise TooLargeError(f"image too large to decode ({exc})", path) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise CorruptFileError(f"cannot read image ({exc})", path) from None
+    with reading(path, "image"), img_file as img:
+        if max(img.size) > MAX_SIDE or min(img.size) <= 0:
+            raise AbsurdSizeError(f"implausible image size {img.size}", path)
+        check_memory(decoded_image_bytes(img, rgb), f"an image of {img.size[0]}x{img.size[1]} {img.mode}", path)
+        try:
             mode = img.mode
             if img.format == "JPEG":
                 img = ImageOps.exif_transpose(img)  # cameras store rotation in EXIF; apply it as viewers do
@@ -83,14 +95,21 @@ def read_image_file(path: str | Path, *, rgb: bool = False) -> Image2D:
             else:
                 array = np.asarray(img.convert("RGB"))
             dpi = img.info.get("dpi")
-    except AbsurdSizeError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise CorruptFileError(f"cannot read image ({exc})", path) from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            raise CorruptFileError(f"cannot read image ({exc})", path) from None
     spacing = None
     if dpi and all(float(d) > 1 for d in dpi[:2]):
         spacing = (25.4 / float(dpi[1]), 25.4 / float(dpi[0]))  # mm per pixel (row, column)
     return Image2D(np.ascontiguousarray(array), spacing, meta)
+
+
+def decoded_image_bytes(img: Any, rgb: bool = False) -> int:
+    """Bytes of the decoded array of a Pillow image, from its header (size and mode) alone, with one working copy
+    (mode conversions and ``np.asarray`` copy the pixels once)."""
+    width, height = img.size
+    bands = 3 if rgb else max(1, len(img.getbands()))
+    item = 4 if img.mode in ("I", "F") else 2 if img.mode.startswith("I;16") else 1
+    return 2 * width * height * bands * item
 
 
 def write_palette_png(mask: np.ndarray, palette: Palette | None, path: str | Path) -> Path:

@@ -12,28 +12,48 @@ from typing import Any
 
 import numpy as np
 
-from medml.errors import AbsurdSizeError, CorruptFileError, UnsupportedFormatError
+from medml.errors import AbsurdSizeError, CorruptFileError, GeometryError, UnsupportedFormatError
 from medml.io.dicom import MAX_VOXELS
+from medml.io.guard import check_compressed_size, check_memory, contained, reading
 from medml.io.types import Volume
 from medml.utils.files import atomic_path
 
 
 def read_nifti(path: str | Path) -> Volume:
-    """Read a 2D or 3D NIfTI-1/2 file (``.nii``, ``.nii.gz``, ``.hdr/.img``); scaling (scl_slope/inter) applied."""
+    """Read a 2D or 3D NIfTI-1/2 file (``.nii``, ``.nii.gz``, ``.hdr/.img``); scaling (scl_slope/inter) applied.
+
+    The header is checked before any voxel is read: no voxels, a size above the memory budget, or a data file
+    shorter than the header promises (a gzip stream included, by deflate's maximal ratio) is refused.
+    """
+    path = Path(path)
+    with reading(path, "NIfTI"):
+        return _read_nifti(path)
+
+
+def _read_nifti(path: Path) -> Volume:
     import nibabel as nib
 
-    path = Path(path)
     try:
         img = nib.load(str(path))
-        if getattr(img, "affine", None) is None:
-            raise UnsupportedFormatError(f"a {type(img).__name__} without a spatial affine (CIFTI?)", path)
-        shape = tuple(int(s) for s in img.shape)
-        if int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
-            raise AbsurdSizeError(f"implausible NIfTI size {shape}", path)
-        data = np.asanyarray(img.dataobj)
-    except (AbsurdSizeError, UnsupportedFormatError):
-        raise
     except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, ValueError)
+        raise CorruptFileError(f"cannot read NIfTI ({type(exc).__name__}: {str(exc)[:200]})", path) from None
+    if getattr(img, "affine", None) is None:
+        raise UnsupportedFormatError(f"a {type(img).__name__} without a spatial affine (CIFTI?)", path)
+    header = img.header
+    shape = tuple(int(s) for s in img.shape)
+    voxels = int(np.prod(shape, dtype=np.int64))
+    if voxels == 0:
+        raise CorruptFileError(f"NIfTI without voxels (shape {shape})", path)
+    if voxels > MAX_VOXELS:
+        raise AbsurdSizeError(f"implausible NIfTI size {shape}", path)
+    stored = voxels * header.get_data_dtype().itemsize
+    slope, inter = header.get_slope_inter()
+    scaled = (slope not in (None, 1.0)) or (inter not in (None, 0.0))
+    check_memory(voxels * 8 if scaled else stored, f"a NIfTI of {shape} {header.get_data_dtype()}", path)
+    _check_data_length(img, stored, path)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:
         raise CorruptFileError(f"cannot read NIfTI ({type(exc).__name__}: {str(exc)[:200]})", path) from None
     if not data.dtype.isnative:
         data = data.astype(data.dtype.newbyteorder("="))  # torch and most consumers need native byte order
@@ -43,7 +63,6 @@ def read_nifti(path: str | Path) -> Volume:
         data = data[:, :, None]
     if data.ndim != 3:
         raise UnsupportedFormatError(f"a {data.ndim}D NIfTI {data.shape}; medml reads 2D and 3D images", path)
-    header = img.header
     meta: dict[str, Any] = {"source": str(path)}
     for key in ("qform_code", "sform_code"):
         try:
@@ -51,24 +70,66 @@ def read_nifti(path: str | Path) -> Volume:
         except (KeyError, ValueError, TypeError):
             pass
     # nibabel indexes (i, j, k) = (x, y, z); medml arrays are (z, y, x) like SimpleITK's.
-    return Volume.from_affine(np.ascontiguousarray(data.transpose(2, 1, 0)), img.affine, meta)
+    volume = Volume.from_affine(np.ascontiguousarray(data.transpose(2, 1, 0)), img.affine, meta)
+    check_volume_geometry(volume, path)
+    return volume
+
+
+def _check_data_length(img: Any, stored: int, path: Path) -> None:
+    """Refuse a NIfTI whose (possibly gzipped) data file is shorter than its header promises, before reading it."""
+    try:
+        data_file = Path(img.file_map["image"].filename)
+        offset = int(img.header.get_data_offset())
+        size = data_file.stat().st_size
+    except (KeyError, TypeError, ValueError, OSError):
+        return  # nibabel reports what it cannot open
+    needed = offset + stored
+    if data_file.name.lower().endswith(".gz"):
+        check_compressed_size(size, needed, path)
+    elif size < needed:
+        raise CorruptFileError(f"truncated: {size} bytes where the header promises {needed}", path)
+
+
+def check_volume_geometry(volume: Volume, path: str | Path) -> None:
+    """`GeometryError` for zero, negative or non-finite spacing, or a non-finite origin or direction."""
+    spacing = np.asarray(volume.spacing, float)
+    if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
+        raise GeometryError(f"voxel spacing {tuple(float(s) for s in spacing)} is not positive and finite", path)
+    if not (np.all(np.isfinite(volume.origin)) and np.all(np.isfinite(volume.direction))):
+        raise GeometryError("origin or orientation is not finite (NaN in the affine?)", path)
 
 
 def read_itk_image(path: str | Path) -> Volume:
-    """Read MHA/MHD/NRRD (or anything SimpleITK reads) into a `Volume`."""
+    """Read MHA/MHD/NRRD (or anything SimpleITK reads) into a `Volume`.
+
+    Data files named by the header (MetaImage ``ElementDataFile``, NRRD ``data file``) must lie in the header's
+    folder; the size is checked against the memory budget before the pixels are read.
+    """
+    path = Path(path)
+    with reading(path, "image"):
+        return _read_itk_image(path)
+
+
+def _read_itk_image(path: Path) -> Volume:
     import SimpleITK as sitk
 
-    path = Path(path)
+    for name in referenced_data_files(path):
+        contained(name, path, "data file")
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         reader.ReadImageInformation()
         size = reader.GetSize()
-        if int(np.prod(size, dtype=np.int64)) * max(1, reader.GetNumberOfComponents()) > MAX_VOXELS:
+        components = max(1, reader.GetNumberOfComponents())
+        voxels = int(np.prod(size, dtype=np.int64))
+        if voxels == 0:
+            raise CorruptFileError(f"image without voxels (size {size})", path)
+        if voxels * components > MAX_VOXELS:
             raise AbsurdSizeError(f"implausible image size {size}", path)
+        probe = sitk.Image([1] * len(size), reader.GetPixelID(), components)
+        itemsize = sitk.GetArrayViewFromImage(probe).itemsize
+        check_memory(voxels * components * itemsize, f"an image of {size}", path)
         image = reader.Execute()
-    except AbsurdSizeError:
-        raise
     except RuntimeError as exc:
         first = [ln for ln in str(exc).splitlines() if ln.strip()]
         raise CorruptFileError(f"cannot read image ({first[-1][:200] if first else 'SimpleITK error'})", path) from None
@@ -88,7 +149,43 @@ def read_itk_image(path: str | Path) -> Volume:
     for key in reader.GetMetaDataKeys():
         if key.startswith(("ITK_", "NRRD_", "Modality")):
             meta[key] = reader.GetMetaData(key)
-    return Volume(array, tuple(map(float, spacing)), tuple(map(float, origin)), direction, meta)
+    volume = Volume(array, tuple(map(float, spacing)), tuple(map(float, origin)), direction, meta)
+    check_volume_geometry(volume, path)
+    return volume
+
+
+# Header keys naming the data file: MetaImage (``ElementDataFile = name``), NRRD detached headers (``data file: name``).
+_DATA_FILE_KEYS = {"elementdatafile": "=", "data file": ":", "datafile": ":"}
+
+
+def referenced_data_files(path: str | Path) -> list[str]:
+    """The data file names a MetaImage or NRRD header gives (LIST entries and %d patterns included, as written)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+    except OSError:
+        return []
+    if not (head.startswith(b"NRRD") or b"ElementDataFile" in head or b"ObjectType" in head):
+        return []
+    text = head.split(b"\n\n", 1)[0] if head.startswith(b"NRRD") else head
+    lines = text.decode("latin-1", "replace").splitlines()
+    names: list[str] = []
+    for index, line in enumerate(lines):
+        for key, sep in _DATA_FILE_KEYS.items():
+            name, found, value = line.partition(sep)
+            if not found or name.strip().lower() != key:
+                continue
+            value = value.strip()
+            if value.upper() == "LOCAL":
+                return names
+            if value.upper().startswith("LIST"):
+                return names + [ln.strip() for ln in lines[index + 1 :] if ln.strip()]
+            fields = value.split()
+            # "pattern %03d.raw 1 10 1": the folder part of the pattern is what must stay inside
+            names.append(fields[0] if "%" in value and len(fields) >= 2 else value)
+            return names
+    return names
 
 
 def write_nifti(

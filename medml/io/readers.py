@@ -6,15 +6,34 @@ cases the reader refuses to guess and names them; pass the `Case` from `discover
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from medml.errors import GeometryError, MedmlError, ReadError, UnsupportedFormatError
+from medml.io.guard import reading
 from medml.io.types import Case, EcgRecord, Image2D, Video, Volume
+
+T = TypeVar("T")
 
 VOLUME_KINDS = ("dicom_series", "dicom_multiframe", "nifti", "mha", "nrrd")
 IMAGE_KINDS = ("dicom_image", "image", "dicom_multiframe")
 VIDEO_KINDS = ("dicom_multiframe", "video", "frames", "dicom_image")
 ECG_KINDS = ("wfdb", "dicom_ecg")
+
+
+def _guarded(reader: Callable[..., T]) -> Callable[..., T]:
+    """Any exception from a third-party library while finding or reading the case becomes a one-line `ReadError`
+    naming the input (medml's own errors pass through); the exception's type name stays in the reason."""
+
+    @functools.wraps(reader)
+    def guarded(case_or_path: Case | str | Path, *args: Any, **kwargs: Any) -> T:
+        where = case_or_path.path if isinstance(case_or_path, Case) else case_or_path
+        with reading(where, "input"):
+            return reader(case_or_path, *args, **kwargs)
+
+    return guarded
 
 
 def case_for_path(path: str | Path, wanted: tuple[str, ...] = ()) -> Case:
@@ -69,6 +88,7 @@ def _case(case_or_path: Case | str | Path, wanted: tuple[str, ...]) -> Case:
     return case_or_path if isinstance(case_or_path, Case) else case_for_path(case_or_path, wanted)
 
 
+@_guarded
 def read_volume(case_or_path: Case | str | Path, *, strict: bool = False, workers: int | None = None) -> Volume:
     """A 3D volume from a DICOM series, an enhanced multi-frame DICOM, NIfTI, MHA/MHD or NRRD.
 
@@ -121,6 +141,7 @@ def _read_plain_series_folder(folder: Path, strict: bool, workers: int | None) -
         return None
 
 
+@_guarded
 def read_image(case_or_path: Case | str | Path, *, voi: bool = False, rgb: bool = False, frame: int = 0) -> Image2D:
     """A 2D image from a DICOM file (DX/CR/photograph/one slice; ``frame`` of a multi-frame) or PNG/JPEG/BMP/TIFF.
 
@@ -147,6 +168,7 @@ def read_image(case_or_path: Case | str | Path, *, voi: bool = False, rgb: bool 
     raise UnsupportedFormatError(f"a {case.kind} case is not a 2D image", case.path)
 
 
+@_guarded
 def read_video(case_or_path: Case | str | Path, *, fps: float | None = None, voi: bool = False) -> Video:
     """Frames and frame times from a DICOM cine (XA/XRF/US), a video file or a folder of numbered frames.
 
@@ -171,6 +193,7 @@ def read_video(case_or_path: Case | str | Path, *, fps: float | None = None, voi
     raise UnsupportedFormatError(f"a {case.kind} case is not a video", case.path)
 
 
+@_guarded
 def read_ecg(case_or_path: Case | str | Path, *, derive_limb_leads: bool = True, check: bool = True) -> EcgRecord:
     """A 12-lead ECG from a WFDB record or a DICOM waveform, as (12, n) float32 mV in the standard lead order.
 
@@ -191,6 +214,7 @@ def read_ecg(case_or_path: Case | str | Path, *, derive_limb_leads: bool = True,
     raise UnsupportedFormatError(f"a {case.kind} case is not an ECG", case.path)
 
 
+@_guarded
 def read_case(case: Case) -> Volume | Image2D | Video | EcgRecord:
     """Read a case with the reader its kind implies (volumes for series, videos for multi-frame, ...)."""
     if case.kind in ECG_KINDS:

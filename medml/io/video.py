@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from medml.errors import AbsurdSizeError, CorruptFileError
+from medml.io.guard import check_memory, reading
 from medml.io.image import Palette, overlay, read_image_file
 from medml.io.types import Video
 from medml.utils.files import atomic_path
@@ -34,6 +36,11 @@ def read_video_file(path: str | Path, *, keep_rgb: bool = False) -> Video:
         keep_rgb: return (T, H, W, 3) even when the three channels are equal.
     """
     path = Path(path)
+    with reading(path, "video"):
+        return _read_video_file(path, keep_rgb)
+
+
+def _read_video_file(path: Path, keep_rgb: bool) -> Video:
     with open(path, "rb") as fh:
         is_gif = fh.read(4) == b"GIF8"
     if is_gif:
@@ -45,11 +52,21 @@ def read_video_file(path: str | Path, *, keep_rgb: bool = False) -> Video:
         if not capture.isOpened():
             raise CorruptFileError("cannot open video (unsupported codec or damaged file)", path)
         fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
-        frames, times = [], []
+        if not math.isfinite(fps):
+            fps = 0.0
+        width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        # Frames are kept in a list and then stacked: twice the decoded size at the peak.
+        frame_bytes = 2 * max(width, 1) * max(height, 1) * 3
+        if declared > 0:
+            check_memory(declared * frame_bytes, f"a video of {declared} frames of {width}x{height} RGB", path)
+        frames, times, total = [], [], 0
         while True:
             ok, frame = capture.read()
             if not ok:
                 break
+            total += 2 * frame.nbytes  # the container's frame count may lie: count what is decoded
+            check_memory(total, f"a video of more than {len(frames)} frames of {frame.shape[1]}x{frame.shape[0]}", path)
             times.append(float(capture.get(cv2.CAP_PROP_POS_MSEC)))
             frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
             if len(frames) > MAX_VIDEO_FRAMES:
@@ -71,12 +88,17 @@ def _read_gif(path: Path, keep_rgb: bool) -> Video:
 
     try:
         with Image.open(path) as img:
+            n = int(getattr(img, "n_frames", 1) or 1)
+            check_memory(2 * n * img.size[0] * img.size[1] * 3, f"a GIF of {n} frames of {img.size}", path)
             durations, frames = [], []
             for frame in ImageSequence.Iterator(img):
                 durations.append(float(frame.info.get("duration", 100) or 100))
                 frames.append(np.asarray(frame.convert("RGB")))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise CorruptFileError(f"cannot read GIF ({exc})", path) from None
+    if not frames:
+        raise CorruptFileError("GIF has no frames", path)
+    durations = [d if math.isfinite(d) and d > 0 else 100.0 for d in durations]
     stack = np.stack(frames)
     times = np.concatenate([[0.0], np.cumsum(durations[:-1])])
     fps = 1000.0 / float(np.mean(durations))
@@ -93,7 +115,13 @@ def read_frame_folder(paths: Sequence[str | Path], fps: float | None = None, *, 
         keep_rgb: keep three equal channels instead of returning grey frames.
     """
     paths = [Path(p) for p in paths]
-    frames = [read_image_file(p, rgb=True).array for p in paths]
+    if not paths:
+        raise CorruptFileError("no frames", None)
+    first = read_image_file(paths[0], rgb=True).array
+    check_memory(
+        2 * len(paths) * first.nbytes, f"{len(paths)} frames of {first.shape[1]}x{first.shape[0]}", paths[0].parent
+    )
+    frames = [first] + [read_image_file(p, rgb=True).array for p in paths[1:]]
     shapes = {f.shape for f in frames}
     if len(shapes) > 1:
         raise CorruptFileError(f"frames of different sizes {sorted(shapes)}", paths[0].parent)

@@ -45,10 +45,24 @@ def stack_geometry(
     Raises:
         GeometryError: fewer than two slices, duplicate positions (or any problem if ``strict``).
     """
-    positions = np.asarray(positions, float)
+    try:
+        positions = np.asarray(positions, float)
+    except (TypeError, ValueError):
+        raise GeometryError("ImagePositionPatient must hold 3 numbers in every slice", path) from None
     n = len(positions)
     if n < 2:
         raise GeometryError(f"series has {n} slice; a volume needs at least 2", path)
+    if positions.shape != (n, 3) or not np.all(np.isfinite(positions)):
+        raise GeometryError("ImagePositionPatient must hold 3 finite numbers in every slice", path)
+    if orientation is None or len(orientation) != 6 or not np.all(np.isfinite(np.asarray(orientation, float))):
+        count = 0 if orientation is None else len(orientation)
+        raise GeometryError(f"ImageOrientationPatient must hold 6 finite numbers (found {count} values)", path)
+    if (
+        pixel_spacing is None
+        or len(pixel_spacing) < 2
+        or not all(math.isfinite(float(s)) and float(s) > 0 for s in pixel_spacing[:2])
+    ):
+        raise GeometryError(f"PixelSpacing must be two positive numbers, not {tuple(pixel_spacing or ())}", path)
     row, col = np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float)
     normal = np.cross(row, col)
     if not math.isclose(np.linalg.norm(normal), 1.0, abs_tol=1e-3):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 import warnings
 from pathlib import Path
@@ -13,6 +14,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from medml.errors import AbsurdSizeError, CorruptFileError, ReadError, UnsupportedFormatError
+from medml.io.guard import check_memory
 
 # Larger than any clinical object (a 4k x 4k mammogram, a 2048-slice CT, a 2000-frame cine); anything above is a
 # corrupt header, and allocating it would exhaust memory before the decoder could complain.
@@ -131,7 +133,10 @@ def read_dataset(
     except InvalidDicomError as exc:
         raise UnsupportedFormatError(f"not a DICOM file ({exc})", path) from None
     except (EOFError, struct.error, ValueError, KeyError, TypeError, IndexError, OverflowError, OSError) as exc:
-        raise CorruptFileError(f"truncated or malformed DICOM ({type(exc).__name__}: {exc})", path) from None
+        message = " ".join(str(exc).split())[:200]
+        raise CorruptFileError(f"truncated or malformed DICOM ({type(exc).__name__}: {message})", path) from None
+    except RecursionError:
+        raise CorruptFileError("malformed DICOM: sequences nested too deeply (RecursionError)", path) from None
     if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
         # Files without meta header: pydicom guessed the encoding while parsing; record it for the decoders.
         ds.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
@@ -161,12 +166,49 @@ def number_of_frames(ds: Dataset) -> int:
         return 1
 
 
+def header_int(ds: Dataset, key: str, default: int, path: str | Path | None = None) -> int:
+    """An integer tag that must hold one value (Rows, Columns, BitsAllocated, ...); `CorruptFileError` otherwise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = ds.get(key, default)
+    if value is None or value == "":
+        return default
+    if isinstance(value, list | tuple | pydicom.multival.MultiValue):
+        if len(value) != 1:
+            raise CorruptFileError(f"{key} holds {len(value)} values; it must hold one", path)
+        value = value[0]
+    try:
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError
+        return int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise CorruptFileError(f"{key} {str(value)[:40]!r} is not an integer", path) from None
+
+
 def check_dimensions(ds: Dataset, path: str | Path) -> tuple[int, int, int]:
     """(frames, rows, columns), or `AbsurdSizeError` for dimensions no device produces."""
-    rows, cols, frames = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), number_of_frames(ds)
+    rows, cols, frames = header_int(ds, "Rows", 0, path), header_int(ds, "Columns", 0, path), number_of_frames(ds)
     if not (0 < rows <= MAX_ROWS_COLUMNS and 0 < cols <= MAX_ROWS_COLUMNS and 0 < frames <= MAX_FRAMES):
         raise AbsurdSizeError(f"implausible size: {frames} frames of {rows}x{cols}", path)
     return frames, rows, cols
+
+
+def check_decoded_size(ds: Dataset, path: str | Path) -> int:
+    """Refuse (`TooLargeError`) pixel data whose decoded array would exceed the memory budget; return its bytes.
+
+    Estimated from the header alone (frames x rows x columns x samples x bytes per sample), so a compressed file
+    whose header asks for terabytes is refused before any decoder allocates. Palette colour counts as 16-bit RGB.
+    """
+    frames, rows, cols = check_dimensions(ds, path)
+    samples = max(1, header_int(ds, "SamplesPerPixel", 1, path))
+    bits = max(1, header_int(ds, "BitsAllocated", 16, path))
+    item = max(1, (bits + 7) // 8)
+    if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
+        samples, item = 3, max(item, 2)
+    nbytes = frames * rows * cols * samples * item
+    check_memory(nbytes, f"{frames} frame(s) of {rows}x{cols}x{samples} at {8 * item} bits", path)
+    return nbytes
 
 
 def sop_class_name(ds: Dataset) -> str:
@@ -185,6 +227,23 @@ def common_meta(ds: Dataset) -> dict[str, Any]:
         if value not in (None, ""):
             meta[key] = str(value) if not isinstance(value, int | float) else value
     return meta
+
+
+def header_float(value: Any, key: str, default: float, path: str | Path | None = None) -> float:
+    """A one-valued decimal tag (RescaleSlope, FrameTime, ...) as a finite float; `CorruptFileError` otherwise."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, list | tuple | pydicom.multival.MultiValue):
+        if len(value) != 1:
+            raise CorruptFileError(f"{key} holds {len(value)} values; it must hold one", path)
+        value = value[0]
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise CorruptFileError(f"{key} {str(value)[:40]!r} is not a number", path) from None
+    if not math.isfinite(number):
+        raise CorruptFileError(f"{key} is {number}", path)
+    return number
 
 
 def float_values(value: Any) -> tuple[float, ...] | None:

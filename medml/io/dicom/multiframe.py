@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from medml.errors import GeometryError, UnsupportedFormatError
+from medml.errors import CorruptFileError, GeometryError, UnsupportedFormatError
 from medml.io.dicom.geometry import stack_geometry
-from medml.io.dicom.header import common_meta, float_values, number_of_frames, read_dataset
+from medml.io.dicom.header import common_meta, float_values, header_float, number_of_frames, read_dataset
 from medml.io.dicom.pixels import (
     apply_rescale,
     decode_pixels,
@@ -45,12 +45,14 @@ def is_enhanced_volume(ds: Dataset) -> bool:
 def _grid_frame_positions(ds: Dataset, path: str | Path) -> np.ndarray:
     """Frame positions of a GridFrameOffsetVector stack: offsets along the normal from the first frame (PS3.3
     C.8.8.3.2; the absolute form, whose first offset equals the z of ImagePositionPatient, reduces to the same)."""
-    offsets = np.asarray([float(v) for v in ds.GridFrameOffsetVector])
+    offsets = np.asarray(float_values(ds.GridFrameOffsetVector) or (), float)
     if len(offsets) != number_of_frames(ds):
         raise GeometryError(f"{len(offsets)} grid frame offsets for {number_of_frames(ds)} frames", path)
-    orientation = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+    orientation = np.asarray(float_values(ds.ImageOrientationPatient) or (), float)
+    origin = np.asarray(float_values(ds.ImagePositionPatient) or (), float)
+    if orientation.shape != (6,) or origin.shape != (3,) or not np.all(np.isfinite(offsets)):
+        raise GeometryError("grid stack needs 6 orientation values, 3 position values and finite offsets", path)
     normal = np.cross(orientation[:3], orientation[3:])
-    origin = np.asarray([float(v) for v in ds.ImagePositionPatient])
     return origin + (offsets - offsets[0])[:, None] * normal
 
 
@@ -71,7 +73,10 @@ def read_multiframe_volume(path: str | Path, *, strict: bool = False, ds: Datase
         if pvt is None:
             slopes.append((1.0, 0.0))
         else:
-            slopes.append((float(pvt.get("RescaleSlope", 1)), float(pvt.get("RescaleIntercept", 0))))
+            slope = header_float(pvt.get("RescaleSlope"), "RescaleSlope", 1.0, path)
+            if slope == 0:
+                raise CorruptFileError(f"RescaleSlope of frame {i + 1} is 0", path)
+            slopes.append((slope, header_float(pvt.get("RescaleIntercept"), "RescaleIntercept", 0.0, path)))
     orient = _frame_group(ds, 0, "PlaneOrientationSequence")
     measures = _frame_group(ds, 0, "PixelMeasuresSequence")
     if orient is None or any(p is None for p in positions):
@@ -114,5 +119,5 @@ def _read_grid_stack(ds: Dataset, path: Path, strict: bool) -> Volume:
     meta["frame_numbers"] = [int(i) + 1 for i in geometry.order]
     meta["n_files"] = 1
     if "DoseGridScaling" in ds:
-        meta["DoseGridScaling"] = float(ds.DoseGridScaling)
+        meta["DoseGridScaling"] = header_float(ds.DoseGridScaling, "DoseGridScaling", 1.0, path)
     return Volume(volume, geometry.spacing, geometry.origin, geometry.direction, meta, geometry.warnings)

@@ -22,8 +22,10 @@ from medml.io.dicom.header import (
     DECODER_PACKAGES,
     NATIVE_LITTLE_ENDIAN,
     OTHER_NATIVE,
-    check_dimensions,
+    check_decoded_size,
     has_pixel_data,
+    header_float,
+    header_int,
     number_of_frames,
     sop_class_name,
     transfer_syntax,
@@ -32,11 +34,12 @@ from medml.io.dicom.header import (
 
 def _fix_unused_bits(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     """Mask the high bits above BitsStored (overlays live there in old files) and sign-extend signed data."""
-    bits_alloc, bits_stored = int(ds.get("BitsAllocated", 16)), int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    bits_alloc = header_int(ds, "BitsAllocated", 16)
+    bits_stored = header_int(ds, "BitsStored", bits_alloc)
     if arr.dtype.kind not in "iu" or bits_stored >= bits_alloc or bits_stored <= 0:
         return arr
     shift = arr.dtype.itemsize * 8 - bits_stored
-    if int(ds.get("PixelRepresentation", 0)) == 1:
+    if header_int(ds, "PixelRepresentation", 0) == 1:
         signed = arr.view(arr.dtype.str.replace("u", "i"))
         return (signed << shift) >> shift
     return arr & np.array((1 << bits_stored) - 1, dtype=arr.dtype)
@@ -77,7 +80,7 @@ def decode_into(
         if raw.shape != out.shape:
             raise GeometryError(f"frame shape {raw.shape} does not match {out.shape}", path)
         bits_alloc = raw.dtype.itemsize * 8
-        bits_stored = int(ds.get("BitsStored", bits_alloc))
+        bits_stored = header_int(ds, "BitsStored", bits_alloc, path)
         if bits_stored < bits_alloc and raw.dtype.kind == "u":
             np.bitwise_and(raw, raw.dtype.type((1 << bits_stored) - 1), out=out, casting="unsafe")
         elif bits_stored < bits_alloc:
@@ -102,7 +105,7 @@ def decode_pixels(ds: Dataset, path: str | Path) -> np.ndarray:
     """
     if not has_pixel_data(ds):
         raise UnsupportedFormatError(f"no pixel data ({sop_class_name(ds)})", path)
-    check_dimensions(ds, path)
+    check_decoded_size(ds, path)
     native = _native_frame(ds, path)
     if native is not None:
         return native
@@ -143,13 +146,18 @@ def rescale_params(ds: Dataset) -> tuple[float, float]:
         if "PixelValueTransformationSequence" in group:
             pvt = group.PixelValueTransformationSequence[0]
             slope, intercept = pvt.get("RescaleSlope"), pvt.get("RescaleIntercept")
-    return float(slope if slope not in (None, "") else 1.0), float(intercept if intercept not in (None, "") else 0.0)
+    slope_value = header_float(slope, "RescaleSlope", 1.0)
+    if slope_value == 0:
+        raise CorruptFileError("RescaleSlope is 0 (every pixel would get the same value)")
+    return slope_value, header_float(intercept, "RescaleIntercept", 0.0)
 
 
 def pixel_format(ds: Dataset) -> tuple[int, bool]:
     """(BitsStored, signed) of a dataset's stored grey values."""
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16)
-    return bits, int(ds.get("PixelRepresentation", 0)) == 1
+    bits = header_int(ds, "BitsStored", header_int(ds, "BitsAllocated", 16)) or 16
+    if not 0 < bits <= 32:
+        raise CorruptFileError(f"BitsStored {bits} is outside 1..32")
+    return bits, header_int(ds, "PixelRepresentation", 0) == 1
 
 
 def rescaled_range(bits_stored: int, signed: bool, slope: float, intercept: float) -> tuple[float, float]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
 
 from medml.errors import CorruptFileError, ReadError
-from medml.io.dicom.header import common_meta, float_values, number_of_frames, read_dataset
-from medml.io.dicom.pixels import decode_pixels, rescale_params
+from medml.io.dicom.header import common_meta, float_values, header_int, number_of_frames, read_dataset
+from medml.io.dicom.pixels import decode_pixels, pixel_format, rescale_params
+from medml.io.guard import reading
 from medml.io.types import Image2D, Video
 
 
@@ -18,22 +20,39 @@ def frame_times_ms(ds: Dataset, n: int) -> tuple[np.ndarray, float, bool]:
 
     Uses FrameTimeVector (increments, first entry 0), FrameTime, CineRate or RecommendedDisplayFrameRate, in that
     order; without any of them 1 frame per second is assumed (and reported as not from the file).
+    A value that is not a positive finite number (text, NaN, 0) counts as absent, so the next source is used.
     """
-    vector = ds.get("FrameTimeVector")
-    if vector is not None and len(vector) == n:
-        increments = np.asarray([float(v) for v in vector])
+    vector = float_values(ds.get("FrameTimeVector"))
+    if vector is not None and len(vector) == n and np.all(np.isfinite(vector)) and min(vector[1:], default=0) >= 0:
+        increments = np.asarray(vector)
         times = np.cumsum(increments) - increments[0]
         mean = float(np.mean(increments[1:])) if n > 1 else 0.0
         return times, (1000.0 / mean if mean > 0 else 0.0), True
-    frame_time = ds.get("FrameTime")
-    if frame_time not in (None, "") and float(frame_time) > 0:
-        ft = float(frame_time)
-        return np.arange(n) * ft, 1000.0 / ft, True
+    frame_time = _positive(ds.get("FrameTime"))
+    if frame_time is not None:
+        return np.arange(n) * frame_time, 1000.0 / frame_time, True
     for key in ("CineRate", "RecommendedDisplayFrameRate"):
-        rate = ds.get(key)
-        if rate not in (None, "") and float(rate) > 0:
-            return np.arange(n) * 1000.0 / float(rate), float(rate), True
+        rate = _positive(ds.get(key))
+        if rate is not None:
+            return np.arange(n) * 1000.0 / rate, rate, True
     return np.arange(n) * 1000.0, 1.0, False
+
+
+def _positive(value: object) -> float | None:
+    """A one-valued tag as a positive finite float, or None."""
+    values = float_values(value)
+    if values is None or len(values) != 1 or not math.isfinite(values[0]) or values[0] <= 0:
+        return None
+    return values[0]
+
+
+def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+    """(row, column) mm from PixelSpacing or ImagerPixelSpacing; None when absent or not two positive numbers."""
+    for key in ("PixelSpacing", "ImagerPixelSpacing"):
+        values = float_values(ds.get(key))
+        if values and len(values) >= 2 and all(math.isfinite(v) and v > 0 for v in values[:2]):
+            return values[0], values[1]
+    return None
 
 
 def to_display(arr: np.ndarray, ds: Dataset, *, voi: bool) -> np.ndarray:
@@ -43,6 +62,7 @@ def to_display(arr: np.ndarray, ds: Dataset, *, voi: bool) -> np.ndarray:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if not photometric.startswith("MONOCHROME"):
         return arr
+    rescale_params(ds)  # refuses a non-numeric, infinite or zero slope before pydicom's LUT code meets it
     out = apply_modality_lut(arr, ds) if ("RescaleSlope" in ds or "ModalityLUTSequence" in ds) else arr
     if voi and ("WindowCenter" in ds or "VOILUTSequence" in ds):
         out = apply_voi_lut(out, ds, prefer_lut=True)
@@ -53,8 +73,7 @@ def to_display(arr: np.ndarray, ds: Dataset, *, voi: bool) -> np.ndarray:
         if voi and "VOILUTSequence" in ds and "WindowCenter" not in ds:
             lo, hi = float(np.min(out)), float(np.max(out))
         else:
-            bits = int(ds.get("BitsStored", 16))
-            signed = int(ds.get("PixelRepresentation", 0)) == 1
+            bits, signed = pixel_format(ds)
             lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
             slope, intercept = rescale_params(ds)
             lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
@@ -78,6 +97,11 @@ def read_dicom_image(path: str | Path, *, voi: bool = False, frame: int = 0) -> 
         frame: which frame of a multi-frame object.
     """
     path = Path(path)
+    with reading(path, "DICOM image"):
+        return _read_dicom_image(path, voi, frame)
+
+
+def _read_dicom_image(path: Path, voi: bool, frame: int) -> Image2D:
     ds = read_dataset(path)
     arr = decode_pixels(ds, path)
     n = number_of_frames(ds)
@@ -86,20 +110,24 @@ def read_dicom_image(path: str | Path, *, voi: bool = False, frame: int = 0) -> 
             raise ReadError(f"frame {frame} out of range (object has {n})", path)
         arr = arr[frame]
     arr = to_display(arr, ds, voi=voi)
-    spacing = float_values(ds.get("PixelSpacing")) or float_values(ds.get("ImagerPixelSpacing"))
     meta = common_meta(ds)
     meta["SOPInstanceUID"] = str(ds.get("SOPInstanceUID", ""))
     meta["PhotometricInterpretation"] = str(ds.get("PhotometricInterpretation", ""))
-    return Image2D(np.ascontiguousarray(arr), tuple(spacing[:2]) if spacing else None, meta)
+    return Image2D(np.ascontiguousarray(arr), pixel_spacing(ds), meta)
 
 
 def read_dicom_video(path: str | Path, *, voi: bool = False) -> Video:
     """A multi-frame DICOM (XA/XRF cine, US cine, any multi-frame) as (T, H, W[, 3]) frames with frame times."""
     path = Path(path)
+    with reading(path, "DICOM cine"):
+        return _read_dicom_video(path, voi)
+
+
+def _read_dicom_video(path: Path, voi: bool) -> Video:
     ds = read_dataset(path)
     arr = decode_pixels(ds, path)
     n = number_of_frames(ds)
-    colour = int(ds.get("SamplesPerPixel", 1)) > 1 or ds.get("PhotometricInterpretation") == "PALETTE COLOR"
+    colour = header_int(ds, "SamplesPerPixel", 1, path) > 1 or ds.get("PhotometricInterpretation") == "PALETTE COLOR"
     if n == 1:
         arr = arr[None]
     if arr.ndim != (4 if colour else 3):
@@ -109,7 +137,7 @@ def read_dicom_video(path: str | Path, *, voi: bool = False) -> Video:
     meta = common_meta(ds)
     meta["SOPInstanceUID"] = str(ds.get("SOPInstanceUID", ""))
     meta["frame_time_from_file"] = timed
-    spacing = float_values(ds.get("PixelSpacing")) or float_values(ds.get("ImagerPixelSpacing"))
+    spacing = pixel_spacing(ds)
     if spacing:
-        meta["pixel_spacing"] = tuple(spacing[:2])
+        meta["pixel_spacing"] = spacing
     return Video(np.ascontiguousarray(arr), times.astype(np.float64), float(fps), meta)

@@ -19,6 +19,7 @@ from medml.io.dicom.header import (
     check_dimensions,
     common_meta,
     float_values,
+    header_int,
     number_of_frames,
     read_dataset,
     transfer_syntax,
@@ -34,6 +35,7 @@ from medml.io.dicom.pixels import (
     rescale_params,
     rescaled_dtype,
 )
+from medml.io.guard import check_memory
 from medml.io.types import Volume
 
 
@@ -89,7 +91,7 @@ def read_dicom_series(
     if require_one_series and not _is_series_slice(first, series_uid):
         raise NotOneSeries()
     _, rows, cols = check_dimensions(first, paths[0])
-    if int(first.get("SamplesPerPixel", 1)) != 1:
+    if header_int(first, "SamplesPerPixel", 1, paths[0]) != 1:
         raise UnsupportedFormatError("colour slices cannot form a scalar volume", paths[0])
     if len(paths) * rows * cols > MAX_VOXELS:
         raise AbsurdSizeError(f"implausible volume: {len(paths)} slices of {rows}x{cols}", where)
@@ -106,6 +108,7 @@ def read_dicom_series(
 
     def read_as(dtype: np.dtype, check_series: bool) -> Volume:
         """Read every slice into a volume of ``dtype``; `NeedsFloat`/`NeedsWider` when a slice does not fit it."""
+        check_memory(len(paths) * rows * cols * dtype.itemsize, f"{len(paths)} slices of {rows}x{cols} {dtype}", where)
         volume = np.empty((len(paths), rows, cols), dtype)
         headers: list[SliceHeader | None] = [None] * len(paths)
 
