@@ -156,12 +156,31 @@ def check_wfdb_header(record_path: Path, hea: Path) -> None:
     for name in header.file_name or []:
         if name and name != "~":  # "~": the signal is not stored in a file
             contained(str(name), hea, "WFDB signal file")
+    _check_declared_fs(hea)  # wfdb silently falls back to 250 Hz for a rate it cannot parse (a negative one)
     fs = header.fs
     if fs is None or not math.isfinite(float(fs)) or float(fs) <= 0:
         raise SignalError(f"invalid sampling frequency {fs}", hea)
     n_sig, sig_len = int(header.n_sig or 0), int(header.sig_len or 0)
     # digital and physical copies of the samples (int + float64), then the float32 result
     check_memory(n_sig * max(sig_len, 0) * 20, f"a WFDB record of {n_sig} signals x {sig_len} samples", hea)
+
+
+def _check_declared_fs(hea: Path) -> None:
+    """The sampling rate on the record line (``name n_sig fs[/counter][(base)] ...``) is a positive number."""
+    for line in hea.read_text("latin-1").splitlines():
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if len(fields) < 3:
+            return  # no rate given: WFDB's documented default of 250 Hz applies
+        text = re.split(r"[/(]", fields[2], maxsplit=1)[0]
+        try:
+            fs = float(text)
+        except ValueError:
+            raise SignalError(f"invalid sampling frequency {fields[2]!r}", hea) from None
+        if not math.isfinite(fs) or fs <= 0:
+            raise SignalError(f"invalid sampling frequency {fields[2]!r}", hea)
+        return
 
 
 def _read_wfdb(record_path: Path, hea: Path, derive_limb_leads: bool, check: bool) -> EcgRecord:

@@ -229,6 +229,17 @@ def common_meta(ds: Dataset) -> dict[str, Any]:
     return meta
 
 
+def tag_value(ds: Dataset, key: str, default: Any = None) -> Any:
+    """``ds.get(key, default)``, with pydicom's failure to convert a malformed DS/IS value (``'abc'``) turned into a
+    `CorruptFileError` naming the tag."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ds.get(key, default)
+    except (ValueError, TypeError, OverflowError):
+        raise CorruptFileError(f"{key} does not hold a valid number") from None
+
+
 def header_float(value: Any, key: str, default: float, path: str | Path | None = None) -> float:
     """A one-valued decimal tag (RescaleSlope, FrameTime, ...) as a finite float; `CorruptFileError` otherwise."""
     if value is None or value == "":

@@ -28,6 +28,7 @@ from medml.io.dicom.header import (
     header_int,
     number_of_frames,
     sop_class_name,
+    tag_value,
     transfer_syntax,
 )
 
@@ -140,12 +141,12 @@ def decode_pixels(ds: Dataset, path: str | Path) -> np.ndarray:
 
 def rescale_params(ds: Dataset) -> tuple[float, float]:
     """(slope, intercept) from the dataset, its shared functional groups, or (1, 0)."""
-    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    slope, intercept = tag_value(ds, "RescaleSlope"), tag_value(ds, "RescaleIntercept")
     if slope is None and intercept is None and "SharedFunctionalGroupsSequence" in ds:
         group = ds.SharedFunctionalGroupsSequence[0]
         if "PixelValueTransformationSequence" in group:
             pvt = group.PixelValueTransformationSequence[0]
-            slope, intercept = pvt.get("RescaleSlope"), pvt.get("RescaleIntercept")
+            slope, intercept = tag_value(pvt, "RescaleSlope"), tag_value(pvt, "RescaleIntercept")
     slope_value = header_float(slope, "RescaleSlope", 1.0)
     if slope_value == 0:
         raise CorruptFileError("RescaleSlope is 0 (every pixel would get the same value)")

@@ -9,7 +9,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from medml.errors import CorruptFileError, ReadError
-from medml.io.dicom.header import common_meta, float_values, header_int, number_of_frames, read_dataset
+from medml.io.dicom.header import common_meta, float_values, header_int, number_of_frames, read_dataset, tag_value
 from medml.io.dicom.pixels import decode_pixels, pixel_format, rescale_params
 from medml.io.guard import reading
 from medml.io.types import Image2D, Video
@@ -22,20 +22,28 @@ def frame_times_ms(ds: Dataset, n: int) -> tuple[np.ndarray, float, bool]:
     order; without any of them 1 frame per second is assumed (and reported as not from the file).
     A value that is not a positive finite number (text, NaN, 0) counts as absent, so the next source is used.
     """
-    vector = float_values(ds.get("FrameTimeVector"))
+    vector = float_values(_optional(ds, "FrameTimeVector"))
     if vector is not None and len(vector) == n and np.all(np.isfinite(vector)) and min(vector[1:], default=0) >= 0:
         increments = np.asarray(vector)
         times = np.cumsum(increments) - increments[0]
         mean = float(np.mean(increments[1:])) if n > 1 else 0.0
         return times, (1000.0 / mean if mean > 0 else 0.0), True
-    frame_time = _positive(ds.get("FrameTime"))
+    frame_time = _positive(_optional(ds, "FrameTime"))
     if frame_time is not None:
         return np.arange(n) * frame_time, 1000.0 / frame_time, True
     for key in ("CineRate", "RecommendedDisplayFrameRate"):
-        rate = _positive(ds.get(key))
+        rate = _positive(_optional(ds, key))
         if rate is not None:
             return np.arange(n) * 1000.0 / rate, rate, True
     return np.arange(n) * 1000.0, 1.0, False
+
+
+def _optional(ds: Dataset, key: str) -> object:
+    """A tag's value, or None when absent or not convertible (a malformed value counts as absent)."""
+    try:
+        return tag_value(ds, key)
+    except CorruptFileError:
+        return None
 
 
 def _positive(value: object) -> float | None:
@@ -49,7 +57,7 @@ def _positive(value: object) -> float | None:
 def pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     """(row, column) mm from PixelSpacing or ImagerPixelSpacing; None when absent or not two positive numbers."""
     for key in ("PixelSpacing", "ImagerPixelSpacing"):
-        values = float_values(ds.get(key))
+        values = float_values(_optional(ds, key))
         if values and len(values) >= 2 and all(math.isfinite(v) and v > 0 for v in values[:2]):
             return values[0], values[1]
     return None
