@@ -12,16 +12,16 @@ from medml.config import load_config
 from medml.errors import ConfigError
 from medml.pipelines.angio import losses as L_
 from medml.pipelines.angio.augment import LabelledViews, UnlabelledViews, weak_transform
+from medml.pipelines.angio.config import AngioConfig
 from medml.pipelines.angio.module import AngioModule, build_schedulers
-from medml.pipelines.angio.pipeline import (
+from medml.pipelines.angio.outputs import (
     SPACING_DETECTOR,
     SPACING_MAGNIFICATION,
     SPACING_PATIENT,
-    AngioConfig,
     class_areas,
     dicom_pixel_spacing,
-    to_unit_grey,
 )
+from medml.transforms.angio import to_unit_grey
 
 TINY_MODEL = {
     "seg_features": [8, 8, 16, 16, 32, 8],

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
@@ -26,6 +27,7 @@ from medml.config import StageConfig
 from medml.pipelines.angio import losses as L_
 from medml.pipelines.angio.model import AngioNet
 from medml.pipelines.base import MedmlModule
+from medml.transforms.angio import resize_frames
 
 
 def build_net(cfg: Any) -> AngioNet:
@@ -248,6 +250,24 @@ class AngioModule(MedmlModule):
             generator = torch.Generator(device=images.device).manual_seed(seed)
             logits = net.refine(images, logits, self.ddim, self.sample_steps, generator=generator)
         return logits
+
+    @torch.no_grad()
+    def segment_frames(
+        self, frames: np.ndarray, size: int, frame_batch: int, seed: int = 0, refine: bool | None = None
+    ) -> np.ndarray:
+        """Label ids (T, H, W) uint8 at the frames' own size for (T, H, W) float frames in [0, 1]."""
+        height, width = frames.shape[-2:]
+        out = np.zeros(frames.shape[:1] + (height, width), dtype=np.uint8)
+        for start in range(0, len(frames), frame_batch):
+            chunk = torch.from_numpy(np.ascontiguousarray(frames[start : start + frame_batch])).to(self.device)
+            logits = self.predict_logits(resize_frames(chunk.float(), size), refine=refine, seed=seed + start)
+            # Resize the class probabilities (bilinear) to the source size, then take the argmax: smoother, and thin
+            # structures survive better than nearest-resizing label ids.
+            probs = torch.softmax(logits.float(), dim=1)
+            if probs.shape[-2:] != (height, width):
+                probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
+            out[start : start + len(chunk)] = probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        return out
 
     # ----- validation ----------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
