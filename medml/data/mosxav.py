@@ -29,6 +29,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from medml.errors import ConfigError, CorruptFileError, DataLayoutError
+from medml.transforms.angio import frame_preprocessing
 
 CLASS_NAMES = ("background", "vessel", "contrast_catheter", "catheter", "balloon", "others")
 # RGB preview colours of the official class table (spec §A6), indexed by label id.
@@ -453,8 +454,8 @@ class AngioFrames(Dataset):
 
     Args:
         items: `FrameItem`s, e.g. from `labelled_pools` or `MOSXAV.items`.
-        size: output side in pixels (int) or (H, W); ``None`` keeps the native size. Images are resized bilinearly,
-            masks by nearest neighbour.
+        size: output side in pixels (int) or (H, W); ``None`` keeps the native size. Images and masks go through
+            `medml.transforms.angio.frame_preprocessing` (bilinear images, nearest masks), as prediction's frames do.
         others: what class 5 becomes in the label: ``"ignore"`` (`IGNORE_INDEX`) or ``"background"`` (0).
         transform: optional callable on ``{"image": float32 (H, W) in [0, 1], "label": int64 (H, W)}`` (label
             only when present), applied after resizing and before conversion to tensors (e.g. albumentations).
@@ -476,32 +477,31 @@ class AngioFrames(Dataset):
         self.size = (size, size) if isinstance(size, int) else (tuple(size) if size is not None else None)
         self.others_value = IGNORE_INDEX if others == "ignore" else 0
         self.transform = transform
+        self.preprocess = frame_preprocessing(self.size)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def load_arrays(self, index: int) -> dict[str, Any]:
-        """The item as numpy arrays (resized, class 5 mapped), before ``transform``."""
-        import cv2
-
+    def read_arrays(self, index: int) -> dict[str, np.ndarray]:
+        """The item as read: ``{"image": uint8 (H, W), "label": int64 (H, W)}`` (label only when annotated), class 5
+        mapped."""
         item = self.items[index]
-        image = read_frame(item.image_path)
-        label = None
+        sample: dict[str, np.ndarray] = {"image": read_frame(item.image_path)}
         if item.mask_path is not None:
             label = read_mask(item.mask_path)
-            if label.shape != image.shape:
-                raise DataLayoutError(f"mask size {label.shape} differs from frame size {image.shape}", item.mask_path)
-        if self.size is not None and image.shape != self.size:
-            height, width = self.size
-            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-            if label is not None:
-                label = cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
-        sample: dict[str, Any] = {"image": image.astype(np.float32) / 255.0}
-        if label is not None:
+            if label.shape != sample["image"].shape:
+                raise DataLayoutError(
+                    f"mask size {label.shape} differs from frame size {sample['image'].shape}", item.mask_path
+                )
             label = label.astype(np.int64)
             label[label == OTHERS] = self.others_value
             sample["label"] = label
         return sample
+
+    def load_arrays(self, index: int) -> dict[str, Any]:
+        """The item preprocessed (`frame_preprocessing`: grey in [0, 1], resized), before ``transform``."""
+        sample = self.preprocess({key: value[None] for key, value in self.read_arrays(index).items()})
+        return {key: value[0] for key, value in sample.items()}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         import torch

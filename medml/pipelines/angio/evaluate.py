@@ -18,6 +18,7 @@ from medml.metrics.segmentation import segmentation_scores
 from medml.pipelines.angio.config import AngioConfig
 from medml.pipelines.angio.module import AngioModule
 from medml.pipelines.angio.outputs import colourise
+from medml.transforms.angio import frame_preprocessing
 from medml.utils.figures import save_figure
 from medml.utils.files import write_json
 
@@ -32,6 +33,7 @@ def evaluate_split(
     names = cfg.model.class_names
     items = MOSXAV(data_dir).items(split, annotated_only=True)  # type: ignore[arg-type]
     frames_ds = AngioFrames(items, size=None, others=cfg.data.others)  # score at the native frame size
+    preprocess = frame_preprocessing(cfg.data.size, native_key="frames")
     per_frame: list[dict[str, Any]] = []
     figure_rows: list[FigureRow] = []
     by_video: dict[str, list[int]] = {}
@@ -39,10 +41,12 @@ def evaluate_split(
         by_video.setdefault(item.video, []).append(index)
     with module.evaluating():
         for video, indices in by_video.items():
-            samples = [frames_ds.load_arrays(i) for i in indices]
-            images = np.stack([s["image"] for s in samples])
+            samples = [frames_ds.read_arrays(i) for i in indices]
             labels = np.stack([s["label"] for s in samples])
-            preds = module.segment_frames(images, cfg.data.size, cfg.eval.frame_batch, cfg.eval.seed)
+            # The video goes through the preprocessing of clinical cines (load_case), which is that of training.
+            prepared = preprocess({"image": np.stack([s["image"] for s in samples])})
+            images = prepared["frames"]
+            preds = module.segment_frames(prepared["image"], labels.shape[-2:], cfg.eval.frame_batch, cfg.eval.seed)
             for i, pred, target in zip(indices, preds, labels, strict=True):
                 scores = segmentation_scores(
                     pred, target, num_classes=cfg.model.num_classes, ignore_index=IGNORE_INDEX, class_names=names

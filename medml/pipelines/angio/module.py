@@ -27,7 +27,6 @@ from medml.config import StageConfig
 from medml.pipelines.angio import losses as L_
 from medml.pipelines.angio.model import AngioNet
 from medml.pipelines.base import MedmlModule
-from medml.transforms.angio import resize_frames
 
 
 def build_net(cfg: Any) -> AngioNet:
@@ -253,19 +252,19 @@ class AngioModule(MedmlModule):
 
     @torch.no_grad()
     def segment_frames(
-        self, frames: np.ndarray, size: int, frame_batch: int, seed: int = 0, refine: bool | None = None
+        self, images: np.ndarray, out_size: tuple[int, int], frame_batch: int, seed: int = 0, refine: bool | None = None
     ) -> np.ndarray:
-        """Label ids (T, H, W) uint8 at the frames' own size for (T, H, W) float frames in [0, 1]."""
-        height, width = frames.shape[-2:]
-        out = np.zeros(frames.shape[:1] + (height, width), dtype=np.uint8)
-        for start in range(0, len(frames), frame_batch):
-            chunk = torch.from_numpy(np.ascontiguousarray(frames[start : start + frame_batch])).to(self.device)
-            logits = self.predict_logits(resize_frames(chunk.float(), size), refine=refine, seed=seed + start)
+        """Label ids (T, H, W) uint8 at ``out_size`` (H, W) for preprocessed frames (T, size, size)
+        (`medml.transforms.angio.frame_preprocessing`), ``frame_batch`` frames per forward pass."""
+        out = np.zeros((len(images), *out_size), dtype=np.uint8)
+        for start in range(0, len(images), frame_batch):
+            chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + frame_batch])).to(self.device)
+            logits = self.predict_logits(chunk.float()[:, None], refine=refine, seed=seed + start)
             # Resize the class probabilities (bilinear) to the source size, then take the argmax: smoother, and thin
             # structures survive better than nearest-resizing label ids.
             probs = torch.softmax(logits.float(), dim=1)
-            if probs.shape[-2:] != (height, width):
-                probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
+            if probs.shape[-2:] != tuple(out_size):
+                probs = F.interpolate(probs, size=tuple(out_size), mode="bilinear", align_corners=False)
             out[start : start + len(chunk)] = probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
         return out
 

@@ -19,6 +19,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import pydicom
+from monai.transforms import Compose
 
 from medml import io
 from medml.data.mosxav import MOSXAV, PALETTE, check_mosxav_layout, labelled_pools
@@ -31,7 +32,7 @@ from medml.pipelines.angio.module import AngioModule
 from medml.pipelines.angio.outputs import class_areas, dicom_pixel_spacing, segment_table
 from medml.pipelines.base import Pipeline
 from medml.registry import register_pipeline
-from medml.transforms.angio import to_unit_grey
+from medml.transforms.angio import frame_preprocessing
 
 
 @register_pipeline
@@ -43,6 +44,10 @@ class AngioPipeline(Pipeline):
     predict_batch_size = 1  # one video per batch; frames are batched inside predict_batch
 
     config: AngioConfig
+
+    def preprocess(self) -> Compose:
+        """Clinical frames -> the model input, as the training frames (`frame_preprocessing`), and the native grey."""
+        return frame_preprocessing(self.config.data.size, native_key="frames")
 
     # ----- dataset -------------------------------------------------------------------------------------------------
     def check_layout(self, data_dir: Path) -> None:
@@ -77,8 +82,8 @@ class AngioPipeline(Pipeline):
             raise UnsupportedFormatError(
                 f"expected a video of frames, got an array of shape {frames.shape}", case.paths[0]
             )
-        grey = to_unit_grey(frames)
-        if not np.isfinite(grey).all():
+        video_in = self.preprocess()({"image": frames})
+        if not np.isfinite(video_in["frames"]).all():
             raise CorruptFileError("frames hold non-finite values", case.paths[0])
         spacing, spacing_source = None, None
         if case.kind == "dicom_multiframe":
@@ -88,7 +93,8 @@ class AngioPipeline(Pipeline):
             row_mm, col_mm = video.meta["pixel_spacing"][:2]
             spacing, spacing_source = (float(row_mm), float(col_mm)), "input metadata"
         return {
-            "frames": grey,
+            "image": video_in["image"],  # (T, size, size), exactly as the training frames
+            "frames": video_in["frames"],  # (T, H, W) grey in [0, 1]: output size and overlay
             "fps": float(video.fps),
             "frame_times_ms": np.asarray(video.frame_times_ms),
             "meta": dict(video.meta),
@@ -101,7 +107,7 @@ class AngioPipeline(Pipeline):
     def predict_batch(self, module: AngioModule, samples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         ev = self.config.eval
         return [
-            {"labels": module.segment_frames(s["frames"], self.config.data.size, ev.frame_batch, ev.seed)}
+            {"labels": module.segment_frames(s["image"], s["frames"].shape[-2:], ev.frame_batch, ev.seed)}
             for s in samples
         ]
 
