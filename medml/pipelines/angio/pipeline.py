@@ -22,11 +22,11 @@ import pydicom
 from monai.transforms import Compose
 
 from medml import io
-from medml.data.mosxav import MOSXAV, PALETTE, check_mosxav_layout, labelled_pools
+from medml.data.mosxav import MOSXAV, PALETTE, check_mosxav_layout
 from medml.data.synthetic_mosxav import write_synthetic_clinical_angio, write_synthetic_mosxav
 from medml.errors import CorruptFileError, UnsupportedFormatError
 from medml.pipelines.angio.config import AngioConfig
-from medml.pipelines.angio.data import AngioDataModule
+from medml.pipelines.angio.data import AngioDataModule, labelled_pools
 from medml.pipelines.angio.evaluate import evaluate_split
 from medml.pipelines.angio.module import AngioModule
 from medml.pipelines.angio.outputs import class_areas, dicom_pixel_spacing, segment_table
