@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medml.config import load_config  # noqa: E402
+from medml.pipelines.angio.config import AngioConfig  # noqa: E402
 from medml.pipelines.angio.module import AngioModule  # noqa: E402
-from medml.pipelines.angio.pipeline import AngioConfig  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*self.trainer.*")  # training_step logs without a Trainer here
 

@@ -29,6 +29,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from medml.errors import ConfigError, CorruptFileError, DataLayoutError
+from medml.transforms.angio import frame_preprocessing
 
 CLASS_NAMES = ("background", "vessel", "contrast_catheter", "catheter", "balloon", "others")
 # RGB preview colours of the official class table (spec §A6), indexed by label id.
@@ -397,64 +398,13 @@ def check_mosxav_layout(root: str | Path, check_masks: bool = True) -> None:
         raise DataLayoutError("no annotated frames in the training videos", root / "trainval" / "Annotations_Semantic")
 
 
-def _share(fraction: float, total: int) -> int:
-    """``fraction`` of ``total`` rounded half up (Python's round() rounds 2.5 to 2), at least 1."""
-    return max(1, int(np.floor(fraction * total + 0.5)))
-
-
-def labelled_pools(
-    mosxav: MOSXAV, fraction: float = 0.25, by: Literal["frames", "videos"] = "frames", seed: int = 0
-) -> tuple[list[FrameItem], list[FrameItem]]:
-    """Split the training videos' frames into a labelled and an unlabelled pool.
-
-    The labelled pool is a ``fraction`` of the annotated frames of the training videos, drawn either as single
-    frames (``by="frames"``) or as whole videos (``by="videos"``, every annotated frame of the drawn videos; stricter,
-    since neighbouring frames are near-duplicates). The unlabelled pool is every other frame of the training videos,
-    including annotated frames that were not drawn (their masks are dropped). Validation and test videos never
-    enter either pool. The draw depends only on ``seed`` and the dataset.
-
-    Args:
-        mosxav: the dataset index.
-        fraction: in (0, 1]; 1/8, 1/4, 1/2 and 1 are the usual protocols. Counts are rounded half up, at least 1.
-        by: "frames" or "videos".
-        seed: seed of the draw.
-
-    Returns:
-        (labelled, unlabelled) lists of `FrameItem` in (video, frame) order.
-    """
-    if not 0.0 < fraction <= 1.0:
-        raise ConfigError(f"data.labelled_fraction must be in (0, 1], got {fraction}")
-    if by not in ("frames", "videos"):
-        raise ConfigError(f"data.labelled_by must be 'frames' or 'videos', got {by!r}")
-    frames = mosxav.items("train")
-    annotated = [item for item in frames if item.mask_path is not None]
-    if not annotated:
-        raise DataLayoutError("no annotated frames in the training videos", mosxav.root / "trainval")
-    rng = np.random.default_rng(seed)
-    if by == "frames":
-        count = _share(fraction, len(annotated))
-        chosen = {annotated[i].image_path for i in rng.permutation(len(annotated))[:count]}
-    else:
-        videos = sorted({item.video for item in annotated})
-        count = _share(fraction, len(videos))
-        chosen_videos = {videos[i] for i in rng.permutation(len(videos))[:count]}
-        chosen = {item.image_path for item in annotated if item.video in chosen_videos}
-    labelled = [item for item in annotated if item.image_path in chosen]
-    unlabelled = [
-        FrameItem(item.split, item.video, item.frame_index, item.image_path, None)
-        for item in frames
-        if item.image_path not in chosen
-    ]
-    return labelled, unlabelled
-
-
 class AngioFrames(Dataset):
     """Frames (and masks) of MOSXAV items as tensors.
 
     Args:
-        items: `FrameItem`s, e.g. from `labelled_pools` or `MOSXAV.items`.
-        size: output side in pixels (int) or (H, W); ``None`` keeps the native size. Images are resized bilinearly,
-            masks by nearest neighbour.
+        items: `FrameItem`s, e.g. from `MOSXAV.items` (or the angio pipeline's labelled/unlabelled pools).
+        size: output side in pixels (int) or (H, W); ``None`` keeps the native size. Images and masks go through
+            `medml.transforms.angio.frame_preprocessing` (bilinear images, nearest masks), as prediction's frames do.
         others: what class 5 becomes in the label: ``"ignore"`` (`IGNORE_INDEX`) or ``"background"`` (0).
         transform: optional callable on ``{"image": float32 (H, W) in [0, 1], "label": int64 (H, W)}`` (label
             only when present), applied after resizing and before conversion to tensors (e.g. albumentations).
@@ -476,32 +426,31 @@ class AngioFrames(Dataset):
         self.size = (size, size) if isinstance(size, int) else (tuple(size) if size is not None else None)
         self.others_value = IGNORE_INDEX if others == "ignore" else 0
         self.transform = transform
+        self.preprocess = frame_preprocessing(self.size)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def load_arrays(self, index: int) -> dict[str, Any]:
-        """The item as numpy arrays (resized, class 5 mapped), before ``transform``."""
-        import cv2
-
+    def read_arrays(self, index: int) -> dict[str, np.ndarray]:
+        """The item as read: ``{"image": uint8 (H, W), "label": int64 (H, W)}`` (label only when annotated), class 5
+        mapped."""
         item = self.items[index]
-        image = read_frame(item.image_path)
-        label = None
+        sample: dict[str, np.ndarray] = {"image": read_frame(item.image_path)}
         if item.mask_path is not None:
             label = read_mask(item.mask_path)
-            if label.shape != image.shape:
-                raise DataLayoutError(f"mask size {label.shape} differs from frame size {image.shape}", item.mask_path)
-        if self.size is not None and image.shape != self.size:
-            height, width = self.size
-            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-            if label is not None:
-                label = cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
-        sample: dict[str, Any] = {"image": image.astype(np.float32) / 255.0}
-        if label is not None:
+            if label.shape != sample["image"].shape:
+                raise DataLayoutError(
+                    f"mask size {label.shape} differs from frame size {sample['image'].shape}", item.mask_path
+                )
             label = label.astype(np.int64)
             label[label == OTHERS] = self.others_value
             sample["label"] = label
         return sample
+
+    def load_arrays(self, index: int) -> dict[str, Any]:
+        """The item preprocessed (`frame_preprocessing`: grey in [0, 1], resized), before ``transform``."""
+        sample = self.preprocess({key: value[None] for key, value in self.read_arrays(index).items()})
+        return {key: value[0] for key, value in sample.items()}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         import torch

@@ -12,16 +12,16 @@ from medml.config import load_config
 from medml.errors import ConfigError
 from medml.pipelines.angio import losses as L_
 from medml.pipelines.angio.augment import LabelledViews, UnlabelledViews, weak_transform
+from medml.pipelines.angio.config import AngioConfig
 from medml.pipelines.angio.module import AngioModule, build_schedulers
-from medml.pipelines.angio.pipeline import (
+from medml.pipelines.angio.outputs import (
     SPACING_DETECTOR,
     SPACING_MAGNIFICATION,
     SPACING_PATIENT,
-    AngioConfig,
     class_areas,
     dicom_pixel_spacing,
-    to_unit_grey,
 )
+from medml.transforms.angio import to_unit_grey
 
 TINY_MODEL = {
     "seg_features": [8, 8, 16, 16, 32, 8],
@@ -59,6 +59,32 @@ def test_paper_defaults_and_presets():
         load_config(AngioConfig, {"model": {"method": "fixmatch"}})
     with pytest.raises(ConfigError, match="labelled_fraction"):
         load_config(AngioConfig, None, ["data.labelled_fraction=0"])
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "data.size=0",
+        "data.labelled_fraction=1.5",
+        "data.unlabelled_batch_size=-1",
+        "data.flip_p=2",
+        "model.ema_decay=1.0",
+        "model.confidence=-0.1",
+        "model.seg_features=[8,8,16,16,32,0]",
+        "diffusion.train_timesteps=0",
+        "loss.unsup_weight=-1",
+        "loss.class_weights=[1,-2,1,1,1]",
+        "loss.proto_temperature=0",
+        "loss.proto_momentum=1",
+        "eval.frame_batch=0",
+    ],
+)
+def test_config_rejects_out_of_range_values(override: str):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
+        load_config(AngioConfig, None, [override])
+    assert "\n" not in str(err.value)  # the usual one-line error naming the key
+    load_config(AngioConfig, None, ["model.ema_decay=0", "data.labelled_fraction=1", "loss.proto_align_weight=0"])
 
 
 def test_shapes_and_latent_stride(module: AngioModule):

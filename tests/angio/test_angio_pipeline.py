@@ -1,12 +1,14 @@
 """End-to-end tests of the angio pipeline: tiny training on synthetic MOSXAV, evaluation, folder prediction.
 
-The tiny recipe is trained ONCE per session (``trained_angio``) and reused by every test here.
+The tiny run is the session's shared demo run (``tiny_demo("angio")``: the synthetic MOSXAV of the pipeline's own
+``synthesize``, trained once per test session with the tiny recipe), so these tests train nothing themselves.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 import torch
 
 from medml.config import load_config
+from medml.demo import DemoRun
 from medml.engine.checkpoint import load_checkpoint
 from medml.errors import DataLayoutError
 from medml.registry import get_pipeline
@@ -22,19 +25,13 @@ TINY = Path(__file__).resolve().parents[2] / "pipelines" / "angio" / "tiny.yaml"
 
 
 @pytest.fixture(scope="session")
-def trained_angio(synthetic_mosxav: Path, tmp_path_factory: pytest.TempPathFactory):
-    from medml.engine.train import train
-
-    cls = get_pipeline("angio")
-    pipeline = cls(load_config(cls.Config, TINY))
-    run_dir = tmp_path_factory.mktemp("angio_run")
-    result = train(pipeline, synthetic_mosxav, run_dir)
-    return result
+def angio_demo(tiny_demo) -> DemoRun:
+    return tiny_demo("angio")
 
 
 @pytest.fixture(scope="session")
-def loaded_angio(trained_angio):
-    return load_checkpoint(trained_angio.checkpoint, expect_pipeline="angio")
+def loaded_angio(angio_demo: DemoRun):
+    return load_checkpoint(angio_demo.checkpoint, expect_pipeline="angio")
 
 
 def test_registered_with_paper_defaults():
@@ -66,10 +63,11 @@ def test_layout_error(tmp_path: Path):
         get_pipeline("angio")().check_layout(tmp_path)
 
 
-def test_training_logs_val_dice_and_keeps_teacher(trained_angio):
-    run = trained_angio.run_dir
+def test_training_logs_val_dice_and_keeps_teacher(angio_demo: DemoRun):
+    run = angio_demo.run_dir
     assert (run / "model.ckpt").is_file()
-    assert "val_dice" in trained_angio.metrics and 0.0 <= trained_angio.metrics["val_dice"] <= 1.0
+    metrics = json.loads((run / "run.json").read_text())["final_metrics"]  # the TrainResult's metrics
+    assert "val_dice" in metrics and 0.0 <= metrics["val_dice"] <= 1.0
     header = (run / "metrics.csv").read_text().splitlines()[0]
     for column in ("val_dice", "train_loss_unsup_step", "train_loss_diff_step", "train_loss_proto_step"):
         assert column in header
@@ -77,9 +75,9 @@ def test_training_logs_val_dice_and_keeps_teacher(trained_angio):
     assert any(k.startswith("teacher.") for k in state) and state["prototypes_initialised"].all()
 
 
-def test_evaluate_test_split_reaches_dice(loaded_angio, synthetic_mosxav: Path, tmp_path: Path):
+def test_evaluate_test_split_reaches_dice(loaded_angio, angio_demo: DemoRun, tmp_path: Path):
     pipeline, module = loaded_angio
-    metrics = pipeline.evaluate(module, synthetic_mosxav, "test", tmp_path)
+    metrics = pipeline.evaluate(module, angio_demo.data_dir, "test", tmp_path)
     assert metrics["dice_mean"] >= 0.7, metrics
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["others"] == "ignore" and saved["frames"] == 60
@@ -87,6 +85,7 @@ def test_evaluate_test_split_reaches_dice(loaded_angio, synthetic_mosxav: Path, 
     rows = list(csv.DictReader((tmp_path / "per_video.csv").open()))
     assert [r["video"] for r in rows] == ["v00", "v01", "v02", "ALL"]
     assert float(rows[-1]["mean_foreground_dice"]) == pytest.approx(metrics["dice_mean"], abs=1e-4)
+    assert all(math.isfinite(saved["per_video"][v]["mean_foreground"]["dice"]) for v in ("v00", "v01", "v02"))
     assert (tmp_path / "test_examples.png").stat().st_size > 0
 
 

@@ -20,12 +20,12 @@ from medml.data.mosxav import (
     PALETTE,
     AngioFrames,
     check_mosxav_layout,
-    labelled_pools,
     read_frame,
     read_mask,
 )
 from medml.data.synthetic_mosxav import render_angio_video, write_synthetic_clinical_angio, write_synthetic_mosxav
 from medml.errors import ConfigError, DataLayoutError
+from medml.pipelines.angio.data import labelled_pools
 
 TRAIN = ["v00", "v02", "v03", "v05", "v06"]  # the default rule applied to v00..v07
 VAL = ["v01", "v04", "v07"]

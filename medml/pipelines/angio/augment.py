@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medml.pipelines.angio.losses import IGNORE_INDEX
+from medml.data.mosxav import IGNORE_INDEX
 
 
 def weak_transform(

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 
-IGNORE_INDEX = 255
+from medml.data.mosxav import IGNORE_INDEX
 
 
 def sigmoid_rampup(current: float, rampup_length: float) -> float:

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from medml.config import StageConfig
+from medml.data.mosxav import IGNORE_INDEX
 from medml.pipelines.angio import losses as L_
 from medml.pipelines.angio.model import AngioNet
 from medml.pipelines.base import MedmlModule
@@ -127,7 +129,7 @@ class AngioModule(MedmlModule):
                 refined=torch.tensor(float(refined)),
             )
             if self.method == "rnpll":
-                pseudo_masked = torch.where(confident, pseudo, torch.full_like(pseudo, L_.IGNORE_INDEX))
+                pseudo_masked = torch.where(confident, pseudo, torch.full_like(pseudo, IGNORE_INDEX))
                 diff_terms = self.diffusion_losses(x_l, y_l, logits_l, x_w, pseudo_masked, logits_s, ramp)
                 lc = self.config.loss
                 total = (
@@ -191,7 +193,7 @@ class AngioModule(MedmlModule):
             t = torch.randint(0, self.ddpm.num_train_timesteps, (x.shape[0],), device=x.device).long()
             z_t = self.ddpm.add_noise(z0.detach(), noise, t)
             x0_hat = net.denoise(z_t, t, prior, cond)
-            valid = (y != L_.IGNORE_INDEX).float().unsqueeze(1)
+            valid = (y != IGNORE_INDEX).float().unsqueeze(1)
             latent_weight = F.avg_pool2d(valid, stride)  # share of trusted pixels per latent cell
             mse = L_.latent_mse(x0_hat, z0.detach(), latent_weight)
             # Decoding the denoised latent trains D_y (and, through the x0 path, the denoiser) for segmentation;
@@ -249,6 +251,24 @@ class AngioModule(MedmlModule):
             logits = net.refine(images, logits, self.ddim, self.sample_steps, generator=generator)
         return logits
 
+    @torch.no_grad()
+    def segment_frames(
+        self, images: np.ndarray, out_size: tuple[int, int], frame_batch: int, seed: int = 0, refine: bool | None = None
+    ) -> np.ndarray:
+        """Label ids (T, H, W) uint8 at ``out_size`` (H, W) for preprocessed frames (T, size, size)
+        (`medml.transforms.angio.frame_preprocessing`), ``frame_batch`` frames per forward pass."""
+        out = np.zeros((len(images), *out_size), dtype=np.uint8)
+        for start in range(0, len(images), frame_batch):
+            chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + frame_batch])).to(self.device)
+            logits = self.predict_logits(chunk.float()[:, None], refine=refine, seed=seed + start)
+            # Resize the class probabilities (bilinear) to the source size, then take the argmax: smoother, and thin
+            # structures survive better than nearest-resizing label ids.
+            probs = torch.softmax(logits.float(), dim=1)
+            if probs.shape[-2:] != tuple(out_size):
+                probs = F.interpolate(probs, size=tuple(out_size), mode="bilinear", align_corners=False)
+            out[start : start + len(chunk)] = probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        return out
+
     # ----- validation ----------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._val_stats = torch.zeros(3, self.config.model.num_classes, device=self.device, dtype=torch.float64)
@@ -256,7 +276,7 @@ class AngioModule(MedmlModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         pred = self.predict_logits(batch["image"]).argmax(dim=1)
         label = batch["label"]
-        valid = label != L_.IGNORE_INDEX
+        valid = label != IGNORE_INDEX
         for c in range(self.config.model.num_classes):
             p, g = (pred == c) & valid, (label == c) & valid
             self._val_stats[0, c] += (p & g).sum()

@@ -1,0 +1,130 @@
+"""Evaluation of the ``angio`` pipeline: per-frame Dice, IoU and HD95 on a MOSXAV split, per-video tables and the
+example figure.
+
+RNPLL publishes no per-class MOSXAV numbers to compare with; the model card lists the literature figures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from medml.data.mosxav import IGNORE_INDEX, MOSXAV, AngioFrames
+from medml.io import write_csv
+from medml.metrics.segmentation import segmentation_scores
+from medml.pipelines.angio.config import AngioConfig
+from medml.pipelines.angio.module import AngioModule
+from medml.pipelines.angio.outputs import colourise
+from medml.transforms.angio import frame_preprocessing
+from medml.utils.figures import save_figure
+from medml.utils.files import write_json
+
+SCORES = ("dice", "iou", "hd95")
+FigureRow = tuple[np.ndarray, np.ndarray, np.ndarray, str]  # frame, ground truth, prediction, title
+
+
+def evaluate_split(
+    cfg: AngioConfig, module: AngioModule, data_dir: Path, split: str, out_dir: Path
+) -> dict[str, float]:
+    """Score ``split`` at the native frame size; write ``metrics.json``, ``per_video.csv`` and the figure."""
+    names = cfg.model.class_names
+    items = MOSXAV(data_dir).items(split, annotated_only=True)  # type: ignore[arg-type]
+    frames_ds = AngioFrames(items, size=None, others=cfg.data.others)  # score at the native frame size
+    preprocess = frame_preprocessing(cfg.data.size, native_key="frames")
+    per_frame: list[dict[str, Any]] = []
+    figure_rows: list[FigureRow] = []
+    by_video: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        by_video.setdefault(item.video, []).append(index)
+    with module.evaluating():
+        for video, indices in by_video.items():
+            samples = [frames_ds.read_arrays(i) for i in indices]
+            labels = np.stack([s["label"] for s in samples])
+            # The video goes through the preprocessing of clinical cines (load_case), which is that of training.
+            prepared = preprocess({"image": np.stack([s["image"] for s in samples])})
+            images = prepared["frames"]
+            preds = module.segment_frames(prepared["image"], labels.shape[-2:], cfg.eval.frame_batch, cfg.eval.seed)
+            for i, pred, target in zip(indices, preds, labels, strict=True):
+                scores = segmentation_scores(
+                    pred, target, num_classes=cfg.model.num_classes, ignore_index=IGNORE_INDEX, class_names=names
+                )
+                per_frame.append({"video": video, "frame": items[i].frame_index, "scores": scores})
+            if len(figure_rows) < cfg.eval.figure_frames:
+                mid = len(indices) // 2
+                title = f"{video}/{items[indices[mid]].frame_index:05d}"
+                figure_rows.append((images[mid], labels[mid], preds[mid], title))
+
+    fg = names[1:]
+    overall = summarise(per_frame, fg)
+    per_video = {video: summarise([r for r in per_frame if r["video"] == video], fg) for video in by_video}
+    out_dir = Path(out_dir)
+    write_json(
+        out_dir / "metrics.json",
+        {
+            "split": split,
+            "frames": len(per_frame),
+            "videos": list(by_video),
+            "others": cfg.data.others,
+            "method": cfg.model.method,
+            "refine_at_inference": cfg.model.refine_at_inference,
+            "averaging": "per-frame scores (MONAI Dice, IoU, HD95 in pixels) averaged over the frames where "
+            "the class is in the target or the prediction; mean_foreground = mean over classes",
+            "overall": overall,
+            "per_video": per_video,
+        },
+    )
+    write_csv(video_table(per_video, overall, fg), out_dir / "per_video.csv")
+    if figure_rows:
+        evaluation_figure(figure_rows, out_dir / f"{split}_examples.png")
+    headline = {f"{key}_mean": overall["mean_foreground"][key] for key in SCORES}
+    headline.update({f"dice_{name}": overall[name]["dice"] for name in fg})
+    return headline
+
+
+def summarise(rows: list[dict[str, Any]], fg: list[str]) -> dict[str, Any]:
+    """Mean of each score per class over the frames where the class is present (NaN scores left out)."""
+    out: dict[str, Any] = {}
+    for name in fg:
+        out[name] = {}
+        for key in SCORES:
+            vals = [r["scores"][name][key] for r in rows if r["scores"][name]["present"]]
+            vals = [v for v in vals if not np.isnan(v)]
+            out[name][key] = float(np.mean(vals)) if vals else float("nan")
+        out[name]["frames_present"] = sum(bool(r["scores"][name]["present"]) for r in rows)
+    out["mean_foreground"] = {
+        key: float(np.nanmean([out[n][key] for n in fg]))
+        if any(not np.isnan(out[n][key]) for n in fg)
+        else float("nan")
+        for key in SCORES
+    }
+    return out
+
+
+def video_table(per_video: dict[str, Any], overall: dict[str, Any], fg: list[str]) -> list[dict[str, Any]]:
+    """One row per video and an ``ALL`` row: every score of every class and of their mean."""
+    table = []
+    for video, summary in [*per_video.items(), ("ALL", overall)]:
+        row: dict[str, Any] = {"video": video}
+        for name in [*fg, "mean_foreground"]:
+            for key in SCORES:
+                row[f"{name}_{key}"] = round(summary[name][key], 5)
+        table.append(row)
+    return table
+
+
+def evaluation_figure(rows: list[FigureRow], path: Path) -> Path:
+    """Frame, ground truth and prediction side by side, one row per example frame."""
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
+    for r, (image, label, pred, title) in enumerate(rows):
+        axes[r, 0].imshow(image, cmap="gray", vmin=0, vmax=1)
+        axes[r, 0].set_title(title)
+        axes[r, 1].imshow(colourise(label.astype(np.uint8)))
+        axes[r, 1].set_title("ground truth")
+        axes[r, 2].imshow(colourise(pred))
+        axes[r, 2].set_title("prediction")
+        for ax in axes[r]:
+            ax.axis("off")
+    return save_figure(fig, path, dpi=80)
