@@ -131,7 +131,8 @@ class MedmlModule(L.LightningModule):
     Subclasses implement ``training_step`` / ``validation_step`` as usual (or set
     ``self.automatic_optimization = False`` for teacher-student methods and step ``self.optimizers()`` themselves,
     calling ``self.clip_gradients`` where ``train.grad_clip`` is set). The engine calls ``start_stage`` before each
-    stage, which freezes every parameter outside ``stage.trainable``.
+    stage, which freezes every parameter outside `stage_parameters` (by default the names starting with a
+    `trainable_prefixes` prefix, which is ``stage.trainable`` unless the pipeline derives it from the stage).
     """
 
     def __init__(self, config: PipelineConfig):
@@ -160,10 +161,20 @@ class MedmlModule(L.LightningModule):
             self.to(old_device).train(was_training)
 
     # ----- stages --------------------------------------------------------------------------------------------------
+    def trainable_prefixes(self, stage: StageConfig) -> list[str]:
+        """Parameter-name prefixes trained in ``stage``; empty means every parameter.
+
+        The default is the recipe's ``stage.trainable``. A pipeline whose stages say what they do (e.g. a
+        ``StageConfig`` subclass with ``mode: joint, branch: rhythm``) overrides this to derive the prefixes from
+        that, so recipes need not repeat parameter names.
+        """
+        return list(stage.trainable)
+
     def stage_parameters(self, stage: StageConfig) -> Iterable[tuple[str, torch.nn.Parameter]]:
-        """Named parameters trained in ``stage``: those whose names start with a ``stage.trainable`` prefix."""
+        """Named parameters trained in ``stage``: those whose names start with one of `trainable_prefixes`."""
+        prefixes = tuple(self.trainable_prefixes(stage))
         for name, param in self.named_parameters():
-            if not stage.trainable or any(name.startswith(prefix) for prefix in stage.trainable):
+            if not prefixes or name.startswith(prefixes):
                 yield name, param
 
     def start_stage(self, stage: StageConfig) -> None:

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from medml.config import load_config
+from medml.config import StageConfig, load_config
 from medml.engine.callbacks import EMAWeights
 from medml.engine.train import train
 from medml.errors import ConfigError
-from tests.engine.toy_pipeline import ToyPipeline
+from tests.engine.toy_pipeline import ToyModule, ToyPipeline
 
 RUN_TOY = Path(__file__).with_name("run_toy.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -169,3 +169,22 @@ def test_early_stopping_ends_a_stage_that_stops_improving(toy_data, tmp_path):
     train(ToyPipeline(cfg), toy_data, tmp_path / "run")
     done = json.loads((tmp_path / "run" / "stages" / "00-fit" / "done.json").read_text())
     assert done["epochs_run"] == 3
+
+
+def test_trainable_parameters_follow_the_modules_trainable_prefixes_hook():
+    """A pipeline can derive what a stage trains from what the stage says, not from prefixes in the recipe."""
+
+    class HeadStage(StageConfig):
+        head_only: bool = False
+
+    class DerivingModule(ToyModule):
+        def trainable_prefixes(self, stage):
+            return ["net.4"] if getattr(stage, "head_only", False) else super().trainable_prefixes(stage)
+
+    module = DerivingModule(ToyPipeline.Config())
+    module.start_stage(HeadStage(name="head", head_only=True))
+    assert {n for n, p in module.named_parameters() if p.requires_grad} == {"net.4.weight", "net.4.bias"}
+    module.start_stage(HeadStage(name="all"))  # the default: stage.trainable, empty = everything
+    assert all(p.requires_grad for p in module.parameters())
+    module.start_stage(HeadStage(name="bn", trainable=["net.1"]))
+    assert {n for n, _ in module.stage_parameters(module.stage)} == {"net.1.weight", "net.1.bias"}
