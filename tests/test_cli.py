@@ -39,17 +39,20 @@ def _one_line_error(capsys, argv, *expected):
     return err
 
 
-def test_bad_set_is_a_one_line_error(capsys, toy_data, tmp_path):
-    _one_line_error(
-        capsys,
-        ["train", "toy", "--data", str(toy_data), "--out", str(tmp_path / "r"), "--set", "train.batch_size=abc"],
-        "train.batch_size",
-    )
-    _one_line_error(
-        capsys,
-        ["train", "toy", "--data", str(toy_data), "--out", str(tmp_path / "r"), "--set", "model.no_such_key=1"],
-        "model.no_such_key",
-    )
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.batch_size=abc", "train.batch_size"),
+        ("model.no_such_key=1", "model.no_such_key"),
+        ("train.batch_size=-1", "train.batch_size"),
+        ("train.optim.lr=-3", "train.optim.lr"),
+        ("train.seed=" + "[" * 5000 + "]" * 5000, "nested too deeply"),
+    ],
+)
+def test_bad_set_is_a_one_line_error(capsys, toy_data, tmp_path, override, key):
+    argv = ["train", "toy", "--data", str(toy_data), "--out", str(tmp_path / "r"), "--set", override]
+    _one_line_error(capsys, argv, key)
+    assert not (tmp_path / "r").exists()  # refused before anything was written
 
 
 def test_missing_data_unknown_pipeline_missing_recipe(capsys, tmp_path):

@@ -28,6 +28,27 @@ def test_yaml_then_overrides(tmp_path):
         ("train.batch_size=abc", "train.batch_size"),
         ("stages.5.epochs=1", "stages.5.epochs"),
         ("train.optim.name=rmsprop", "train.optim.name"),
+        ("train.batch_size=-1", "train.batch_size"),
+        ("train.optim.lr=-3", "train.optim.lr"),
+        ("train.optim.lr=0", "train.optim.lr"),
+        ("train.optim.momentum=1", "train.optim.momentum"),
+        ("train.optim.gamma=1.5", "train.optim.gamma"),
+        ("train.optim.warmup_epochs=-1", "train.optim.warmup_epochs"),
+        ("stages.0.optim={lr: -1}", "stages.0.optim.lr"),
+        ("stages.0.epochs=0", "stages.0.epochs"),
+        ("stages.0.patience=-1", "stages.0.patience"),
+        ("train.max_epochs=0", "train.max_epochs"),
+        ("train.save_top_k=-2", "train.save_top_k"),
+        ("train.grad_clip=0", "train.grad_clip"),
+        ("train.accumulate_grad_batches=0", "train.accumulate_grad_batches"),
+        ("train.num_workers=-1", "train.num_workers"),
+        ("train.num_nodes=0", "train.num_nodes"),
+        ("train.devices=0", "train.devices"),
+        ("train.devices=two", "train.devices"),
+        ("train.ema_decay=1", "train.ema_decay"),
+        ("train.limit_val_batches=0", "train.limit_val_batches"),
+        ("train.limit_train_batches=1.5", "train.limit_train_batches"),
+        ("train.seed=-1", "train.seed"),
     ],
 )
 def test_bad_override_is_one_line_error_naming_the_key(override, key):
@@ -58,3 +79,36 @@ def test_lr_schedules():
     assert [step(s) for s in (0, 19, 20, 45)] == [1.0, 1.0, 0.5, 0.25]
     poly = lr_lambda(OptimConfig(schedule="poly", poly_power=0.9), total_steps=100, steps_per_epoch=10)
     assert poly(50) == pytest.approx(0.5**0.9)
+
+
+def test_in_range_edge_values_are_accepted():
+    cfg = load_config(
+        ToyConfig,
+        None,
+        [
+            "train.save_top_k=-1",
+            "train.patience=0",
+            "train.ema_decay=0",
+            "train.optim.momentum=0",
+            "train.optim.gamma=1",
+            "train.limit_val_batches=3",
+            "train.limit_train_batches=0.5",
+            "train.devices=2",
+        ],
+    )
+    assert (cfg.train.save_top_k, cfg.train.limit_val_batches, cfg.train.limit_train_batches) == (-1, 3, 0.5)
+    assert isinstance(cfg.train.limit_val_batches, int)  # Lightning reads an int as a count of batches
+
+
+@pytest.mark.parametrize("value", ["[" * 5000 + "]" * 5000, "{a: " * 5000 + "1" + "}" * 5000])
+def test_a_value_nested_thousands_deep_is_a_one_line_error(value):
+    with pytest.raises(ConfigError, match="'train.seed'.*nested too deeply") as err:
+        load_config(ToyConfig, None, [f"train.seed={value}"])
+    assert "\n" not in str(err.value)
+
+
+def test_a_recipe_nested_thousands_deep_is_a_one_line_error(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("train: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="deep.yaml"):
+        load_config(ToyConfig, deep)

@@ -162,9 +162,10 @@ def test_a_stage_that_trains_nothing_is_a_config_error(toy_data, tmp_path):
 
 
 def test_early_stopping_ends_a_stage_that_stops_improving(toy_data, tmp_path):
-    # lr 0: the validation loss never improves, so patience 2 stops the stage after 3 of its 20 epochs
+    # lr 1e-30 (an lr must be > 0) leaves float32 weights as they are: the validation loss never improves, so
+    # patience 2 stops the stage after 3 of its 20 epochs
     cfg = load_config(
-        ToyPipeline.Config, None, ["train.optim.lr=0", "train.max_epochs=20", "train.patience=2", "model.dropout=0"]
+        ToyPipeline.Config, None, ["train.optim.lr=1e-30", "train.max_epochs=20", "train.patience=2", "model.dropout=0"]
     )
     train(ToyPipeline(cfg), toy_data, tmp_path / "run")
     done = json.loads((tmp_path / "run" / "stages" / "00-fit" / "done.json").read_text())
