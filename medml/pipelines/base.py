@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -210,26 +209,30 @@ class MedmlModule(L.LightningModule):
             return opt
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = max(1, self.trainer.max_epochs or 1)
-        steps_per_epoch = max(1, total_steps // epochs)
-        schedule = lr_lambda(cfg, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        scheduler = lr_scheduler(opt, cfg, total_steps=total_steps, steps_per_epoch=max(1, total_steps // epochs))
+        if scheduler is None:
+            return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def lr_lambda(cfg: OptimConfig, total_steps: int, steps_per_epoch: int):
-    """Multiplier of the base lr at optimiser step ``t`` (stepped every batch, so schedules are smooth)."""
+def lr_scheduler(
+    opt: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The stage's schedule, stepped every batch (so it is smooth): a linear warm-up from lr/100 over
+    ``warmup_epochs``, then cosine to 0, polynomial decay to 0 (``(1 - t/T)^poly_power``, nnU-Net's) or a
+    ``gamma`` decay every ``step_size`` epochs over the remaining steps; ``None`` when the lr is constant."""
+    sched = torch.optim.lr_scheduler
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return 0.01 + 0.99 * step / max(1, warmup)
-        t = (step - warmup) / max(1, total_steps - warmup)
-        if cfg.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-        if cfg.schedule == "poly":
-            return max(0.0, 1.0 - t) ** cfg.poly_power
-        if cfg.schedule == "step":
-            return cfg.gamma ** ((step - warmup) // max(1, cfg.step_size * steps_per_epoch))
-        return 1.0
-
-    return factor
+    rest = max(1, total_steps - warmup)
+    if cfg.schedule == "cosine":
+        main = sched.CosineAnnealingLR(opt, T_max=rest)
+    elif cfg.schedule == "poly":
+        main = sched.PolynomialLR(opt, total_iters=rest, power=cfg.poly_power)
+    elif cfg.schedule == "step":
+        main = sched.StepLR(opt, step_size=cfg.step_size * steps_per_epoch, gamma=cfg.gamma)
+    else:
+        main = None
+    if not warmup:
+        return main
+    warm = sched.LinearLR(opt, start_factor=0.01, end_factor=1.0, total_iters=warmup)
+    return warm if main is None else sched.SequentialLR(opt, [warm, main], milestones=[warmup])

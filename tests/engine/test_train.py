@@ -65,15 +65,15 @@ def _final(run: Path):
 
 
 @pytest.mark.parametrize(
-    "kill_at, stages",
+    "kill_at, override",
     [
         ("fit:2", None),  # inside a stage: continues from its last.ckpt
         ("tune:0", "stages=[{name: fit, epochs: 2}, {name: tune, epochs: 2, trainable: [net.4]}]"),
     ],  # between stages
     ids=["within-stage", "stage-boundary"],
 )
-def test_resume_after_kill_reproduces_uninterrupted_run(toy_data, tmp_path, kill_at, stages):
-    args = [stages] if stages else []
+def test_resume_after_kill_reproduces_uninterrupted_run(toy_data, tmp_path, kill_at, override):
+    args = [override] if override else []
     plain = _run_toy(toy_data, tmp_path / "plain", *args)
     assert plain.returncode == 0, plain.stderr[-2000:]
     killed = _run_toy(toy_data, tmp_path / "resumed", *args, env_extra={"TOY_KILL_AT": kill_at})
