@@ -149,7 +149,9 @@ def run(argv: list[str] | None = None) -> int:
         from medml.engine.checkpoint import load_checkpoint
         from medml.engine.predict import predict_folder
 
-        pipeline, module = load_checkpoint(args.checkpoint, expect_pipeline=args.name, device=_device(args.device))
+        pipeline, module = load_checkpoint(
+            args.checkpoint, expect_pipeline=args.name, device=_device(args.device), final_only=True
+        )
         summary = predict_folder(
             pipeline,
             module,

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import tests.engine.toy_pipeline  # noqa: F401  (registers the toy pipeline in this process)
 from medml.cli import main
@@ -131,3 +132,25 @@ def test_every_pipeline_rejects_a_bad_set_in_one_line(name, tmp_path):
     proc = _medml("train", name, "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--set", "train.seed=x")
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "train.seed" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_a_stage_checkpoint_is_refused_naming_the_runs_model(capsys, toy_run, toy_data, tmp_path, command):
+    """The toy run has two stages (fit, then a run stage that calibrates): its fit checkpoint is not its model."""
+    stage_ckpt = toy_run.run_dir / "stages" / "00-fit" / "checkpoints" / "last.ckpt"
+    where = ["--input", str(toy_data), "--output"] if command == "predict" else ["--data", str(toy_data), "--out"]
+    argv = [command, "toy", "--checkpoint", str(stage_ckpt), *where, str(tmp_path / "out")]
+    _one_line_error(capsys, argv, "not a finished run's model", "stage 'fit'", str(toy_run.run_dir / "model.ckpt"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_ckpt_from_before_the_final_marker_is_still_accepted(capsys, toy_run, toy_data, tmp_path):
+    old = torch.load(toy_run.checkpoint, weights_only=True)
+    assert old["medml"].pop("final") is True
+    torch.save(old, tmp_path / "model.ckpt")
+    argv = ["evaluate", "toy", "--data", str(toy_data), "--checkpoint", str(tmp_path / "model.ckpt")]
+    assert main([*argv, "--out", str(tmp_path / "eval")]) == 0
+    lightning = torch.load(toy_run.run_dir / "stages" / "00-fit" / "checkpoints" / "last.ckpt", weights_only=True)
+    del lightning["medml"]["final"]
+    torch.save(lightning, tmp_path / "last.ckpt")
+    _one_line_error(capsys, [*argv[:-1], str(tmp_path / "last.ckpt"), "--out", str(tmp_path / "e2")], "finished run")

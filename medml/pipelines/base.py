@@ -30,6 +30,7 @@ import lightning as L
 import torch
 
 from medml.config import OptimConfig, PipelineConfig, StageConfig
+from medml.engine.checkpoint import checkpoint_meta
 from medml.utils.files import folder_fingerprint
 
 
@@ -142,9 +143,7 @@ class MedmlModule(L.LightningModule):
     pipeline_name: str = ""  # set by the engine; recorded in every checkpoint
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from medml.engine.checkpoint import checkpoint_meta
-
-        checkpoint["medml"] = checkpoint_meta(self.pipeline_name, self.config)
+        checkpoint["medml"] = checkpoint_meta(self.pipeline_name, self.config, stage=self.stage.name)
 
     @contextlib.contextmanager
     def evaluating(self, device: str | torch.device | None = None) -> Iterator[MedmlModule]:
