@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 
+from medml import io
 from medml.config import OptimConfig, PipelineConfig, StageConfig
 from medml.engine.checkpoint import checkpoint_meta
 from medml.utils.files import folder_fingerprint
@@ -89,8 +90,6 @@ class Pipeline(abc.ABC):
     # ----- prediction on clinical files ----------------------------------------------------------------------------
     def discover(self, input_dir: Path) -> tuple[list[Any], list[tuple[str, str]]]:
         """Cases under ``input_dir`` this pipeline can read, and (path, reason) for files it cannot."""
-        from medml import io
-
         cases, failures = io.discover(input_dir)
         accepted = [c for c in cases if c.kind in self.input_kinds]
         skipped = [

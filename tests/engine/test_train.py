@@ -54,7 +54,7 @@ def test_refuses_to_overwrite_a_run_and_to_resume_nothing(toy_run, toy_data, tmp
 def _run_toy(data, run, *args, env_extra=None, launcher=None):
     env = {**os.environ, **(env_extra or {})}
     cmd = [*(launcher or [sys.executable]), str(RUN_TOY), str(data), str(run), *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
 
 
 def _final(run: Path):
