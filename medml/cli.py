@@ -7,7 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+from medml.config import load_config, resolve_recipe
 from medml.errors import ConfigError, MedmlError
+from medml.info import info_lines
+from medml.registry import get_pipeline, pipeline_summaries
+
+# Only what `list`, `info` and `--help` need is imported here, so they answer at once: the commands that run a
+# model import torch, Lightning and MONAI (medml.engine, medml.demo, medml.io) inside their branch of `run`.
 
 COMMANDS = """
 commands:
@@ -100,9 +106,6 @@ def _device(name: str) -> str:
 
 
 def _pipeline(name: str, config: str | None, overrides: list[str]):
-    from medml.config import load_config, resolve_recipe
-    from medml.registry import get_pipeline
-
     cls = get_pipeline(name)
     return cls(load_config(cls.Config, resolve_recipe(name, config), overrides))
 
@@ -114,14 +117,11 @@ def run(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "list":
-        from medml.registry import get_pipeline, list_pipelines
-
-        for name in list_pipelines():
-            print(f"{name:10s} {get_pipeline(name).summary}")
+        for name, summary in pipeline_summaries().items():
+            print(f"{name:10s} {summary}")
     elif args.command == "info":
-        from medml.info import info_lines
-
-        print("\n".join(info_lines()))
+        for line in info_lines():
+            print(line, flush=True)  # the device lines wait for torch; the rest need not
     elif args.command == "inspect":
         from medml import io
 
@@ -149,7 +149,9 @@ def run(argv: list[str] | None = None) -> int:
         from medml.engine.checkpoint import load_checkpoint
         from medml.engine.predict import predict_folder
 
-        pipeline, module = load_checkpoint(args.checkpoint, expect_pipeline=args.name, device=_device(args.device))
+        pipeline, module = load_checkpoint(
+            args.checkpoint, expect_pipeline=args.name, device=_device(args.device), final_only=True
+        )
         summary = predict_folder(
             pipeline,
             module,

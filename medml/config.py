@@ -8,15 +8,23 @@ Every pipeline's config subclasses `PipelineConfig`, whose defaults are the publ
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medml.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES_DIR = REPO_ROOT / "pipelines"
+
+
+# Bounded number types for config fields: an out-of-range value is a one-line error naming its key.
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]  # [0, 1): momentum, EMA decay
 
 
 class Strict(BaseModel):
@@ -29,14 +37,14 @@ class OptimConfig(Strict):
     """Optimiser and learning-rate schedule of one training stage."""
 
     name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd only
+    lr: PositiveFloat = 1e-4
+    weight_decay: NonNegativeFloat = 0.0
+    momentum: Fraction = 0.9  # sgd only
     schedule: Literal["none", "cosine", "step", "poly"] = "cosine"
-    warmup_epochs: float = 0.0  # linear warm-up from lr/100, counted in epochs (fractions allowed)
-    step_size: int = 30  # "step": epochs between decays
-    gamma: float = 0.1  # "step": decay factor
-    poly_power: float = 0.9  # "poly": lr * (1 - t/T)^power, as in nnU-Net and DiffRect
+    warmup_epochs: NonNegativeFloat = 0.0  # linear warm-up from lr/100, counted in epochs (fractions allowed)
+    step_size: PositiveInt = 30  # "step": epochs between decays
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1  # "step": decay factor
+    poly_power: PositiveFloat = 0.9  # "poly": lr * (1 - t/T)^power, as in nnU-Net and DiffRect
 
 
 class StageConfig(Strict):
@@ -49,40 +57,60 @@ class StageConfig(Strict):
     name: str
     kind: Literal["fit", "run"] = "fit"
     enabled: bool = True
-    epochs: int | None = None  # None: train.max_epochs
+    epochs: PositiveInt | None = None  # None: train.max_epochs
     trainable: list[str] = []  # parameter-name prefixes; empty means every parameter
     optim: OptimConfig | None = None  # None: train.optim
     monitor: str | None = None  # None: train.monitor
     monitor_mode: Literal["min", "max"] | None = None
-    patience: int | None = None  # None: train.patience
+    patience: NonNegativeInt | None = None  # None: train.patience
 
 
 class TrainConfig(Strict):
     """Engine settings shared by every pipeline."""
 
-    seed: int = 42
-    batch_size: int = 32  # per device; the global batch is batch_size x devices x nodes
-    num_workers: int = 2
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 42  # numpy's seed range
+    batch_size: PositiveInt = 32  # per device; the global batch is batch_size x devices x nodes
+    num_workers: NonNegativeInt = 2
     accelerator: str = "auto"  # auto | cpu | gpu | cuda | mps
-    devices: int | str = "auto"
-    num_nodes: int = 1
+    devices: int | str = "auto"  # "auto" or a count
+    num_nodes: PositiveInt = 1
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16-mixed on CUDA, else 32
-    max_epochs: int = 100
+    max_epochs: PositiveInt = 100
     optim: OptimConfig = OptimConfig()
     monitor: str | None = "val_loss"
     monitor_mode: Literal["min", "max"] = "min"
-    patience: int | None = None  # early-stopping patience in validation rounds; None disables
-    save_top_k: int = 1
-    grad_clip: float | None = None
-    accumulate_grad_batches: int = 1
-    ema_decay: float | None = None  # keep an exponential moving average of the weights; validate and export it
+    patience: NonNegativeInt | None = None  # early-stopping patience in validation rounds; None disables
+    save_top_k: Annotated[int, Field(ge=-1)] = 1  # -1: keep all
+    grad_clip: PositiveFloat | None = None
+    accumulate_grad_batches: PositiveInt = 1
+    ema_decay: Fraction | None = None  # keep an exponential moving average of the weights; validate and export it
     sync_batchnorm: bool = False
     deterministic: bool = False
-    check_val_every_n_epoch: int = 1
-    limit_train_batches: float | int = 1.0
+    check_val_every_n_epoch: PositiveInt = 1
+    limit_train_batches: float | int = 1.0  # Lightning's meaning: a fraction (float) or a number of batches (int)
     limit_val_batches: float | int = 1.0
-    log_every_n_steps: int = 50
+    log_every_n_steps: PositiveInt = 50
     progress: bool = True
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, value: int | str) -> int | str:
+        if value == "auto":
+            return value
+        if isinstance(value, str) and not value.strip().isdigit():
+            raise ValueError("must be 'auto' or a number of devices")
+        if int(value) < 1:
+            raise ValueError("must be 'auto' or at least 1")
+        return value
+
+    @field_validator("limit_train_batches", "limit_val_batches")
+    @classmethod
+    def _batch_limit(cls, value: float | int) -> float | int:
+        if isinstance(value, float) and not 0 < value <= 1:
+            raise ValueError("a fraction of the batches must be in (0, 1]")
+        if isinstance(value, int) and value < 1:
+            raise ValueError("a number of batches must be at least 1")
+        return value
 
 
 class PipelineConfig(Strict):
@@ -102,7 +130,8 @@ def _format_validation_error(err: ValidationError) -> str:
     got_text = f" (got {got!r})" if not isinstance(got, dict | list) else ""
     more = len(err.errors()) - 1
     tail = f"; and {more} more" if more else ""
-    return f"config key '{key}': {first['msg']}{got_text}{tail}"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"config key '{key}': {msg}{got_text}{tail}"
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -141,6 +170,8 @@ def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        except RecursionError:  # PyYAML recurses per nesting level
+            raise ConfigError(f"config key '{key}': the value is nested too deeply") from None
         parsed.append((key, value))
     return parsed
 
@@ -171,6 +202,8 @@ def load_config(config_cls: type[C], source: str | Path | dict | None = None, ov
             tree = yaml.safe_load(Path(source).read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"not valid YAML: {str(exc).splitlines()[0]}", source) from None
+        except RecursionError:
+            raise ConfigError("not a usable recipe: values nested too deeply", source) from None
         if not isinstance(tree, dict):
             raise ConfigError("a recipe must be a mapping of keys to values", source)
     if overrides:
@@ -186,6 +219,8 @@ def _validate(config_cls: type[C], tree: dict) -> C:
         return config_cls.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err)) from None
+    except RecursionError:
+        raise ConfigError("config values nested too deeply") from None
 
 
 def dump_config(config: PipelineConfig) -> str:

@@ -16,6 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medml.config import load_config, resolve_recipe
+from medml.engine.checkpoint import load_checkpoint
+from medml.engine.evaluate import evaluate
+from medml.engine.predict import predict_folder
+from medml.engine.train import train
+from medml.errors import MedmlError
+from medml.registry import get_pipeline, list_pipelines
 from medml.utils.files import write_json, write_text
 
 
@@ -63,13 +70,6 @@ class DemoRun:
 
 
 def run_pipeline_demo(name: str, root: Path, progress: bool = True) -> DemoRun:
-    from medml.config import load_config, resolve_recipe
-    from medml.engine.checkpoint import load_checkpoint
-    from medml.engine.evaluate import evaluate
-    from medml.engine.predict import predict_folder
-    from medml.engine.train import train
-    from medml.registry import get_pipeline
-
     demo = DemoRun(name, Path(root) / name)
     if demo.finished:
         return demo
@@ -218,9 +218,6 @@ def write_report(out_dir: Path, demos: list[DemoRun], failures: dict[str, str]) 
 
 def run_demo(out_dir: str | Path = "medml-demo", names: list[str] | None = None, progress: bool = True) -> Path:
     """Run the demo of each named pipeline (all registered ones by default) and write ``report.html``."""
-    from medml.errors import MedmlError
-    from medml.registry import get_pipeline, list_pipelines
-
     out_dir = Path(out_dir)
     names = names or list_pipelines()
     for name in names:

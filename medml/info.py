@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+from collections.abc import Iterator
 
 from medml.engine.record import package_versions
 
@@ -24,28 +25,28 @@ TOOLS = {
 }
 
 
-def info_lines() -> list[str]:
+def info_lines() -> Iterator[str]:
+    """The report line by line; devices come last because they need torch, which takes seconds to import."""
+    yield "versions:"
+    yield from (f"  {k:12s} {v or 'not installed'}" for k, v in package_versions().items())
+    yield "optional codecs:"
+    for module, what in CODECS.items():
+        present = importlib.util.find_spec(module) is not None
+        yield f"  {module:14s} {'yes' if present else 'no '}  {what}"
+    yield "tools:"
+    for tool, what in TOOLS.items():
+        yield f"  {tool:14s} {'yes' if shutil.which(tool) else 'no '}  {what}"
+    yield "devices:"
     import torch
 
-    lines = ["versions:"]
-    lines += [f"  {k:12s} {v or 'not installed'}" for k, v in package_versions().items()]
-    lines.append("devices:")
-    lines.append(f"  cpu threads  {torch.get_num_threads()}")
+    yield f"  cpu threads  {torch.get_num_threads()}"
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
-            lines.append(
+            yield (
                 f"  cuda:{i}       {props.name}, {props.total_memory / 2**30:.0f} GiB, "
                 f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}"
             )
-        lines.append(f"  CUDA         {torch.version.cuda}")
+        yield f"  CUDA         {torch.version.cuda}"
     else:
-        lines.append("  cuda         not available")
-    lines.append("optional codecs:")
-    for module, what in CODECS.items():
-        present = importlib.util.find_spec(module) is not None
-        lines.append(f"  {module:14s} {'yes' if present else 'no '}  {what}")
-    lines.append("tools:")
-    for tool, what in TOOLS.items():
-        lines.append(f"  {tool:14s} {'yes' if shutil.which(tool) else 'no '}  {what}")
-    return lines
+        yield "  cuda         not available"

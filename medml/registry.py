@@ -1,11 +1,21 @@
-"""Pipeline registry (timm's ``@register_model`` idea): the CLI, the demo and the tests find every pipeline here."""
+"""Pipeline registry (timm's ``@register_model`` idea): the CLI, the demo and the tests find every pipeline here.
+
+A pipeline imports torch, Lightning and MONAI, which takes seconds, while ``medml list`` and ``--help`` must answer
+at once. So the built-in pipelines (the packages under ``medml/pipelines/``) are listed by reading their source: the
+``name`` and ``summary`` of the ``@register_pipeline`` class in the package's ``pipeline.py`` (or ``__init__.py``),
+which stays the one place they are written. A pipeline is imported only when `get_pipeline` asks for it.
+"""
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
 import pkgutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import medml.pipelines
 from medml.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -22,22 +32,79 @@ def register_pipeline(cls: type[Pipeline]) -> type[Pipeline]:
     return cls
 
 
-def _import_builtin_pipelines() -> None:
-    import medml.pipelines as package
+def _is_register(decorator: ast.expr) -> bool:
+    if isinstance(decorator, ast.Attribute):  # @registry.register_pipeline
+        return decorator.attr == "register_pipeline"
+    return isinstance(decorator, ast.Name) and decorator.id == "register_pipeline"
 
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.ispkg:
-            importlib.import_module(f"medml.pipelines.{info.name}")
+
+def _declared(source: Path) -> dict[str, str | None]:
+    """``{name: summary}`` of the ``@register_pipeline`` classes in a source file (summary ``None`` when it is not
+    a plain string there)."""
+    if not source.is_file():
+        return {}
+    found: dict[str, str | None] = {}
+    for node in ast.parse(source.read_text(encoding="utf-8")).body:
+        if not isinstance(node, ast.ClassDef) or not any(_is_register(d) for d in node.decorator_list):
+            continue
+        values = {
+            target.id: stmt.value.value
+            for stmt in node.body
+            if isinstance(stmt, ast.Assign | ast.AnnAssign) and isinstance(stmt.value, ast.Constant)
+            for target in (stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target])
+            if isinstance(target, ast.Name)
+        }
+        if isinstance(values.get("name"), str):
+            summary = values.get("summary")
+            found[values["name"]] = summary if isinstance(summary, str) else None
+    return found
+
+
+@functools.cache
+def _builtin() -> tuple[dict[str, tuple[str, str | None]], tuple[str, ...]]:
+    """(``{name: (package, summary)}`` read from source, packages whose pipelines could not be read that way)."""
+    found: dict[str, tuple[str, str | None]] = {}
+    unread = []
+    for info in pkgutil.iter_modules(medml.pipelines.__path__):
+        if not info.ispkg:
+            continue
+        package = f"medml.pipelines.{info.name}"
+        folder = Path(info.module_finder.path) / info.name
+        declared = {**_declared(folder / "__init__.py"), **_declared(folder / "pipeline.py")}
+        found.update({name: (package, summary) for name, summary in declared.items()})
+        if not declared:
+            unread.append(package)
+    return found, tuple(unread)
+
+
+def _import_unread() -> None:
+    for package in _builtin()[1]:
+        importlib.import_module(package)
 
 
 def list_pipelines() -> list[str]:
-    _import_builtin_pipelines()
-    return sorted(_PIPELINES)
+    """Names of the built-in pipelines and of any registered in this process, without importing the built-ins."""
+    _import_unread()
+    return sorted(set(_builtin()[0]) | set(_PIPELINES))
+
+
+def pipeline_summaries() -> dict[str, str]:
+    """``{name: one-line summary}`` for `list_pipelines`, read without importing a pipeline where the source says."""
+    summaries = {}
+    for name in list_pipelines():
+        static = _builtin()[0].get(name)
+        summary = static[1] if static and name not in _PIPELINES else None
+        summaries[name] = summary if summary is not None else get_pipeline(name).summary
+    return summaries
 
 
 def get_pipeline(name: str) -> type[Pipeline]:
-    _import_builtin_pipelines()
+    """The pipeline class registered as ``name``, importing its package on first use."""
+    if name not in _PIPELINES and name in _builtin()[0]:
+        importlib.import_module(_builtin()[0][name][0])
     if name not in _PIPELINES:
-        known = ", ".join(sorted(_PIPELINES)) or "none"
+        _import_unread()
+    if name not in _PIPELINES:
+        known = ", ".join(list_pipelines()) or "none"
         raise ConfigError(f"unknown pipeline '{name}' (registered: {known})")
     return _PIPELINES[name]

@@ -2,31 +2,47 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 import tests.engine.toy_pipeline  # noqa: F401  (registers the toy pipeline in this process)
 from medml.cli import main
-from medml.registry import list_pipelines
+from medml.registry import get_pipeline, list_pipelines
+
+REPO = Path(__file__).resolve().parents[1]
 
 
-def _medml(*args):
-    return subprocess.run([sys.executable, "-m", "medml", *args], capture_output=True, text=True, timeout=300)
-
-
-def test_help_list_info():
-    helped = _medml("--help")
-    assert helped.returncode == 0
-    for verb in ("list", "info", "inspect", "convert", "prepare", "train", "predict", "evaluate", "demo"):
-        assert verb in helped.stdout
-    listed = _medml("list")
-    assert listed.returncode == 0
-    names = [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
+def test_entry_point_lists_pipelines_without_importing_torch():
+    """The one test through a real interpreter: ``python -m medml`` works, and ``list`` imports no pipeline."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "medml", "list"], capture_output=True, text=True, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
     assert names == sorted(n for n in list_pipelines() if n != "toy")  # every built-in pipeline, one line each
-    info = _medml("info")
-    assert info.returncode == 0
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "medml.cli" in imported
+    assert not {"torch", "lightning", "monai"} & imported
+
+
+def test_help_list_info(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    helped = capsys.readouterr().out
+    for verb in ("list", "info", "inspect", "convert", "prepare", "train", "predict", "evaluate", "demo"):
+        assert verb in helped
+    assert main(["list"]) == 0
+    listed = dict(line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines() if line.strip())
+    assert list(listed) == list_pipelines()  # the built-ins and the toy registered here
+    for name, summary in listed.items():
+        assert summary == get_pipeline(name).summary
+    assert main(["info"]) == 0
+    info = capsys.readouterr().out
     for word in ("torch", "monai", "cuda", "openjpeg", "dciodvfy"):
-        assert word in info.stdout
+        assert word in info
 
 
 def _one_line_error(capsys, argv, *expected):
@@ -39,17 +55,20 @@ def _one_line_error(capsys, argv, *expected):
     return err
 
 
-def test_bad_set_is_a_one_line_error(capsys, toy_data, tmp_path):
-    _one_line_error(
-        capsys,
-        ["train", "toy", "--data", str(toy_data), "--out", str(tmp_path / "r"), "--set", "train.batch_size=abc"],
-        "train.batch_size",
-    )
-    _one_line_error(
-        capsys,
-        ["train", "toy", "--data", str(toy_data), "--out", str(tmp_path / "r"), "--set", "model.no_such_key=1"],
-        "model.no_such_key",
-    )
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.batch_size=abc", "train.batch_size"),
+        ("model.no_such_key=1", "model.no_such_key"),
+        ("train.batch_size=-1", "train.batch_size"),
+        ("train.optim.lr=-3", "train.optim.lr"),
+        ("train.seed=" + "[" * 5000 + "]" * 5000, "nested too deeply"),
+    ],
+)
+def test_bad_set_is_a_one_line_error(capsys, toy_data, tmp_path, override, key):
+    argv = ["train", "toy", "--data", str(toy_data), "--out", str(tmp_path / "r"), "--set", override]
+    _one_line_error(capsys, argv, key)
+    assert not (tmp_path / "r").exists()  # refused before anything was written
 
 
 def test_missing_data_unknown_pipeline_missing_recipe(capsys, tmp_path):
@@ -124,7 +143,28 @@ def test_cli_train_predict_evaluate_roundtrip(capsys, toy_data, tmp_path):
 
 
 @pytest.mark.parametrize("name", [n for n in list_pipelines() if n != "toy"])
-def test_every_pipeline_rejects_a_bad_set_in_one_line(name, tmp_path):
-    proc = _medml("train", name, "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--set", "train.seed=x")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "train.seed" in proc.stderr
+def test_every_pipeline_rejects_a_bad_set_in_one_line(capsys, name, tmp_path):
+    argv = ["train", name, "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--set", "train.seed=x"]
+    _one_line_error(capsys, argv, "train.seed")
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_a_stage_checkpoint_is_refused_naming_the_runs_model(capsys, toy_run, toy_data, tmp_path, command):
+    """The toy run has two stages (fit, then a run stage that calibrates): its fit checkpoint is not its model."""
+    stage_ckpt = toy_run.run_dir / "stages" / "00-fit" / "checkpoints" / "last.ckpt"
+    where = ["--input", str(toy_data), "--output"] if command == "predict" else ["--data", str(toy_data), "--out"]
+    argv = [command, "toy", "--checkpoint", str(stage_ckpt), *where, str(tmp_path / "out")]
+    _one_line_error(capsys, argv, "not a finished run's model", "stage 'fit'", str(toy_run.run_dir / "model.ckpt"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_ckpt_from_before_the_final_marker_is_still_accepted(capsys, toy_run, toy_data, tmp_path):
+    old = torch.load(toy_run.checkpoint, weights_only=True)
+    assert old["medml"].pop("final") is True
+    torch.save(old, tmp_path / "model.ckpt")
+    argv = ["evaluate", "toy", "--data", str(toy_data), "--checkpoint", str(tmp_path / "model.ckpt")]
+    assert main([*argv, "--out", str(tmp_path / "eval")]) == 0
+    lightning = torch.load(toy_run.run_dir / "stages" / "00-fit" / "checkpoints" / "last.ckpt", weights_only=True)
+    del lightning["medml"]["final"]
+    torch.save(lightning, tmp_path / "last.ckpt")
+    _one_line_error(capsys, [*argv[:-1], str(tmp_path / "last.ckpt"), "--out", str(tmp_path / "e2")], "finished run")

@@ -7,7 +7,7 @@ import yaml
 
 from medml.config import RECIPES_DIR, load_config, resolve_recipe
 from medml.pipelines.base import MedmlModule, Pipeline
-from medml.registry import get_pipeline, list_pipelines
+from medml.registry import _declared, get_pipeline, list_pipelines
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = [n for n in list_pipelines() if n != "toy"]
@@ -39,3 +39,17 @@ def test_tiny_module_builds_without_data(name):
     module = cls(load_config(cls.Config, resolve_recipe(name, "tiny"))).build_module(None)
     assert isinstance(module, MedmlModule)
     assert sum(p.numel() for p in module.parameters()) > 0
+
+
+def test_pipelines_are_listed_from_their_source(tmp_path):
+    """``medml list`` reads name and summary from the registered class's source instead of importing it."""
+    source = tmp_path / "pipeline.py"
+    source.write_text(
+        "from medml import registry\n"
+        "from medml.registry import register_pipeline\n"
+        "class Helper:\n    name = 'not-a-pipeline'\n"
+        "@register_pipeline\nclass A(Pipeline):\n    name = 'a'\n    summary = ('one line, '\n        'in two parts')\n"
+        "@registry.register_pipeline\nclass B(Pipeline):\n    name: str = 'b'\n    summary = SUMMARY\n"
+    )
+    assert _declared(source) == {"a": "one line, in two parts", "b": None}  # None: import it to read the summary
+    assert _declared(tmp_path / "missing.py") == {}

@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 
 class RandomStateCallback(L.Callback):
@@ -39,56 +40,66 @@ class RandomStateCallback(L.Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class EMAWeights(L.Callback):
-    """Exponential moving average of the weights, used for validation and for the exported model.
+def _ema_update(decay: float):
+    """torch's EMA update for float tensors; integer buffers (BatchNorm's ``num_batches_tracked``) follow the
+    live model, since an average of counters truncated to integers would lag behind it."""
+    ema = get_ema_multi_avg_fn(decay)
 
-    The average is kept in float32 beside the live weights; validation swaps it in and swaps the live weights
-    back afterwards, so checkpoints hold the live weights (needed to resume) plus the average in this callback's
-    state. ``medml.engine.train`` exports the average as the stage's result.
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        if averaged[0].is_floating_point():  # AveragedModel groups tensors by dtype
+            ema(averaged, current, n_averaged)
+        else:
+            torch._foreach_copy_(averaged, current)
+
+    return update
+
+
+class EMAWeights(L.Callback):
+    """Exponential moving average of the weights (``torch.optim.swa_utils.AveragedModel``), used for validation
+    and for the exported model.
+
+    The average starts from the weights at the start of the fit and is updated after every training batch.
+    Validation swaps it in and swaps the live weights back afterwards, so checkpoints hold the live weights
+    (needed to resume) plus the average's state dict in this callback's state (``"ema"``), which
+    ``medml.engine.train`` exports as the stage's result.
     """
 
     def __init__(self, decay: float):
         self.decay = decay
-        self.ema: dict[str, torch.Tensor] | None = None
+        self.average: AveragedModel | None = None
+        self._resumed: dict[str, torch.Tensor] | None = None  # the average from a checkpoint, until the fit starts
         self._backup: dict[str, torch.Tensor] | None = None
 
+    @property
+    def ema(self) -> dict[str, torch.Tensor] | None:
+        """The averaged weights as a state dict of the module."""
+        return None if self.average is None else self.average.module.state_dict()
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.ema is None:
-            self.ema = {
-                k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
-                for k, v in pl_module.state_dict().items()
-            }
-        else:
-            self.ema = {k: v.to(pl_module.device) for k, v in self.ema.items()}
+        # A deep copy of the module (Lightning drops the trainer when copying); no gradients ever reach it.
+        self.average = AveragedModel(pl_module, multi_avg_fn=_ema_update(self.decay), use_buffers=True)
+        self.average.requires_grad_(False)
+        self.average.update_parameters(pl_module)  # the first update copies: the average starts at these weights
+        if self._resumed is not None:  # Lightning restores callback states before on_fit_start
+            self.average.module.load_state_dict(self._resumed)
+            self._resumed = None
 
-    @torch.no_grad()
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        for key, value in pl_module.state_dict().items():
-            avg = self.ema[key]
-            if avg.is_floating_point():
-                avg.lerp_(value.float(), 1.0 - self.decay)
-            else:
-                avg.copy_(value)
+        self.average.update_parameters(pl_module)
 
-    def _swap_in(self, pl_module: L.LightningModule) -> None:
-        self._backup = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-        pl_module.load_state_dict(self.ema)
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if self.average is not None and not trainer.sanity_checking:
+            self._backup = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+            pl_module.load_state_dict(self.ema)
 
-    def _swap_out(self, pl_module: L.LightningModule) -> None:
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if self._backup is not None:
             pl_module.load_state_dict(self._backup)
             self._backup = None
-
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        if self.ema is not None and not trainer.sanity_checking:
-            self._swap_in(pl_module)
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        self._swap_out(pl_module)
 
     def state_dict(self) -> dict[str, Any]:
         return {"decay": self.decay, "ema": {k: v.detach().cpu() for k, v in (self.ema or {}).items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.decay = state["decay"]
-        self.ema = dict(state["ema"]) or None
+        self._resumed = dict(state["ema"]) or None

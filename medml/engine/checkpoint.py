@@ -11,26 +11,42 @@ from typing import Any
 import torch
 
 import medml
-from medml.errors import CheckpointError, MedmlError
+from medml.config import load_config
+from medml.errors import CheckpointError, ConfigError, MedmlError
+from medml.registry import get_pipeline
 from medml.utils.files import atomic_path
 
 FORMAT = 1
 
 
-def checkpoint_meta(pipeline_name: str, config: Any) -> dict[str, Any]:
-    return {
+def checkpoint_meta(pipeline_name: str, config: Any, final: bool = False, stage: str | None = None) -> dict[str, Any]:
+    """The ``medml`` record of a checkpoint. ``final`` marks a finished run's model (``model.ckpt``); a Lightning
+    checkpoint written during ``stage`` is not one."""
+    meta = {
         "format": FORMAT,
         "pipeline": pipeline_name,
         "config": config.model_dump(mode="json"),
         "medml_version": medml.__version__,
+        "final": final,
     }
+    if stage is not None:
+        meta["stage"] = stage
+    return meta
+
+
+def is_final(ckpt: dict[str, Any]) -> bool:
+    """Whether a checkpoint read by `read_checkpoint` is a finished run's model."""
+    meta = ckpt["medml"]
+    if "final" in meta:
+        return bool(meta["final"])
+    return "loops" not in ckpt  # written before the marker: model.ckpt was the only slim (non-Lightning) one
 
 
 def save_model(path: str | Path, pipeline: Any, module: torch.nn.Module) -> Path:
     """Write a slim checkpoint: the resolved config and the weights (and buffers), nothing executable."""
     path = Path(path)
     payload = {
-        "medml": checkpoint_meta(pipeline.name, pipeline.config),
+        "medml": checkpoint_meta(pipeline.name, pipeline.config, final=True),
         "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
     }
     with atomic_path(path) as tmp:
@@ -64,18 +80,36 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def load_checkpoint(path: str | Path, expect_pipeline: str | None = None, device: str | torch.device = "cpu"):
+def _not_final_error(path: Path, ckpt: dict[str, Any]) -> ConfigError:
+    stage = ckpt["medml"].get("stage")
+    what = f"a checkpoint saved during stage '{stage}'" if stage else "a checkpoint saved during training"
+    parts = path.resolve().parts
+    if len(parts) >= 5 and parts[-2] == "checkpoints" and parts[-4] == "stages":  # RUN/stages/NN-name/checkpoints/
+        use = f"use the run's model.ckpt ({Path(*parts[:-4]) / 'model.ckpt'})"
+    else:
+        use = "use the model.ckpt of its run folder"
+    return ConfigError(f"not a finished run's model but {what}; {use}", path)
+
+
+def load_checkpoint(
+    path: str | Path,
+    expect_pipeline: str | None = None,
+    device: str | torch.device = "cpu",
+    final_only: bool = False,
+):
     """Rebuild ``(pipeline, module)`` from a medml checkpoint (``model.ckpt`` or a Lightning stage checkpoint).
 
-    The module is in eval mode on ``device``.
+    The module is in eval mode on ``device``. With ``final_only`` (``medml predict`` and ``evaluate``), a checkpoint
+    that is not a finished run's model (an intermediate stage of a multi-stage run, weights before the EMA or a
+    run stage) is refused with an error naming the run's ``model.ckpt``.
     """
-    from medml.config import load_config
-    from medml.registry import get_pipeline
-
+    path = Path(path)
     ckpt = read_checkpoint(path)
     meta = ckpt["medml"]
     if expect_pipeline and meta["pipeline"] != expect_pipeline:
         raise CheckpointError(f"checkpoint is for pipeline '{meta['pipeline']}', not '{expect_pipeline}'", path)
+    if final_only and not is_final(ckpt):
+        raise _not_final_error(path, ckpt)
     pipeline_cls = get_pipeline(meta["pipeline"])
     try:
         config = load_config(pipeline_cls.Config, meta["config"])

@@ -22,7 +22,7 @@ def evaluate(
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if not data_dir.is_dir():
         raise ConfigError("data folder not found", data_dir)
-    pipeline, module = load_checkpoint(checkpoint, expect_pipeline=name, device=device)
+    pipeline, module = load_checkpoint(checkpoint, expect_pipeline=name, device=device, final_only=True)
     pipeline.check_layout(data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = base_record(

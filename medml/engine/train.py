@@ -304,7 +304,7 @@ def train(pipeline: Any, data_dir: str | Path, run_dir: str | Path, resume: bool
             if not any(p.requires_grad for p in module.parameters()):
                 raise ConfigError(
                     f"config key 'stages': stage '{stage.name}' trains nothing: no parameter name "
-                    f"starts with {stage.trainable}"
+                    f"starts with {module.trainable_prefixes(stage)}"
                 )
             trainer, checkpoint = build_trainer(
                 cfg.train, stage, stage_dir, run_dir, manual_optimization=not module.automatic_optimization

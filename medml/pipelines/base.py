@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,7 +29,9 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 
+from medml import io
 from medml.config import OptimConfig, PipelineConfig, StageConfig
+from medml.engine.checkpoint import checkpoint_meta
 from medml.utils.files import folder_fingerprint
 
 
@@ -89,8 +90,6 @@ class Pipeline(abc.ABC):
     # ----- prediction on clinical files ----------------------------------------------------------------------------
     def discover(self, input_dir: Path) -> tuple[list[Any], list[tuple[str, str]]]:
         """Cases under ``input_dir`` this pipeline can read, and (path, reason) for files it cannot."""
-        from medml import io
-
         cases, failures = io.discover(input_dir)
         accepted = [c for c in cases if c.kind in self.input_kinds]
         skipped = [
@@ -131,7 +130,8 @@ class MedmlModule(L.LightningModule):
     Subclasses implement ``training_step`` / ``validation_step`` as usual (or set
     ``self.automatic_optimization = False`` for teacher-student methods and step ``self.optimizers()`` themselves,
     calling ``self.clip_gradients`` where ``train.grad_clip`` is set). The engine calls ``start_stage`` before each
-    stage, which freezes every parameter outside ``stage.trainable``.
+    stage, which freezes every parameter outside `stage_parameters` (by default the names starting with a
+    `trainable_prefixes` prefix, which is ``stage.trainable`` unless the pipeline derives it from the stage).
     """
 
     def __init__(self, config: PipelineConfig):
@@ -142,9 +142,7 @@ class MedmlModule(L.LightningModule):
     pipeline_name: str = ""  # set by the engine; recorded in every checkpoint
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from medml.engine.checkpoint import checkpoint_meta
-
-        checkpoint["medml"] = checkpoint_meta(self.pipeline_name, self.config)
+        checkpoint["medml"] = checkpoint_meta(self.pipeline_name, self.config, stage=self.stage.name)
 
     @contextlib.contextmanager
     def evaluating(self, device: str | torch.device | None = None) -> Iterator[MedmlModule]:
@@ -160,10 +158,20 @@ class MedmlModule(L.LightningModule):
             self.to(old_device).train(was_training)
 
     # ----- stages --------------------------------------------------------------------------------------------------
+    def trainable_prefixes(self, stage: StageConfig) -> list[str]:
+        """Parameter-name prefixes trained in ``stage``; empty means every parameter.
+
+        The default is the recipe's ``stage.trainable``. A pipeline whose stages say what they do (e.g. a
+        ``StageConfig`` subclass with ``mode: joint, branch: rhythm``) overrides this to derive the prefixes from
+        that, so recipes need not repeat parameter names.
+        """
+        return list(stage.trainable)
+
     def stage_parameters(self, stage: StageConfig) -> Iterable[tuple[str, torch.nn.Parameter]]:
-        """Named parameters trained in ``stage``: those whose names start with a ``stage.trainable`` prefix."""
+        """Named parameters trained in ``stage``: those whose names start with one of `trainable_prefixes`."""
+        prefixes = tuple(self.trainable_prefixes(stage))
         for name, param in self.named_parameters():
-            if not stage.trainable or any(name.startswith(prefix) for prefix in stage.trainable):
+            if not prefixes or name.startswith(prefixes):
                 yield name, param
 
     def start_stage(self, stage: StageConfig) -> None:
@@ -199,26 +207,30 @@ class MedmlModule(L.LightningModule):
             return opt
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = max(1, self.trainer.max_epochs or 1)
-        steps_per_epoch = max(1, total_steps // epochs)
-        schedule = lr_lambda(cfg, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        scheduler = lr_scheduler(opt, cfg, total_steps=total_steps, steps_per_epoch=max(1, total_steps // epochs))
+        if scheduler is None:
+            return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def lr_lambda(cfg: OptimConfig, total_steps: int, steps_per_epoch: int):
-    """Multiplier of the base lr at optimiser step ``t`` (stepped every batch, so schedules are smooth)."""
+def lr_scheduler(
+    opt: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The stage's schedule, stepped every batch (so it is smooth): a linear warm-up from lr/100 over
+    ``warmup_epochs``, then cosine to 0, polynomial decay to 0 (``(1 - t/T)^poly_power``, nnU-Net's) or a
+    ``gamma`` decay every ``step_size`` epochs over the remaining steps; ``None`` when the lr is constant."""
+    sched = torch.optim.lr_scheduler
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return 0.01 + 0.99 * step / max(1, warmup)
-        t = (step - warmup) / max(1, total_steps - warmup)
-        if cfg.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-        if cfg.schedule == "poly":
-            return max(0.0, 1.0 - t) ** cfg.poly_power
-        if cfg.schedule == "step":
-            return cfg.gamma ** ((step - warmup) // max(1, cfg.step_size * steps_per_epoch))
-        return 1.0
-
-    return factor
+    rest = max(1, total_steps - warmup)
+    if cfg.schedule == "cosine":
+        main = sched.CosineAnnealingLR(opt, T_max=rest)
+    elif cfg.schedule == "poly":
+        main = sched.PolynomialLR(opt, total_iters=rest, power=cfg.poly_power)
+    elif cfg.schedule == "step":
+        main = sched.StepLR(opt, step_size=cfg.step_size * steps_per_epoch, gamma=cfg.gamma)
+    else:
+        main = None
+    if not warmup:
+        return main
+    warm = sched.LinearLR(opt, start_factor=0.01, end_factor=1.0, total_iters=warmup)
+    return warm if main is None else sched.SequentialLR(opt, [warm, main], milestones=[warmup])

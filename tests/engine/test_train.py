@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from medml.config import load_config
+from medml.config import StageConfig, load_config
 from medml.engine.callbacks import EMAWeights
 from medml.engine.train import train
 from medml.errors import ConfigError
-from tests.engine.toy_pipeline import ToyPipeline
+from tests.engine.toy_pipeline import ToyModule, ToyPipeline
 
 RUN_TOY = Path(__file__).with_name("run_toy.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -54,7 +54,7 @@ def test_refuses_to_overwrite_a_run_and_to_resume_nothing(toy_run, toy_data, tmp
 def _run_toy(data, run, *args, env_extra=None, launcher=None):
     env = {**os.environ, **(env_extra or {})}
     cmd = [*(launcher or [sys.executable]), str(RUN_TOY), str(data), str(run), *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
 
 
 def _final(run: Path):
@@ -65,21 +65,22 @@ def _final(run: Path):
 
 
 @pytest.mark.parametrize(
-    "kill_at, stages",
+    "kill_at, overrides",
     [
-        ("fit:2", None),  # inside a stage: continues from its last.ckpt
-        ("tune:0", "stages=[{name: fit, epochs: 2}, {name: tune, epochs: 2, trainable: [net.4]}]"),
-    ],  # between stages
+        # inside a stage: continues from its last.ckpt, with the EMA and the warm-up-then-cosine schedule restored
+        ("fit:2", ["train.ema_decay=0.9", "train.optim.warmup_epochs=1.5"]),
+        # between stages: the next stage starts from the finished one's end state
+        ("tune:0", ["stages=[{name: fit, epochs: 2}, {name: tune, epochs: 2, trainable: [net.4]}]"]),
+    ],
     ids=["within-stage", "stage-boundary"],
 )
-def test_resume_after_kill_reproduces_uninterrupted_run(toy_data, tmp_path, kill_at, stages):
-    args = [stages] if stages else []
-    plain = _run_toy(toy_data, tmp_path / "plain", *args)
+def test_resume_after_kill_reproduces_uninterrupted_run(toy_data, tmp_path, kill_at, overrides):
+    plain = _run_toy(toy_data, tmp_path / "plain", *overrides)
     assert plain.returncode == 0, plain.stderr[-2000:]
-    killed = _run_toy(toy_data, tmp_path / "resumed", *args, env_extra={"TOY_KILL_AT": kill_at})
+    killed = _run_toy(toy_data, tmp_path / "resumed", *overrides, env_extra={"TOY_KILL_AT": kill_at})
     assert killed.returncode == 3  # died mid-run
     assert not (tmp_path / "resumed" / "model.ckpt").exists()
-    resumed = _run_toy(toy_data, tmp_path / "resumed", *args, "--resume")
+    resumed = _run_toy(toy_data, tmp_path / "resumed", *overrides, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     state_a, losses_a = _final(tmp_path / "plain")
     state_b, losses_b = _final(tmp_path / "resumed")
@@ -140,13 +141,27 @@ def test_ema_callback_tracks_the_moving_average(toy_data, tmp_path):
     torch.testing.assert_close(exported["net.0.weight"], ema_state["net.0.weight"])
 
 
-def test_ema_update_rule():
-    module = torch.nn.Linear(2, 1)
+def test_ema_starts_at_the_fit_start_weights_and_follows_each_batch():
+    module = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+    start = {k: v.clone() for k, v in module.state_dict().items()}
     cb = EMAWeights(0.5)
-    cb.ema = {k: torch.zeros_like(v) for k, v in module.state_dict().items()}
+    cb.on_fit_start(None, module)
+    module.train()(torch.randn(4, 2))  # moves the BatchNorm statistics and counts a batch
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(1.0)
     cb.on_train_batch_end(None, module, None, None, 0)
     for k, v in module.state_dict().items():
-        torch.testing.assert_close(cb.ema[k], 0.5 * v)
+        if v.is_floating_point():
+            torch.testing.assert_close(cb.ema[k], 0.5 * start[k] + 0.5 * v)
+        else:  # counters follow the live model
+            assert int(cb.ema[k]) == int(v) == 1
+    restored = EMAWeights(0.9)
+    restored.load_state_dict(cb.state_dict())
+    restored.on_fit_start(None, module)  # as on --resume: the saved average, not the live weights
+    assert restored.decay == 0.5
+    for k, v in cb.ema.items():
+        torch.testing.assert_close(restored.ema[k], v)
 
 
 @pytest.fixture(autouse=True)
@@ -162,10 +177,30 @@ def test_a_stage_that_trains_nothing_is_a_config_error(toy_data, tmp_path):
 
 
 def test_early_stopping_ends_a_stage_that_stops_improving(toy_data, tmp_path):
-    # lr 0: the validation loss never improves, so patience 2 stops the stage after 3 of its 20 epochs
+    # lr 1e-30 (an lr must be > 0) leaves float32 weights as they are: the validation loss never improves, so
+    # patience 2 stops the stage after 3 of its 20 epochs
     cfg = load_config(
-        ToyPipeline.Config, None, ["train.optim.lr=0", "train.max_epochs=20", "train.patience=2", "model.dropout=0"]
+        ToyPipeline.Config, None, ["train.optim.lr=1e-30", "train.max_epochs=20", "train.patience=2", "model.dropout=0"]
     )
     train(ToyPipeline(cfg), toy_data, tmp_path / "run")
     done = json.loads((tmp_path / "run" / "stages" / "00-fit" / "done.json").read_text())
     assert done["epochs_run"] == 3
+
+
+def test_trainable_parameters_follow_the_modules_trainable_prefixes_hook():
+    """A pipeline can derive what a stage trains from what the stage says, not from prefixes in the recipe."""
+
+    class HeadStage(StageConfig):
+        head_only: bool = False
+
+    class DerivingModule(ToyModule):
+        def trainable_prefixes(self, stage):
+            return ["net.4"] if getattr(stage, "head_only", False) else super().trainable_prefixes(stage)
+
+    module = DerivingModule(ToyPipeline.Config())
+    module.start_stage(HeadStage(name="head", head_only=True))
+    assert {n for n, p in module.named_parameters() if p.requires_grad} == {"net.4.weight", "net.4.bias"}
+    module.start_stage(HeadStage(name="all"))  # the default: stage.trainable, empty = everything
+    assert all(p.requires_grad for p in module.parameters())
+    module.start_stage(HeadStage(name="bn", trainable=["net.1"]))
+    assert {n for n, _ in module.stage_parameters(module.stage)} == {"net.1.weight", "net.1.bias"}
