@@ -29,14 +29,48 @@ commands:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2) like every other user error."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"medml: error: {message} (see '{self.prog} --help')\n")
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _bytes(text: str) -> int:
+    """``--max-case-bytes`` value: a number of bytes, optionally with K, M, G or T (binary units)."""
+    number, unit = text.strip().upper().removesuffix("B"), ""
+    if number and number[-1] in _SIZE_UNITS:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = int(float(number) * _SIZE_UNITS[unit])
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size such as 8G or 500M") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be a positive size")
+    return value
+
+
+def _add_budget(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-case-bytes",
+        type=_bytes,
+        metavar="SIZE",
+        help="refuse a case whose decoded pixels/samples would exceed SIZE (e.g. 8G); "
+        "default: $MEDML_MAX_CASE_BYTES or a quarter of this machine's memory",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="medml",
         description="Published medical imaging methods on clinical files.",
         epilog=COMMANDS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     sub.add_parser("list", help="pipelines, with one line each")
     sub.add_parser("info", help="versions, devices, optional codecs")
@@ -44,11 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="what medml finds in a file or folder")
     p.add_argument("path", type=Path)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_budget(p)
 
     p = sub.add_parser("convert", help="convert a DICOM series or cine to NIfTI (or a mask to DICOM SEG)")
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path)
     p.add_argument("--mask", type=Path, help="a label map to write as DICOM SEG referencing INPUT")
+    _add_budget(p)
 
     def add_config(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", help="recipe name (paper, tiny) or a YAML file; default: the paper recipe")
@@ -82,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-parts", type=int, default=1, help="split the cases into N parts ...")
     p.add_argument("--part-id", type=int, default=0, help="... and process part I (0-based)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    _add_budget(p)
 
     p = sub.add_parser("evaluate", help="score a checkpoint on a dataset split")
     p.add_argument("name")
@@ -102,6 +139,14 @@ def _device(name: str) -> str:
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device '{name}' is not a device (auto, cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {name}: MPS is not available on this machine")
     return name
 
 
@@ -116,6 +161,18 @@ def run(argv: list[str] | None = None) -> int:
         _parser().print_help()
         return 0
 
+    if not getattr(args, "max_case_bytes", None):
+        return _dispatch(args)
+    from medml.io import set_memory_budget
+
+    set_memory_budget(args.max_case_bytes)
+    try:
+        return _dispatch(args)
+    finally:
+        set_memory_budget(None)  # in-process callers (tests, notebooks) get the default back
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "list":
         for name, summary in pipeline_summaries().items():
             print(f"{name:10s} {summary}")

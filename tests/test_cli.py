@@ -168,3 +168,48 @@ def test_a_model_ckpt_from_before_the_final_marker_is_still_accepted(capsys, toy
     del lightning["medml"]["final"]
     torch.save(lightning, tmp_path / "last.ckpt")
     _one_line_error(capsys, [*argv[:-1], str(tmp_path / "last.ckpt"), "--out", str(tmp_path / "e2")], "finished run")
+
+
+def _usage_error(capsys, argv, *expected):
+    """argparse's own errors are one line too (exit 2), not a usage block."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exited.value.code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("medml: error:")
+    for text in expected:
+        assert text in err
+
+
+def test_usage_errors_are_one_line(capsys):
+    _usage_error(capsys, ["predict"], "required", "--input")
+    _usage_error(capsys, ["inspect", ".", "--max-case-bytes", "12Q"], "--max-case-bytes", "12Q")
+    _usage_error(capsys, ["inspect", ".", "--max-case-bytes=0"], "positive")
+    _usage_error(capsys, ["frobnicate"], "invalid choice")
+
+
+def test_device_that_is_not_there_is_a_one_line_error(capsys, toy_run, tmp_path):
+    n = torch.cuda.device_count()
+    for device in (f"cuda:{n + 7}", "warp-drive"):
+        _one_line_error(
+            capsys,
+            ["predict", "toy", "--input", str(tmp_path), "--checkpoint", str(toy_run.checkpoint)]
+            + ["--output", str(tmp_path / "out"), "--device", device],
+            device,
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_max_case_bytes_refuses_a_large_case_and_is_reset_after(capsys, tmp_path):
+    from PIL import Image
+
+    from medml.io import memory_budget
+
+    Image.new("L", (512, 512)).save(tmp_path / "big.png")
+    default = memory_budget()
+    assert main(["inspect", str(tmp_path / "big.png"), "--max-case-bytes", "64K"]) in (0, 2)
+    captured = capsys.readouterr()
+    assert "exceed" in (captured.out + captured.err).lower() or "budget" in (captured.out + captured.err).lower()
+    assert memory_budget() == default
+    assert main(["inspect", str(tmp_path / "big.png"), "--max-case-bytes", "1G"]) == 0
+    assert "budget" not in capsys.readouterr().out.lower()
