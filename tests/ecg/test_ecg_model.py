@@ -267,8 +267,8 @@ def test_local_imagenet_weights_load_into_2d_backbone(tmp_path):
 
 def _tiny_module(stages: list[str]):
     from medml.config import StageConfig
+    from medml.pipelines.ecg.config import EcgConfig
     from medml.pipelines.ecg.module import EcgModule
-    from medml.pipelines.ecg.pipeline import EcgConfig
 
     config = EcgConfig()
     for name in ("branch_rhythm", "branch_morphology", "branch_global"):

@@ -254,7 +254,7 @@ def test_unknown_stage_is_a_clear_error():
 
 def test_evaluate_runs_on_the_modules_device(ecg_run, monkeypatch):
     """``medml evaluate --device cpu`` on a CUDA machine: prediction stays on the device the module was put on."""
-    from medml.pipelines.ecg.pipeline import evaluate_split
+    from medml.pipelines.ecg.evaluate import evaluate_split
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the old code then moved the model to CUDA
     results, arrays = evaluate_split(ecg_run.module, ecg_run.data, "val", ecg_run.pipeline.config, n_bootstrap=0)

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from medml.config import StageConfig
+from medml.engine.data import eval_loader
 from medml.errors import ConfigError
+from medml.metrics import fmax, multilabel_auroc
 from medml.pipelines.base import MedmlModule
 from medml.pipelines.ecg.losses import ClassifierLoss, PrototypeLoss, class_pos_weight, label_jaccard
 from medml.pipelines.ecg.model import BRANCHES, ProtoECGNet, encode_path
@@ -42,8 +44,6 @@ def parse_stage(name: str) -> tuple[str, str | None]:
 
 def macro_auroc(targets: np.ndarray, scores: np.ndarray) -> float:
     """Macro AUROC over labels with both classes present (whole set, no bootstrap)."""
-    from medml.metrics import multilabel_auroc
-
     if targets.shape[0] == 0:
         return float("nan")
     return multilabel_auroc(targets, scores, n_bootstrap=0)["macro"]
@@ -58,8 +58,6 @@ def choose_thresholds(targets: np.ndarray, probs: np.ndarray, policy: str = "per
     threshold per label instead of one shared threshold, which matters for PTB-XL's rare labels. Labels without a
     validation positive have no F1 to maximise and fall back to the micro-Fmax threshold.
     """
-    from medml.metrics import fmax
-
     _, global_t = fmax(targets, probs)
     thresholds = np.full(targets.shape[1], global_t, dtype=np.float32)
     if policy == "fmax":
@@ -270,52 +268,41 @@ class EcgModule(MedmlModule):
         raise ConfigError(f"config key 'stages': stage '{stage.name}' must be kind 'fit', not 'run'")
 
     def _loader(self, dataset):
-        from medml.engine.data import eval_loader
-
         # Every process scans the whole set (no sharding) so each ends with identical prototypes/thresholds.
         return eval_loader(dataset, self.config.train, shard=False)
 
-    @torch.no_grad()
     def predict_dataset(self, dataset, device: torch.device | None = None) -> dict[str, np.ndarray]:
         """Fused probabilities, targets and record rows of a dataset (eval mode, whole set).
 
         Runs on ``device``, by default the module's own device (where ``load_checkpoint(..., device=)`` put it).
         """
-        device = device or self.device
-        was_training, old_device = self.training, self.device
-        self.eval().to(device)
         probs, targets, index = [], [], []
-        try:
+        with self.evaluating(device):
             for batch in self._loader(dataset):
-                probs.append(torch.sigmoid(self(batch["signal"].to(device))["logits"]).float().cpu())
+                probs.append(torch.sigmoid(self(batch["signal"].to(self.device))["logits"]).float().cpu())
                 targets.append(batch["target"].float())
                 index.append(batch["index"].long())
-        finally:
-            self.to(old_device).train(was_training)
         return {
             "probs": torch.cat(probs).numpy(),
             "target": torch.cat(targets).numpy(),
             "index": torch.cat(index).numpy(),
         }
 
-    @torch.no_grad()
     def push_prototypes(self, name: str, datamodule) -> dict[str, Any]:
         """Projection (spec 1.8): replace each prototype by the closest latent patch of a training record of its
         own class (1D: the record's feature vector; 2D: the best window), and record where it came from."""
         branch = self.model.branches[name]
         device = compute_device(self.config)
-        was_training, old_device = self.training, self.device
-        self.eval().to(device)
-        label_index = self.model.label_index(name)
-        proto_class = branch.prototype_class()
-        num, length = branch.num_prototypes, branch.prototype_length
-        best_sim = torch.full((num,), float("-inf"), device=device)
-        best_row = torch.full((num,), -1, dtype=torch.long)
-        best_ecg = torch.full((num,), -1, dtype=torch.long)
-        best_start = torch.zeros(num, dtype=torch.long)
-        best_latent = branch.prototype_vectors.detach().clone()
-        best_segment = branch.projection_segment.detach().cpu().clone()
-        try:
+        with self.evaluating(device):
+            label_index = self.model.label_index(name)
+            proto_class = branch.prototype_class()
+            num, length = branch.num_prototypes, branch.prototype_length
+            best_sim = torch.full((num,), float("-inf"), device=device)
+            best_row = torch.full((num,), -1, dtype=torch.long)
+            best_ecg = torch.full((num,), -1, dtype=torch.long)
+            best_start = torch.zeros(num, dtype=torch.long)
+            best_latent = branch.prototype_vectors.detach().clone()
+            best_segment = branch.projection_segment.detach().cpu().clone()
             for batch in self._loader(datamodule.train_dataset):
                 signal = batch["signal"].to(device)
                 z = branch.latent(self.standardize(signal))
@@ -356,8 +343,6 @@ class EcgModule(MedmlModule):
             branch.projection_segment.copy_(best_segment.to(branch.projection_segment.device))
             for p in torch.nonzero(found).flatten().tolist():
                 branch.projection_path[p] = encode_path(str(datamodule.record_path(int(best_row[p]))))
-        finally:
-            self.to(old_device).train(was_training)
         missing = sorted({self.label_names[int(label_index[c])] for c in proto_class.cpu()[~found].tolist()})
         return {
             "branch": name,
