@@ -37,7 +37,8 @@ from torch.utils.data import Dataset
 
 from medml import errors
 from medml.errors import ConfigError, CorruptFileError, DataLayoutError, MedmlError, SignalError
-from medml.transforms.ecg import Standardize, highpass_filter, resample_signal
+from medml.transforms import apply_transform
+from medml.transforms.ecg import Standardize, resample_highpass
 from medml.utils.files import cache_root, folder_fingerprint, write_json
 
 __all__ = [
@@ -57,7 +58,6 @@ __all__ = [
     "label_cooccurrence",
     "prepare_ptbxl",
     "read_ptbxl_record",
-    "resample_and_highpass",
     "scp_statements_frame",
 ]
 
@@ -497,15 +497,6 @@ def _standard_leads(signal: np.ndarray, names: list[str], units: list[str], path
 # Cache
 
 
-def resample_and_highpass(signal: np.ndarray, fs_in: float, rate: int, highpass: bool = True) -> np.ndarray:
-    """Resample to ``rate`` if needed, then the order-1 0.5 Hz zero-phase high-pass (ProtoECGNet's baseline removal).
-
-    The preprocessing of the cache, and of clinical ECGs at prediction time (the ``ecg`` pipeline), in float64.
-    """
-    x = resample_signal(signal, fs_in, rate) if fs_in != rate else signal
-    return highpass_filter(x, rate, 0.5, 1) if highpass else x
-
-
 def _fill_chunk(args: tuple) -> tuple[int, str, str, str | None] | None:
     """Read, preprocess and store records ``start:start+len(names)`` into the cache array (runs in a worker).
 
@@ -523,11 +514,12 @@ def _fill_chunk(args: tuple) -> tuple[int, str, str, str | None] | None:
         signals.append(signal)
         rates.append(fs)
     out = np.load(npy, mmap_mode="r+")
+    preprocess = resample_highpass(rate, highpass)
     for fs in sorted(set(rates)):
         rows = [k for k, f in enumerate(rates) if f == fs]
         for n_samples in sorted({signals[k].shape[-1] for k in rows}):
             same = [k for k in rows if signals[k].shape[-1] == n_samples]
-            x = resample_and_highpass(np.stack([signals[k] for k in same]), fs, rate, highpass)
+            x = apply_transform(preprocess, {"signal": np.stack([signals[k] for k in same]), "fs": fs})["signal"]
             if x.shape[-1] != length:
                 k = same[0]
                 return (

@@ -14,8 +14,12 @@ import torch
 
 from medml.config import load_config, resolve_recipe
 from medml.errors import ConfigError, SignalError
+from medml.pipelines.ecg.config import EcgConfig, EcgDataConfig
+from medml.pipelines.ecg.data import ecg_preprocessing
 from medml.pipelines.ecg.module import EcgModule
-from medml.pipelines.ecg.pipeline import EcgConfig, EcgDataConfig, EcgPipeline, preprocess_signal
+from medml.pipelines.ecg.pipeline import EcgPipeline
+from medml.transforms import apply_transform
+from medml.transforms.ecg import resample_highpass
 
 
 @pytest.fixture(scope="session")
@@ -199,28 +203,48 @@ def test_frozen_branches_keep_their_batchnorm_statistics(ecg_run):
 # ----- no training needed ---------------------------------------------------------------------------------------
 
 
+def _preprocess(signal: np.ndarray, fs: float, cfg: EcgDataConfig) -> np.ndarray:
+    return apply_transform(ecg_preprocessing(cfg), {"signal": signal, "fs": fs, "path": "x"})["signal"]
+
+
 def test_preprocess_resamples_crops_and_rejects_bad_signals():
     rng = np.random.default_rng(0)
     t = np.arange(int(12.5 * 250)) / 250
     ecg = (np.sin(2 * np.pi * 1.2 * t) + 0.05 * rng.standard_normal((12, t.size))).astype(np.float32)
     cfg = EcgDataConfig()
-    out = preprocess_signal(ecg, 250.0, cfg, "x")
+    out = _preprocess(ecg, 250.0, cfg)
     assert out.shape == (12, 1000) and out.dtype == np.float32
     assert abs(float(out.mean())) < 0.05  # the high-pass removed the offset
     flat = ecg.copy()
     flat[7] = 0.3  # constant lead V2
     with pytest.raises(SignalError, match="V2"):
-        preprocess_signal(flat, 250.0, cfg, "x")
+        _preprocess(flat, 250.0, cfg)
     nan = ecg.copy()
     nan[2, 10] = np.nan
     with pytest.raises(SignalError, match="NaN"):
-        preprocess_signal(nan, 250.0, cfg, "x")
+        _preprocess(nan, 250.0, cfg)
     with pytest.raises(SignalError, match="shorter"):
-        preprocess_signal(ecg[:, :750], 250.0, cfg, "x")
+        _preprocess(ecg[:, :750], 250.0, cfg)
     with pytest.raises(SignalError, match="strict"):
-        preprocess_signal(ecg, 250.0, EcgDataConfig(length_policy="strict"), "x")
-    short = preprocess_signal(ecg[:, :2250], 250.0, cfg, "x")  # 9 s: zero-padded to 10 s
+        _preprocess(ecg, 250.0, EcgDataConfig(length_policy="strict"))
+    short = _preprocess(ecg[:, :2250], 250.0, cfg)  # 9 s: zero-padded to 10 s
     assert short.shape == (12, 1000) and np.all(short[:, 900:] == 0)
+    centre = _preprocess(ecg, 250.0, EcgDataConfig(crop="center"))  # 12.5 s -> 1250 samples: keeps 125..1125
+    full = resample_highpass(100)({"signal": ecg, "fs": 250.0})["signal"]
+    np.testing.assert_array_equal(centre, full[:, 125:1125].astype(np.float32))
+    np.testing.assert_array_equal(out, full[:, :1000].astype(np.float32))
+
+
+def test_clinical_preprocessing_is_the_training_cache_s(synthetic_ptbxl, ptbxl_cache):
+    """A PTB-XL record given to ``predict`` as a clinical WFDB file becomes the very array the model trained on."""
+    from medml.data.ptbxl import PTBXL
+
+    ptbxl = PTBXL(synthetic_ptbxl, cache_dir=ptbxl_cache)
+    pipeline = EcgPipeline(EcgConfig())
+    for row in (0, 17, 123):
+        sample = pipeline.load_case(Path(str(ptbxl.record_path(row)) + ".hea"))
+        assert sample["signal"].shape == (12, 1000) and sample["source_fs"] == 100.0
+        np.testing.assert_allclose(sample["signal"], ptbxl.signals[row], rtol=0, atol=1e-5)
 
 
 def test_paper_defaults_and_recipes():

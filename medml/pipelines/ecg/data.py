@@ -1,18 +1,23 @@
-"""The ``ecg`` pipeline's data: PTB-XL folds as a DataModule, and ProtoECGNet's label-to-branch partition."""
+"""The ``ecg`` pipeline's data: PTB-XL folds as a DataModule, the preprocessing of clinical ECGs (the PTB-XL cache's
+own, composed once), and ProtoECGNet's label-to-branch partition."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from monai.transforms import CastToTyped, Compose, MapTransform
 from torch.utils.data import Dataset
 
 from medml.data.ptbxl import PTBXL, SCP_BRANCH, SCP_CODES, ECGDataset, fit_standardizer
 from medml.engine.data import MedmlDataModule
-from medml.errors import DataLayoutError
-from medml.pipelines.ecg.config import EcgConfig
+from medml.errors import DataLayoutError, SignalError
+from medml.io.ecg import check_signal
+from medml.pipelines.ecg.config import EcgConfig, EcgDataConfig
 from medml.pipelines.ecg.model import BRANCHES
+from medml.transforms.ecg import FitLengthd, resample_highpass
 
 #: ProtoECGNet's prototype_category -> branch (spec 1.3: 1 rhythm 1D, 3 morphology 2D partial, 4 global 2D).
 CATEGORY_BRANCH = {1: "rhythm", 3: "morphology", 4: "global"}
@@ -22,6 +27,55 @@ def open_ptbxl(data_dir: str | Path, config: EcgConfig, progress: bool = False) 
     """The prepared PTB-XL (cache built on first use) at the config's rate, source and filter."""
     cfg = config.data
     return PTBXL(data_dir, sampling_rate=cfg.sampling_rate, highpass=cfg.highpass, source=cfg.source, progress=progress)
+
+
+class CheckEcgd(MapTransform):
+    """Refuse an ECG the model must not see, with a `SignalError` naming ``data["path"]``.
+
+    On the input (``after=False``): not 12 leads, NaN, a flat lead (checked before resampling, whose edge
+    transients could hide one), or a length the ``data.length_policy`` refuses. On the output (``after=True``): a
+    lead the high-pass flattened, over the samples that are signal rather than padding (``data["valid_samples"]``).
+    """
+
+    def __init__(self, cfg: EcgDataConfig, after: bool = False, key: str = "signal") -> None:
+        super().__init__(key)
+        self.cfg, self.after, self.key = cfg, after, key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d, cfg = dict(data), self.cfg
+        x, fs, path = d[self.key], float(d["fs"]), d.get("path")
+        if self.after:
+            check_signal(x[:, : d["valid_samples"]], fs, path, flat_lead_mv=cfg.flat_lead_mv)
+            return d
+        if x.ndim != 2 or x.shape[0] != 12:
+            raise SignalError(f"expected 12 leads, got an array of shape {x.shape}", path)
+        check_signal(x, fs, path, flat_lead_mv=cfg.flat_lead_mv)
+        seconds = x.shape[1] / fs
+        if cfg.length_policy == "strict" and abs(seconds - cfg.seconds) > 1.0 / fs:
+            raise SignalError(
+                f"record lasts {seconds:.2f} s; data.length_policy 'strict' needs {cfg.seconds:g} s", path
+            )
+        if seconds < cfg.min_seconds:
+            raise SignalError(f"record lasts {seconds:.2f} s, shorter than data.min_seconds={cfg.min_seconds:g}", path)
+        return d
+
+
+def ecg_preprocessing(cfg: EcgDataConfig) -> Compose:
+    """Clinical ECG ``{"signal": (12, n) mV, "fs": Hz, "path"}`` -> ``signal`` (12, seconds * rate) float32.
+
+    Checks (`CheckEcgd`), then the PTB-XL cache's own resampling and high-pass (`resample_highpass`, so clinical
+    inputs get exactly the training preprocessing), a 10-s window or zero padding (``data.crop``), and the check
+    that the high-pass left no flat lead.
+    """
+    return Compose(
+        [
+            CheckEcgd(cfg),
+            resample_highpass(cfg.sampling_rate, cfg.highpass),
+            FitLengthd("signal", int(round(cfg.seconds * cfg.sampling_rate)), cfg.crop, valid_key="valid_samples"),
+            CheckEcgd(cfg, after=True),
+            CastToTyped("signal", np.float32),
+        ]
+    )
 
 
 class EcgDataModule(MedmlDataModule):

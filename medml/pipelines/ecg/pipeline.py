@@ -8,6 +8,7 @@ part 1. The folder: ``config.py`` (schema, stages), ``data.py`` (DataModule), ``
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,22 +17,29 @@ from typing import Any
 import numpy as np
 import torch
 import wfdb
+from monai.transforms import Compose
 from pydicom.data import get_testdata_file
 
-from medml.data.ptbxl import check_ptbxl_layout, resample_and_highpass
+from medml.data.ptbxl import check_ptbxl_layout
 from medml.data.synthetic_ptbxl import simulate_ecg, write_synthetic_ptbxl
-from medml.errors import ConfigError, SignalError
+from medml.errors import ConfigError
 from medml.io import read_ecg
-from medml.io.ecg import check_signal
 from medml.io.synthetic import write_dicom_ecg
 from medml.io.types import STANDARD_LEADS
 from medml.pipelines.base import Pipeline
-from medml.pipelines.ecg.config import EcgConfig, EcgDataConfig
-from medml.pipelines.ecg.data import EcgDataModule, branch_label_indices, open_ptbxl, ptbxl_statement_codes
+from medml.pipelines.ecg.config import EcgConfig
+from medml.pipelines.ecg.data import (
+    EcgDataModule,
+    branch_label_indices,
+    ecg_preprocessing,
+    open_ptbxl,
+    ptbxl_statement_codes,
+)
 from medml.pipelines.ecg.evaluate import evaluate_fold
 from medml.pipelines.ecg.explain import explain_sample, explanation_figure, prototype_segments, prototype_table
 from medml.pipelines.ecg.module import EcgModule
 from medml.registry import register_pipeline
+from medml.transforms import apply_transform
 from medml.utils.files import write_json, write_text
 
 
@@ -46,6 +54,11 @@ class EcgPipeline(Pipeline):
     predict_batch_size = 16
 
     config: EcgConfig
+
+    @functools.cached_property
+    def preprocessing(self) -> Compose:
+        """The clinical ECG preprocessing (`ecg_preprocessing`), composed once from ``config.data``."""
+        return ecg_preprocessing(self.config.data)
 
     # ----- dataset -------------------------------------------------------------------------------------------------
     def check_layout(self, data_dir: Path) -> None:
@@ -119,9 +132,9 @@ class EcgPipeline(Pipeline):
     def load_case(self, case: Any) -> dict[str, Any]:
         record = read_ecg(case)
         path = getattr(case, "path", case)
-        signal = preprocess_signal(record.signal, float(record.fs), self.config.data, path)
+        sample = apply_transform(self.preprocessing, {"signal": record.signal, "fs": float(record.fs), "path": path})
         return {
-            "signal": signal,
+            "signal": sample["signal"],
             "fs": float(self.config.data.sampling_rate),
             "source_fs": float(record.fs),
             "source_seconds": float(record.signal.shape[1] / record.fs),
@@ -197,37 +210,3 @@ def _write_wfdb(wfdb, stem: Path, signal: np.ndarray, fs: int, leads: Sequence[s
         baseline=[0] * len(order),
         write_dir=str(stem.parent),
     )
-
-
-def preprocess_signal(signal: np.ndarray, fs: float, cfg: EcgDataConfig, path: Any) -> np.ndarray:
-    """Clinical ECG (12, n) mV at ``fs`` -> (12, seconds * rate) float32: check, resample, high-pass, crop/pad.
-
-    The checks are `medml.io.ecg.check_signal`'s (with ``data.flat_lead_mv`` as the flat-lead limit) and the
-    resampling/high-pass is the PTB-XL cache's own (`medml.data.ptbxl.resample_and_highpass`), so clinical inputs
-    get exactly the preprocessing the model was trained with.
-
-    Raises:
-        SignalError: NaN values, a record too short for the length policy, or a flat lead (before or after
-            preprocessing).
-    """
-    x = np.asarray(signal, dtype=np.float32)
-    if x.ndim != 2 or x.shape[0] != 12:
-        raise SignalError(f"expected 12 leads, got an array of shape {x.shape}", path)
-    # before resampling, whose edge transients could hide a flat lead
-    check_signal(x, fs, path, flat_lead_mv=cfg.flat_lead_mv)
-    rate = cfg.sampling_rate
-    want = int(round(cfg.seconds * rate))
-    seconds = x.shape[1] / fs
-    if cfg.length_policy == "strict" and abs(seconds - cfg.seconds) > 1.0 / fs:
-        raise SignalError(f"record lasts {seconds:.2f} s; data.length_policy 'strict' needs {cfg.seconds:g} s", path)
-    if seconds < cfg.min_seconds:
-        raise SignalError(f"record lasts {seconds:.2f} s, shorter than data.min_seconds={cfg.min_seconds:g}", path)
-    x = resample_and_highpass(x, fs, rate, cfg.highpass)
-    n = x.shape[1]
-    if n > want:
-        start = 0 if cfg.crop == "start" else (n - want) // 2
-        x = x[:, start : start + want]
-    elif n < want:
-        x = np.pad(x, ((0, 0), (0, want - n)))
-    check_signal(x[:, : min(n, want)], rate, path, flat_lead_mv=cfg.flat_lead_mv)  # the high-pass can flatten too
-    return np.ascontiguousarray(x, dtype=np.float32)
