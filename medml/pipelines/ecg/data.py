@@ -11,7 +11,7 @@ import numpy as np
 from monai.transforms import CastToTyped, Compose, MapTransform
 from torch.utils.data import Dataset
 
-from medml.data.ptbxl import PTBXL, SCP_BRANCH, SCP_CODES, ECGDataset, fit_standardizer
+from medml.data.ptbxl import PTBXL, SCP_CODES, ECGDataset, fit_standardizer
 from medml.engine.data import MedmlDataModule
 from medml.errors import DataLayoutError, SignalError
 from medml.io.ecg import check_signal
@@ -19,8 +19,82 @@ from medml.pipelines.ecg.config import EcgConfig, EcgDataConfig
 from medml.pipelines.ecg.model import BRANCHES
 from medml.transforms.ecg import FitLengthd, resample_highpass
 
-#: ProtoECGNet's prototype_category -> branch (spec 1.3: 1 rhythm 1D, 3 morphology 2D partial, 4 global 2D).
-CATEGORY_BRANCH = {1: "rhythm", 3: "morphology", 4: "global"}
+#: ProtoECGNet's branch of every PTB-XL SCP statement, in scp_statements.csv row order (spec §1.3: the
+#: ``prototype_category`` column of the authors' regrouped statements file, 1 = rhythm (1D, 16 codes), 3 =
+#: time-localised morphology (2D partial, 52 codes), 4 = global 12-lead pattern (2D global, 3 codes); 2 is unused).
+SCP_BRANCH: dict[str, str] = {
+    "NDT": "morphology",
+    "NST_": "morphology",
+    "DIG": "global",
+    "LNGQT": "morphology",
+    "NORM": "global",
+    "IMI": "morphology",
+    "ASMI": "morphology",
+    "LVH": "morphology",
+    "LAFB": "morphology",
+    "ISC_": "morphology",
+    "IRBBB": "morphology",
+    "1AVB": "rhythm",
+    "IVCD": "rhythm",
+    "ISCAL": "morphology",
+    "CRBBB": "morphology",
+    "CLBBB": "morphology",
+    "ILMI": "morphology",
+    "LAO/LAE": "morphology",
+    "AMI": "morphology",
+    "ALMI": "morphology",
+    "ISCIN": "morphology",
+    "INJAS": "morphology",
+    "LMI": "morphology",
+    "ISCIL": "morphology",
+    "LPFB": "morphology",
+    "ISCAS": "morphology",
+    "INJAL": "morphology",
+    "ISCLA": "morphology",
+    "RVH": "morphology",
+    "ANEUR": "morphology",
+    "RAO/RAE": "morphology",
+    "EL": "global",
+    "WPW": "morphology",
+    "ILBBB": "morphology",
+    "IPLMI": "morphology",
+    "ISCAN": "morphology",
+    "IPMI": "morphology",
+    "SEHYP": "morphology",
+    "INJIN": "morphology",
+    "INJLA": "morphology",
+    "PMI": "morphology",
+    "3AVB": "rhythm",
+    "INJIL": "morphology",
+    "2AVB": "rhythm",
+    "ABQRS": "morphology",
+    "PVC": "morphology",
+    "STD_": "morphology",
+    "VCLVH": "morphology",
+    "QWAVE": "morphology",
+    "LOWT": "morphology",
+    "NT_": "morphology",
+    "PAC": "morphology",
+    "LPR": "morphology",
+    "INVT": "morphology",
+    "LVOLT": "morphology",
+    "HVOLT": "morphology",
+    "TAB_": "morphology",
+    "STE_": "morphology",
+    "PRC(S)": "morphology",
+    "SR": "rhythm",
+    "AFIB": "rhythm",
+    "STACH": "rhythm",
+    "SARRH": "rhythm",
+    "SBRAD": "rhythm",
+    "PACE": "rhythm",
+    "SVARR": "rhythm",
+    "BIGU": "rhythm",
+    "AFLT": "rhythm",
+    "SVTAC": "rhythm",
+    "PSVT": "rhythm",
+    "TRIGU": "rhythm",
+}
 
 
 def open_ptbxl(data_dir: str | Path, config: EcgConfig, progress: bool = False) -> PTBXL:
@@ -124,5 +198,5 @@ def branch_label_indices(codes: Sequence[str]) -> dict[str, list[int]]:
             raise DataLayoutError(
                 f"SCP code '{code}' has no ProtoECGNet branch (expected one of the 71 PTB-XL statements)"
             )
-        out[CATEGORY_BRANCH[SCP_BRANCH[code]]].append(i)
+        out[SCP_BRANCH[code]].append(i)
     return out

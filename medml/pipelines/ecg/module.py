@@ -75,6 +75,30 @@ def compute_device(config) -> torch.device:
     return torch.device("cpu")
 
 
+def build_protoecgnet(config, branch_labels: dict[str, Sequence[int]], load_imagenet: bool = True) -> ProtoECGNet:
+    """ProtoECGNet as ``config`` describes it (the paper's model for the default config)."""
+    mcfg = config.model
+    seconds_length = int(round(config.data.seconds * config.data.sampling_rate))
+    warmup = {parse_stage(s.name)[1] for s in config.stages if s.enabled and s.name.startswith("warmup_")}
+    branch_kwargs = {}
+    for name in BRANCHES:
+        bcfg = getattr(mcfg, f"branch_{name}")
+        branch_kwargs[name] = {
+            "kind": "1d" if name == "rhythm" else "2d",
+            "prototypes_per_class": bcfg.prototypes_per_class,
+            "prototype_length": bcfg.prototype_length if name != "rhythm" else 1,
+            "prototype_dim": bcfg.prototype_dim,
+            "depth": bcfg.depth,
+            "widths": tuple(bcfg.widths),
+            "dropout": mcfg.dropout,
+            "imagenet_weights": mcfg.imagenet_weights if name != "rhythm" and load_imagenet else None,
+            "warmup_head": name in warmup,
+            "signal_length": seconds_length,
+            "latent_length": _latent_length(seconds_length),
+        }
+    return ProtoECGNet(branch_labels, len(mcfg.labels), branch_kwargs)
+
+
 class EcgModule(MedmlModule):
     """ProtoECGNet in Lightning.
 
@@ -98,28 +122,9 @@ class EcgModule(MedmlModule):
         load_imagenet: bool = True,
     ):
         super().__init__(config)
-        mcfg, lcfg = config.model, config.loss
-        labels = mcfg.labels
-        num_labels = len(labels)
-        seconds_length = int(round(config.data.seconds * config.data.sampling_rate))
-        warmup = {parse_stage(s.name)[1] for s in config.stages if s.enabled and s.name.startswith("warmup_")}
-        branch_kwargs = {}
-        for name in BRANCHES:
-            bcfg = getattr(mcfg, f"branch_{name}")
-            branch_kwargs[name] = {
-                "kind": "1d" if name == "rhythm" else "2d",
-                "prototypes_per_class": bcfg.prototypes_per_class,
-                "prototype_length": bcfg.prototype_length if name != "rhythm" else 1,
-                "prototype_dim": bcfg.prototype_dim,
-                "depth": bcfg.depth,
-                "widths": tuple(bcfg.widths),
-                "dropout": mcfg.dropout,
-                "imagenet_weights": mcfg.imagenet_weights if name != "rhythm" and load_imagenet else None,
-                "warmup_head": name in warmup,
-                "signal_length": seconds_length,
-                "latent_length": _latent_length(seconds_length),
-            }
-        self.model = ProtoECGNet(branch_labels, num_labels, branch_kwargs)
+        lcfg = config.loss
+        num_labels = len(config.model.labels)
+        self.model = build_protoecgnet(config, branch_labels, load_imagenet)
 
         y = np.zeros((1, num_labels)) if train_labels is None else np.asarray(train_labels)
         weights_on = lcfg.class_weights and train_labels is not None
