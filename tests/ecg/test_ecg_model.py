@@ -266,7 +266,7 @@ def test_local_imagenet_weights_load_into_2d_backbone(tmp_path):
 
 
 def _tiny_module(stages: list[str]):
-    from medml.config import StageConfig
+    from medml.pipelines.ecg.config import EcgStage
     from medml.pipelines.ecg.module import EcgModule
 
     config = EcgConfig()
@@ -274,15 +274,9 @@ def _tiny_module(stages: list[str]):
         block = getattr(config.model, name)
         block.widths, block.prototypes_per_class, block.prototype_dim = [8, 8, 16, 16], 2, 8
     config.model.labels = [f"L{i}" for i in range(6)]
-    prefix = {
-        "warmup": ["backbone", "warmup_head"],
-        "classifier": ["last_layer"],
-        "joint": ["backbone", "add_on", "prototype_vectors"],
-    }
     config.stages = [
-        StageConfig(name=s, trainable=[f"model.branches.{s.split('_')[1]}.{p}" for p in prefix[s.split("_")[0]]])
-        for s in stages
-    ]
+        EcgStage(mode=s.split("_")[0], branch=s.split("_")[1]) for s in stages
+    ]  # trains what the mode says
     labels = (np.random.default_rng(0).random((40, 6)) < 0.4).astype(np.uint8)
     branches = {"rhythm": [0, 1], "morphology": [2, 3, 4], "global": [5]}
     return EcgModule(config, branches, labels)

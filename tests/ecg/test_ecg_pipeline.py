@@ -16,7 +16,6 @@ from medml.config import load_config, resolve_recipe
 from medml.errors import ConfigError, SignalError
 from medml.pipelines.ecg.config import EcgConfig, EcgDataConfig
 from medml.pipelines.ecg.data import ecg_preprocessing
-from medml.pipelines.ecg.module import EcgModule
 from medml.pipelines.ecg.pipeline import EcgPipeline
 from medml.transforms import apply_transform
 from medml.transforms.ecg import resample_highpass
@@ -269,11 +268,53 @@ def test_paper_defaults_and_recipes():
 
 
 def test_unknown_stage_is_a_clear_error():
+    with pytest.raises(ConfigError, match="jiont_rhythm"):  # the earlier name-only form
+        load_config(EcgConfig, {"stages": [{"name": "jiont_rhythm"}]})
+    with pytest.raises(ConfigError, match="'stages.0.mode'"):
+        load_config(EcgConfig, {"stages": [{"mode": "jiont", "branch": "rhythm"}]})
+    with pytest.raises(ConfigError, match="needs a branch"):
+        load_config(EcgConfig, {"stages": [{"mode": "joint"}]})
+    with pytest.raises(ConfigError, match="follow from mode and branch"):
+        load_config(EcgConfig, {"stages": [{"mode": "joint", "branch": "rhythm", "trainable": ["model.fusion"]}]})
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "data.sampling_rate=0",
+        "data.seconds=-10",
+        "model.dropout=1.0",
+        "model.branch_morphology.prototypes_per_class=0",
+        "model.branch_global.widths=[8,16,32]",
+        "loss.div=-1",
+        "loss.l1=-0.1",
+    ],
+)
+def test_out_of_range_values_are_one_line_errors_naming_the_key(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"config key '{key}'") as info:
+        load_config(EcgConfig, None, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_stages_say_what_they_train_and_earlier_recipes_still_load():
     config = EcgConfig()
-    config.stages[1].name = "jiont_rhythm"
-    config.model.labels = ["SR", "LVH", "NORM"]
-    with pytest.raises(ConfigError, match="jiont_rhythm"):
-        EcgModule(config, {"rhythm": [0], "morphology": [1], "global": [2]}).start_stage(config.stages[1])
+    stage = next(s for s in config.stages if s.name == "joint_morphology")
+    assert (stage.mode, stage.branch, stage.kind, stage.trainable) == ("joint", "morphology", "fit", [])
+    assert [(s.name, s.kind) for s in config.stages if s.mode in ("project", "thresholds")] == [
+        ("project_rhythm", "run"),
+        ("project_morphology", "run"),
+        ("project_global", "run"),
+        ("thresholds", "run"),
+    ]
+    legacy = {  # a stage as recipes and checkpoints wrote it before stages had a mode
+        "name": "joint_rhythm",
+        "trainable": [f"model.branches.rhythm.{p}" for p in ("backbone", "add_on", "prototype_vectors")],
+    }
+    loaded = load_config(EcgConfig, {"stages": [legacy]}).stages[0]
+    assert (loaded.mode, loaded.branch, loaded.trainable) == ("joint", "rhythm", [])
+    with pytest.raises(ConfigError, match="follow from mode and branch"):  # other prefixes would train otherwise
+        load_config(EcgConfig, {"stages": [{**legacy, "trainable": ["model.fusion"]}]})
 
 
 def test_evaluate_runs_on_the_modules_device(ecg_run, monkeypatch):

@@ -1,45 +1,29 @@
 """The ProtoECGNet LightningModule: per-branch warm-up / joint / classifier stages, projection ("push") onto
 training segments, fusion, and threshold selection on the validation fold.
 
-The stage's name says what it does and to which branch: ``warmup_<branch>``, ``joint_<branch>``,
-``project_<branch>`` (kind run), ``classifier_<branch>``, ``fusion``, ``thresholds`` (kind run), with ``<branch>``
-one of ``rhythm``, ``morphology``, ``global``. Which parameters train comes from the stage's ``trainable``
-prefixes (the engine freezes the rest); frozen backbones are kept in eval mode so their BatchNorm statistics and
-dropout do not move (spec 1.8: "all three projected branches frozen, in eval mode").
+A stage (`EcgStage`) says what it does and to which branch: ``{mode: warmup|joint|project|classifier, branch:
+rhythm|morphology|global}``, ``{mode: fusion}``, ``{mode: thresholds}``. Which parameters train follows from the mode
+and branch (`stage_parameters`; the engine freezes the rest); frozen backbones are kept in eval mode so their
+BatchNorm statistics and dropout do not move (spec 1.8: "all three projected branches frozen, in eval mode").
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medml.config import StageConfig
 from medml.engine.data import eval_loader
 from medml.errors import ConfigError
 from medml.metrics import fmax, multilabel_auroc
 from medml.pipelines.base import MedmlModule
+from medml.pipelines.ecg.config import EcgStage, trained_prefixes
 from medml.pipelines.ecg.losses import ClassifierLoss, PrototypeLoss, class_pos_weight, label_jaccard
 from medml.pipelines.ecg.model import BRANCHES, ProtoECGNet, encode_path
-
-STAGE_MODES = ("warmup", "joint", "project", "classifier", "fusion", "thresholds")
-
-
-def parse_stage(name: str) -> tuple[str, str | None]:
-    """``"joint_rhythm"`` -> ``("joint", "rhythm")``; ``"fusion"`` -> ``("fusion", None)``."""
-    if name in ("fusion", "thresholds"):
-        return name, None
-    mode, _, branch = name.partition("_")
-    if mode not in STAGE_MODES or branch not in BRANCHES:
-        raise ConfigError(
-            f"config key 'stages': unknown ECG stage '{name}' (use warmup_|joint_|project_|"
-            f"classifier_ + rhythm|morphology|global, fusion, thresholds)"
-        )
-    return mode, branch
 
 
 def macro_auroc(targets: np.ndarray, scores: np.ndarray) -> float:
@@ -79,7 +63,7 @@ def build_protoecgnet(config, branch_labels: dict[str, Sequence[int]], load_imag
     """ProtoECGNet as ``config`` describes it (the paper's model for the default config)."""
     mcfg = config.model
     seconds_length = int(round(config.data.seconds * config.data.sampling_rate))
-    warmup = {parse_stage(s.name)[1] for s in config.stages if s.enabled and s.name.startswith("warmup_")}
+    warmup = {s.branch for s in config.stages if s.enabled and s.mode == "warmup"}
     branch_kwargs = {}
     for name in BRANCHES:
         bcfg = getattr(mcfg, f"branch_{name}")
@@ -161,7 +145,7 @@ class EcgModule(MedmlModule):
         return (signal - self.signal_mean[:, None]) / std[:, None]
 
     def stage_mode(self) -> tuple[str, str | None]:
-        return parse_stage(self.stage.name)
+        return self.stage.mode, self.stage.branch
 
     def forward(self, signal: torch.Tensor, branches: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Raw (B, 12, T) mV signal (high-passed) -> the model's outputs; standardisation happens here."""
@@ -177,8 +161,17 @@ class EcgModule(MedmlModule):
                         part.eval()
         return self
 
-    def start_stage(self, stage: StageConfig) -> None:
-        parse_stage(stage.name)  # fail early on a misspelt stage
+    def stage_parameters(self, stage: EcgStage) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        """What the stage's mode trains on its branch (`trained_prefixes`); run stages keep the engine's default."""
+        prefixes = tuple(trained_prefixes(stage.mode, stage.branch))
+        if not prefixes:
+            yield from super().stage_parameters(stage)
+            return
+        for name, param in self.named_parameters():
+            if name.startswith(prefixes):
+                yield name, param
+
+    def start_stage(self, stage: EcgStage) -> None:
         super().start_stage(stage)
         self.train(self.training)
 
@@ -264,8 +257,8 @@ class EcgModule(MedmlModule):
                 self.log(f"val_auroc_{which}", macro_auroc(y, probs), on_epoch=True, prog_bar=True, sync_dist=True)
 
     # ----- run stages ----------------------------------------------------------------------------------------------
-    def run_stage(self, stage: StageConfig, datamodule) -> dict[str, Any]:
-        mode, name = parse_stage(stage.name)
+    def run_stage(self, stage: EcgStage, datamodule) -> dict[str, Any]:
+        mode, name = stage.mode, stage.branch
         if mode == "project":
             return self.push_prototypes(name, datamodule)
         if mode == "thresholds":
