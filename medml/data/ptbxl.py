@@ -307,7 +307,7 @@ def _load_tables(root: str | Path, source: str) -> tuple[Path, pd.DataFrame, pd.
 
 
 def read_ptbxl_record(stem: str | Path) -> tuple[np.ndarray, float]:
-    """Read a PTB-XL record (path without extension) as ``(signal, fs)``: (12, T) float32 mV in lead order I..V6.
+    """Read a PTB-XL record (path without extension) as ``(signal, fs)``: (12, T) float64 mV in lead order I..V6.
 
     medml's one WFDB reader (`medml.io.ecg.read_wfdb`, as for clinical files) with PTB-XL's rules: all 12 leads
     recorded (none derived), NaN samples refused, flat leads kept (a dataset record is not a clinical input).
@@ -317,7 +317,7 @@ def read_ptbxl_record(stem: str | Path) -> tuple[np.ndarray, float]:
         SignalError: leads missing, units not a voltage, or invalid (NaN) samples.
     """
     stem = Path(stem)
-    record = read_wfdb(stem.with_name(stem.name + ".hea"), derive_limb_leads=False, check=False)
+    record = read_wfdb(stem.with_name(stem.name + ".hea"), derive_limb_leads=False, check=False, dtype=np.float64)
     if np.isnan(record.signal).any():
         raise SignalError("invalid (NaN) samples", stem.with_name(stem.name + ".hea"))
     return record.signal, record.fs

@@ -71,11 +71,12 @@ def assemble_leads(
     *,
     derive_limb_leads: bool = True,
     check: bool = True,
+    dtype: np.dtype | type = np.float32,
 ) -> tuple[np.ndarray, list[str]]:
     """Reorder (leads, n) mV signals to the standard 12, deriving missing limb leads from I and II if allowed.
 
     Returns:
-        The (12, n) float32 signal and the list of leads that were derived rather than recorded.
+        The (12, n) signal (``dtype``, float32 by default) and the list of leads that were derived rather than recorded.
 
     Raises:
         SignalError: a lead missing (and not derivable), NaN samples, a flat lead, or fewer than 1 s of samples.
@@ -101,7 +102,7 @@ def assemble_leads(
     missing = [lead for lead in STANDARD_LEADS if lead not in by_name]
     if missing:
         raise SignalError(f"missing lead(s) {', '.join(missing)} (found: {', '.join(map(str, names))})", path)
-    signal = np.stack([by_name[lead] for lead in STANDARD_LEADS]).astype(np.float32)
+    signal = np.stack([by_name[lead] for lead in STANDARD_LEADS]).astype(dtype)
     if check:
         check_signal(signal, fs, path)
     return signal, derived
@@ -178,7 +179,9 @@ def _read_format16(dat: Path, samples: int, gains: np.ndarray, baselines: np.nda
     return signal
 
 
-def read_wfdb(path: str | Path, *, derive_limb_leads: bool = True, check: bool = True) -> EcgRecord:
+def read_wfdb(
+    path: str | Path, *, derive_limb_leads: bool = True, check: bool = True, dtype: np.dtype | type = np.float32
+) -> EcgRecord:
     """Read a WFDB record (``.hea`` + signal files, any sampling rate and format) as an `EcgRecord`.
 
     The one WFDB reader: clinical files and PTB-XL records (`medml.data.ptbxl`) both come through here.
@@ -187,6 +190,8 @@ def read_wfdb(path: str | Path, *, derive_limb_leads: bool = True, check: bool =
         path: the record path, with or without ``.hea``.
         derive_limb_leads: compute missing III/aVR/aVL/aVF from I and II.
         check: reject NaN and flat leads.
+        dtype: of the signal; float64 keeps the full precision of the stored samples (the PTB-XL cache uses it,
+            so the cache holds what it held before this reader was shared).
 
     Raises:
         UnsupportedFormatError: no header. CorruptFileError: unreadable header, missing or truncated signal file.
@@ -214,7 +219,7 @@ def read_wfdb(path: str | Path, *, derive_limb_leads: bool = True, check: bool =
         bad = sorted({u for u, s in zip(units, scale, strict=True) if np.isnan(s)})
         raise SignalError(f"unknown signal unit(s) {bad}; expected mV, uV or V", hea)
     signal, derived = assemble_leads(
-        signals * scale[:, None], names, fs, hea, derive_limb_leads=derive_limb_leads, check=check
+        signals * scale[:, None], names, fs, hea, derive_limb_leads=derive_limb_leads, check=check, dtype=dtype
     )
     meta: dict[str, Any] = {
         "record": record_name,
