@@ -1,5 +1,6 @@
-"""The ecg pipeline end to end on the synthetic PTB-XL: tiny training through the engine (once per session),
-evaluation on the whole test fold, projection provenance, folder prediction with explanations, input checks."""
+"""The ecg pipeline end to end on the synthetic PTB-XL: the session's shared tiny demo run (trained once through
+the engine), evaluation on the whole test fold, projection provenance, folder prediction with explanations, input
+checks."""
 
 from __future__ import annotations
 
@@ -22,24 +23,14 @@ from medml.transforms.ecg import resample_highpass
 
 
 @pytest.fixture(scope="session")
-def ecg_run(synthetic_ptbxl, ptbxl_cache, tmp_path_factory):
-    """Train the tiny recipe once through the engine and reload the exported checkpoint."""
+def ecg_run(tiny_demo):
+    """The session's one tiny ecg run (`tiny_demo`: synthetic PTB-XL, tiny recipe, predictions on the synthetic
+    clinical folder, evaluation on the test fold), with its exported model reloaded once."""
     from medml.engine.checkpoint import load_checkpoint
-    from medml.engine.train import train
 
-    config = load_config(EcgConfig, resolve_recipe("ecg", "tiny"), ["train.progress=false"])
-    threads = torch.get_num_threads()
-    # The tiny model's ops are too small to gain from intra-op threads; on a busy 2-core machine spinning OpenMP
-    # threads made training ~10x slower, so train single-threaded.
-    torch.set_num_threads(1)
-    try:
-        result = train(EcgPipeline(config), synthetic_ptbxl, tmp_path_factory.mktemp("ecg") / "run")
-    finally:
-        torch.set_num_threads(threads)
-    pipeline, module = load_checkpoint(result.checkpoint, expect_pipeline="ecg")
-    return SimpleNamespace(
-        data=synthetic_ptbxl, result=result, pipeline=pipeline, module=module, tmp=tmp_path_factory.mktemp("ecg-out")
-    )
+    demo = tiny_demo("ecg")
+    pipeline, module = load_checkpoint(demo.checkpoint, expect_pipeline="ecg")
+    return SimpleNamespace(demo=demo, data=demo.data_dir, run_dir=demo.run_dir, pipeline=pipeline, module=module)
 
 
 @pytest.fixture(scope="session")
@@ -50,8 +41,8 @@ def ptbxl(ecg_run):
 
 
 def test_tiny_recipe_learns_synthetic_ptbxl(ecg_run, ptbxl):
-    out = ecg_run.tmp / "eval"
-    headline = ecg_run.pipeline.evaluate(ecg_run.module, ecg_run.data, "test", out)
+    out = ecg_run.demo.eval_dir  # written by `medml evaluate` (pipeline.evaluate) in the demo
+    headline = json.loads((out / "run.json").read_text())["metrics"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert headline["macro_auroc"] >= 0.85, metrics["label_sets"]["all"]["per_label"]
     # whole fold, every record, 71 outputs; labels absent from the fold are listed, not scored
@@ -80,14 +71,14 @@ def test_tiny_recipe_learns_synthetic_ptbxl(ecg_run, ptbxl):
 
 
 def test_training_logged_stage_monitors(ecg_run):
-    with (ecg_run.result.run_dir / "metrics.csv").open() as fh:
+    with (ecg_run.run_dir / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     columns = set(rows[0])
     assert {"stage", "epoch", "val_auroc", "val_auroc_rhythm", "val_auroc_morphology", "val_auroc_global"} <= columns
     fusion = [float(r["val_auroc"]) for r in rows if r["stage"] == "fusion" and r["val_auroc"]]
     assert fusion and max(fusion) > 0.8
     # the monitored value is the whole-fold AUROC: recomputing it over fold 9 with the kept weights gives it back
-    stages = ecg_run.result.run_dir / "stages"
+    stages = ecg_run.run_dir / "stages"
     best = json.loads(next(stages.glob("*-fusion/done.json")).read_text())["best_score"]
     recomputed = json.loads(next(stages.glob("*-thresholds/done.json")).read_text())["result"]["val_macro_auroc"]
     assert recomputed == pytest.approx(best, abs=1e-5) and best == pytest.approx(max(fusion), abs=1e-6)
@@ -132,12 +123,9 @@ def test_projection_puts_prototypes_on_training_segments_of_their_class(ecg_run,
 
 
 def test_predict_folder_explains_with_training_records(ecg_run, ptbxl):
-    from medml.engine.predict import predict_folder
-
-    clinical = ecg_run.pipeline.synthesize_clinical(ecg_run.tmp / "clinical", seed=1)
-    out = ecg_run.tmp / "pred"
-    summary = predict_folder(ecg_run.pipeline, ecg_run.module, clinical, out, progress=False)
-    assert summary.done >= 6 and summary.failed == 1
+    out = ecg_run.demo.pred_dir  # the demo's `predict` of its synthetic clinical folder (synthesize_clinical seed 1)
+    summary = ecg_run.demo.summary()
+    assert summary["predicted"] >= 6 and summary["failed"] == 1
     predictions = {r["case"]: r for r in csv.DictReader((out / "predictions.csv").open())}
     assert "waveform_ecg" in predictions  # pydicom's externally written 12-lead DICOM ECG
     assert any(c.startswith("wfdb_") for c in predictions)
@@ -176,7 +164,7 @@ def test_frozen_branches_keep_their_batchnorm_statistics(ecg_run):
     """Once a branch is projected it is frozen in eval mode (spec 1.8): the later stages (other branches' joint
     training, fusion over all three) must not move its BatchNorm running statistics. Compared between the weights
     the real tiny run had at the end of each projection stage and the exported final weights."""
-    stages = ecg_run.result.run_dir / "stages"
+    stages = ecg_run.run_dir / "stages"
     final = ecg_run.module.state_dict()
     checked = 0
     for branch in ("rhythm", "morphology", "global"):
