@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from medml.pipelines.ecg.config import EcgConfig
+from medml.pipelines.ecg.data import branch_label_indices
 from medml.pipelines.ecg.module import EcgModule
-from medml.pipelines.ecg.pipeline import EcgConfig, branch_label_indices
 
 PTBXL_TRAIN_RECORDS = 17_418  # folds 1-8 of PTB-XL v1.0.3 (21,799 records); one epoch at paper size
 

@@ -10,7 +10,7 @@ See ``datasets/ptb-xl.md``. This module follows ProtoECGNet's data conventions (
 * 71-dim multi-hot targets in ``scp_statements.csv`` row order; a code is positive whatever its likelihood;
 * folds 1-8 train, 9 validation, 10 test; records without a label are dropped only for the sub/superdiagnostic sets;
 * the benchmark's label aggregation (Strodthoff et al. 2020) for diagnostic, subdiagnostic, superdiagnostic, form
-  and rhythm, and ProtoECGNet's three branch partitions (`SCP_BRANCH`, our own table of spec §1.3).
+  and rhythm. What ProtoECGNet does with the labels (its branch partition, loss weights) is the ``ecg`` pipeline's.
 
 Signals are read once by `prepare_ptbxl` into a float32 ``.npy`` array that training memory-maps, so no epoch ever
 parses WFDB again. The cache lives outside the dataset, is keyed by the dataset fingerprint and the preprocessing
@@ -23,7 +23,6 @@ import ast
 import io
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -36,110 +35,31 @@ import torch
 from torch.utils.data import Dataset
 
 from medml import errors
-from medml.errors import ConfigError, CorruptFileError, DataLayoutError, MedmlError, SignalError
-from medml.transforms.ecg import Standardize, highpass_filter, resample_signal
+from medml.errors import ConfigError, DataLayoutError, MedmlError, SignalError
+from medml.io.ecg import read_wfdb
+from medml.io.types import STANDARD_LEADS
+from medml.transforms import apply_transform
+from medml.transforms.ecg import Standardize, resample_highpass
 from medml.utils.files import cache_root, folder_fingerprint, write_json
 
 __all__ = [
     "LABEL_SETS",
-    "LEAD_NAMES",
     "PTBXL",
     "PTBXL_LEAD_NAMES",
-    "SCP_BRANCH",
     "SCP_CODES",
     "SCP_STATEMENTS_CSV",
     "ECGDataset",
     "check_ptbxl_layout",
-    "class_pos_weight",
     "find_ptbxl_root",
     "fit_standardizer",
     "label_aggregation",
-    "label_cooccurrence",
     "prepare_ptbxl",
     "read_ptbxl_record",
-    "resample_and_highpass",
     "scp_statements_frame",
 ]
 
-LEAD_NAMES = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
-PTBXL_LEAD_NAMES = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")  # as in the headers
+PTBXL_LEAD_NAMES = tuple(lead.upper() for lead in STANDARD_LEADS)  # as the headers spell them: AVR, AVL, AVF
 
-# ProtoECGNet's branch of every SCP statement (spec §1.3; the ``prototype_category`` column of the authors'
-# regrouped statements file), in scp_statements.csv row order: 1 = rhythm (1D, 16 codes), 3 = time-localised
-# morphology (2D partial, 52 codes), 4 = global 12-lead pattern (2D global, 3 codes). Category 2 is unused.
-SCP_BRANCH: dict[str, int] = {
-    "NDT": 3,
-    "NST_": 3,
-    "DIG": 4,
-    "LNGQT": 3,
-    "NORM": 4,
-    "IMI": 3,
-    "ASMI": 3,
-    "LVH": 3,
-    "LAFB": 3,
-    "ISC_": 3,
-    "IRBBB": 3,
-    "1AVB": 1,
-    "IVCD": 1,
-    "ISCAL": 3,
-    "CRBBB": 3,
-    "CLBBB": 3,
-    "ILMI": 3,
-    "LAO/LAE": 3,
-    "AMI": 3,
-    "ALMI": 3,
-    "ISCIN": 3,
-    "INJAS": 3,
-    "LMI": 3,
-    "ISCIL": 3,
-    "LPFB": 3,
-    "ISCAS": 3,
-    "INJAL": 3,
-    "ISCLA": 3,
-    "RVH": 3,
-    "ANEUR": 3,
-    "RAO/RAE": 3,
-    "EL": 4,
-    "WPW": 3,
-    "ILBBB": 3,
-    "IPLMI": 3,
-    "ISCAN": 3,
-    "IPMI": 3,
-    "SEHYP": 3,
-    "INJIN": 3,
-    "INJLA": 3,
-    "PMI": 3,
-    "3AVB": 1,
-    "INJIL": 3,
-    "2AVB": 1,
-    "ABQRS": 3,
-    "PVC": 3,
-    "STD_": 3,
-    "VCLVH": 3,
-    "QWAVE": 3,
-    "LOWT": 3,
-    "NT_": 3,
-    "PAC": 3,
-    "LPR": 3,
-    "INVT": 3,
-    "LVOLT": 3,
-    "HVOLT": 3,
-    "TAB_": 3,
-    "STE_": 3,
-    "PRC(S)": 3,
-    "SR": 1,
-    "AFIB": 1,
-    "STACH": 1,
-    "SARRH": 1,
-    "SBRAD": 1,
-    "PACE": 1,
-    "SVARR": 1,
-    "BIGU": 1,
-    "AFLT": 1,
-    "SVTAC": 1,
-    "PSVT": 1,
-    "TRIGU": 1,
-}
 # PTB-XL scp_statements.csv (v1.0.3), CC BY 4.0, Wagner et al. 2020: the real 71 rows in the real order.
 SCP_STATEMENTS_CSV = """\
 ,description,diagnostic,form,rhythm,diagnostic_class,diagnostic_subclass,Statement Category,SCP-ECG Statement Description,AHA code,aECG REFID,CDISC Code,DICOM Code
@@ -224,18 +144,7 @@ def scp_statements_frame() -> pd.DataFrame:
 
 #: PTB-XL's 71 SCP codes in ``scp_statements.csv`` row order (the order of the 71-label targets).
 SCP_CODES: tuple[str, ...] = tuple(line.split(",", 1)[0] for line in SCP_STATEMENTS_CSV.splitlines()[1:])
-BRANCH_LABEL_SETS = {"branch_rhythm": 1, "branch_morphology": 3, "branch_global": 4}
-LABEL_SETS = (
-    "all",
-    "diagnostic",
-    "subdiagnostic",
-    "superdiagnostic",
-    "form",
-    "rhythm",
-    "branch_rhythm",
-    "branch_morphology",
-    "branch_global",
-)
+LABEL_SETS = ("all", "diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm")
 SPLIT_FOLDS = {"train": (1, 2, 3, 4, 5, 6, 7, 8), "val": (9,), "test": (10,)}
 
 DATABASE_CSV = "ptbxl_database.csv"
@@ -280,8 +189,8 @@ def _read_statements(root: Path) -> pd.DataFrame:
     if missing:
         raise DataLayoutError(f"missing column(s) {', '.join(repr(c) for c in missing)} in {STATEMENTS_CSV}", path)
     statements.index = statements.index.astype(str)
-    unknown = [c for c in statements.index if c not in SCP_BRANCH]
-    absent = [c for c in SCP_BRANCH if c not in set(statements.index)]
+    unknown = [c for c in statements.index if c not in SCP_CODES]
+    absent = [c for c in SCP_CODES if c not in set(statements.index)]
     if unknown or absent or statements.index.duplicated().any():
         what = (
             f"unknown code {unknown[0]!r}"
@@ -396,114 +305,26 @@ def _load_tables(root: str | Path, source: str) -> tuple[Path, pd.DataFrame, pd.
 # ----------------------------------------------------------------------------------------------------------------
 # Reading one record
 
-_GAIN = re.compile(r"^(?P<gain>[-+0-9.eE]+)(?:\((?P<baseline>-?\d+)\))?(?:/(?P<units>\S+))?$")
-_UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "v": 1e3}
-
-
-def _parse_simple_header(hea: Path) -> tuple[float, int, str, np.ndarray, np.ndarray, list[str], list[str]] | None:
-    """The header of a single-file format-16 record, or None when it needs wfdb's general reader.
-
-    wfdb.rdsamp spends about a millisecond per call on header and format generality, which dominates 1000-sample
-    PTB-XL records; every PTB-XL record is one little-endian int16 file with no offsets, skew or multi-frame
-    samples, so that case is read here with `numpy.fromfile` and everything else goes to wfdb. Tests check both
-    paths against `wfdb.rdsamp`.
-    """
-    lines = [ln for ln in hea.read_text(errors="replace").splitlines() if ln.strip() and not ln.startswith("#")]
-    head = lines[0].split()
-    if len(head) < 4 or "/" in head[0] or not head[1].isdigit():
-        return None
-    nsig = int(head[1])
-    try:
-        fs, siglen = float(head[2].split("/")[0].split("(")[0]), int(head[3])
-    except ValueError:
-        return None
-    if len(lines) != nsig + 1 or nsig == 0:
-        return None
-    files, gains, baselines, units, names = set(), [], [], [], []
-    for line in lines[1:]:
-        parts = line.split()
-        if len(parts) < 9 or parts[1] != "16":
-            return None
-        match = _GAIN.match(parts[2])
-        if match is None or float(match["gain"]) == 0:
-            return None
-        files.add(parts[0])
-        gains.append(float(match["gain"]))
-        baselines.append(int(match["baseline"]) if match["baseline"] is not None else int(parts[4]))
-        units.append(match["units"] or "mV")
-        names.append(" ".join(parts[8:]))
-    if len(files) != 1:
-        return None
-    return fs, siglen, files.pop(), np.array(gains), np.array(baselines, dtype=np.float64), units, names
-
 
 def read_ptbxl_record(stem: str | Path) -> tuple[np.ndarray, float]:
-    """Read a WFDB record (path without extension) as ``(signal, fs)``: (12, T) float64 mV in lead order I..V6, Hz.
+    """Read a PTB-XL record (path without extension) as ``(signal, fs)``: (12, T) float64 mV in lead order I..V6.
+
+    medml's one WFDB reader (`medml.io.ecg.read_wfdb`, as for clinical files) with PTB-XL's rules: all 12 leads
+    recorded (none derived), NaN samples refused, flat leads kept (a dataset record is not a clinical input).
 
     Raises:
         CorruptFileError: unreadable header or truncated ``.dat``.
         SignalError: leads missing, units not a voltage, or invalid (NaN) samples.
     """
     stem = Path(stem)
-    hea = stem.with_name(stem.name + ".hea")
-    try:
-        header = _parse_simple_header(hea)
-    except (OSError, IndexError) as exc:
-        raise CorruptFileError(f"unreadable WFDB header ({exc.__class__.__name__})", hea) from None
-    if header is not None:
-        fs, siglen, dat_name, gains, baselines, units, names = header
-        dat = hea.parent / dat_name
-        try:
-            raw = np.fromfile(dat, dtype="<i2")
-        except OSError as exc:
-            raise CorruptFileError(f"unreadable signal file ({exc.__class__.__name__})", dat) from None
-        if raw.size != siglen * len(names):
-            raise CorruptFileError(f"expected {siglen * len(names)} samples in {dat.name}, found {raw.size}", dat)
-        digital = raw.reshape(siglen, len(names)).T
-        signal = (digital - baselines[:, None]) / gains[:, None]
-        signal[digital == -32768] = np.nan  # format 16's invalid-sample marker, as wfdb does
-    else:
-        import wfdb
-
-        try:
-            data, fields = wfdb.rdsamp(str(stem))
-        except Exception as exc:  # wfdb raises bare ValueError/OSError/IndexError for broken records
-            raise CorruptFileError(f"wfdb cannot read the record ({exc.__class__.__name__}: {exc})", hea) from None
-        signal, fs = np.asarray(data, dtype=np.float64).T, float(fields["fs"])
-        units, names = list(fields["units"]), list(fields["sig_name"])
-    return _standard_leads(signal, names, units, hea), fs
-
-
-def _standard_leads(signal: np.ndarray, names: list[str], units: list[str], path: Path) -> np.ndarray:
-    """Reorder to I..V6 (names matched case-insensitively), convert to mV, refuse missing leads and NaNs."""
-    lookup = {n.strip().upper(): i for i, n in enumerate(names)}
-    missing = [lead for lead in LEAD_NAMES if lead.upper() not in lookup]
-    if missing:
-        raise SignalError(f"lead(s) {', '.join(missing)} missing (found {', '.join(names)})", path)
-    order = [lookup[lead.upper()] for lead in LEAD_NAMES]
-    scale = []
-    for i in order:
-        unit = units[i].strip().lower()
-        if unit not in _UNIT_TO_MV:
-            raise SignalError(f"lead {names[i]} is in {units[i]!r}, not a voltage", path)
-        scale.append(_UNIT_TO_MV[unit])
-    out = signal[order] * np.array(scale)[:, None]
-    if np.isnan(out).any():
-        raise SignalError("invalid (NaN) samples", path)
-    return out
+    record = read_wfdb(stem.with_name(stem.name + ".hea"), derive_limb_leads=False, check=False, dtype=np.float64)
+    if np.isnan(record.signal).any():
+        raise SignalError("invalid (NaN) samples", stem.with_name(stem.name + ".hea"))
+    return record.signal, record.fs
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Cache
-
-
-def resample_and_highpass(signal: np.ndarray, fs_in: float, rate: int, highpass: bool = True) -> np.ndarray:
-    """Resample to ``rate`` if needed, then the order-1 0.5 Hz zero-phase high-pass (ProtoECGNet's baseline removal).
-
-    The preprocessing of the cache, and of clinical ECGs at prediction time (the ``ecg`` pipeline), in float64.
-    """
-    x = resample_signal(signal, fs_in, rate) if fs_in != rate else signal
-    return highpass_filter(x, rate, 0.5, 1) if highpass else x
 
 
 def _fill_chunk(args: tuple) -> tuple[int, str, str, str | None] | None:
@@ -523,11 +344,12 @@ def _fill_chunk(args: tuple) -> tuple[int, str, str, str | None] | None:
         signals.append(signal)
         rates.append(fs)
     out = np.load(npy, mmap_mode="r+")
+    preprocess = resample_highpass(rate, highpass)
     for fs in sorted(set(rates)):
         rows = [k for k, f in enumerate(rates) if f == fs]
         for n_samples in sorted({signals[k].shape[-1] for k in rows}):
             same = [k for k in rows if signals[k].shape[-1] == n_samples]
-            x = resample_and_highpass(np.stack([signals[k] for k in same]), fs, rate, highpass)
+            x = apply_transform(preprocess, {"signal": np.stack([signals[k] for k in same]), "fs": fs})["signal"]
             if x.shape[-1] != length:
                 k = same[0]
                 return (
@@ -647,7 +469,7 @@ def prepare_ptbxl(
                 "highpass": {"enabled": highpass, "cutoff_hz": 0.5, "order": 1, "zero_phase": True},
                 "n_records": n,
                 "samples": length,
-                "leads": list(LEAD_NAMES),
+                "leads": list(STANDARD_LEADS),
                 "units": "mV",
                 "codes": codes,
                 "seconds_to_build": round(seconds, 3),
@@ -726,7 +548,7 @@ def _progress_bar(total: int, enabled: bool):
 def label_aggregation(statements: pd.DataFrame, label_set: str) -> tuple[list[str], np.ndarray]:
     """How a label set's columns are made from the 71 statements: (names, A (71, K) uint8), Y_set = (Y_all @ A > 0).
 
-    ``all`` and the ``branch_*`` sets keep statements in row order; the benchmark sets follow Strodthoff et al.:
+    ``all`` keeps statements in row order; the benchmark sets follow Strodthoff et al.:
     ``diagnostic``/``form``/``rhythm`` are the statements with that flag, ``subdiagnostic``/``superdiagnostic`` the
     ``diagnostic_subclass``/``diagnostic_class`` of the diagnostic statements, in sorted order (the benchmark's
     ``MultiLabelBinarizer`` order). A set's score for a record can be taken as the maximum over its member columns.
@@ -734,9 +556,6 @@ def label_aggregation(statements: pd.DataFrame, label_set: str) -> tuple[list[st
     codes = statements.index.tolist()
     if label_set == "all":
         return codes, np.eye(len(codes), dtype=np.uint8)
-    if label_set in BRANCH_LABEL_SETS:
-        keep = [j for j, c in enumerate(codes) if SCP_BRANCH[c] == BRANCH_LABEL_SETS[label_set]]
-        return [codes[j] for j in keep], np.eye(len(codes), dtype=np.uint8)[:, keep]
     if label_set in ("diagnostic", "form", "rhythm"):
         member = {c: c for c in codes if statements.at[c, label_set] == 1}
     elif label_set in ("subdiagnostic", "superdiagnostic"):
@@ -754,31 +573,6 @@ def label_aggregation(statements: pd.DataFrame, label_set: str) -> tuple[list[st
         if code in member:
             aggregation[j, names.index(member[code])] = 1
     return names, aggregation
-
-
-def label_cooccurrence(labels: np.ndarray) -> np.ndarray:
-    """Jaccard co-occurrence J (K, K) of multi-hot ``labels`` (N, K): |i∧k| / (|i|+|k|-|i∧k|) (spec §1.7).
-
-    The denominator is floored at 1e-6, so a pair of classes that never occur gets 0 (also on the diagonal).
-    """
-    y = np.asarray(labels, dtype=np.float64)
-    both = y.T @ y
-    count = np.diag(both)
-    union = count[:, None] + count[None, :] - both
-    return (both / np.maximum(union, 1e-6)).astype(np.float32)
-
-
-def class_pos_weight(labels: np.ndarray) -> np.ndarray:
-    """ProtoECGNet's BCE ``pos_weight``: w_c = (Σ_k n_k − n_c) / n_c with n_c the positives of class c (spec §1.7).
-
-    Σ_k n_k is the total number of positive labels, not of records. A class without positives gets 1 (it has no
-    positive term to weight).
-    """
-    count = np.asarray(labels, dtype=np.float64).sum(axis=0)
-    weight = np.ones_like(count)
-    has = count > 0
-    weight[has] = (count.sum() - count[has]) / count[has]
-    return weight.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------------

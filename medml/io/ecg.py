@@ -74,11 +74,12 @@ def assemble_leads(
     *,
     derive_limb_leads: bool = True,
     check: bool = True,
+    dtype: np.dtype | type = np.float32,
 ) -> tuple[np.ndarray, list[str]]:
     """Reorder (leads, n) mV signals to the standard 12, deriving missing limb leads from I and II if allowed.
 
     Returns:
-        The (12, n) float32 signal and the list of leads that were derived rather than recorded.
+        The (12, n) signal (``dtype``, float32 by default) and the list of leads that were derived rather than recorded.
 
     Raises:
         SignalError: a lead missing (and not derivable), NaN samples, a flat lead, or fewer than 1 s of samples.
@@ -104,7 +105,7 @@ def assemble_leads(
     missing = [lead for lead in STANDARD_LEADS if lead not in by_name]
     if missing:
         raise SignalError(f"missing lead(s) {', '.join(missing)} (found: {', '.join(map(str, names))})", path)
-    signal = np.stack([by_name[lead] for lead in STANDARD_LEADS]).astype(np.float32)
+    signal = np.stack([by_name[lead] for lead in STANDARD_LEADS]).astype(dtype)
     if check:
         check_signal(signal, fs, path)
     return signal, derived
@@ -127,21 +128,120 @@ def check_signal(signal: np.ndarray, fs: float, path: str | Path, *, flat_lead_m
         raise SignalError(f"flat lead(s) {', '.join(flat)} (peak-to-peak below {flat_lead_mv} mV)", path)
 
 
-def read_wfdb(path: str | Path, *, derive_limb_leads: bool = True, check: bool = True) -> EcgRecord:
+_GAIN = re.compile(r"^(?P<gain>[-+0-9.eE]+)(?:\((?P<baseline>-?\d+)\))?(?:/(?P<units>\S+))?$")
+
+
+def _parse_simple_header(text: str) -> tuple[float, int, str, np.ndarray, np.ndarray, list[str], list[str]] | None:
+    """(fs, samples, dat file, gains, baselines, units, names) of a single-file format-16 header, else None.
+
+    wfdb.rdrecord spends about a millisecond per call on header and format generality, which dominates 10-s ECGs
+    (PTB-XL's 21,799 records are read this way when the cache is built); a single little-endian int16 file with
+    no offsets, skew or multi-frame samples, which is every PTB-XL record and most cart exports, is read with
+    `numpy.fromfile` instead, and everything else goes to wfdb. Tests check both paths against wfdb.
+    """
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    head = lines[0].split()
+    if len(head) < 4 or "/" in head[0] or not head[1].isdigit():
+        return None
+    nsig = int(head[1])
+    try:
+        fs, siglen = float(head[2].split("/")[0].split("(")[0]), int(head[3])
+    except ValueError:
+        return None
+    if len(lines) != nsig + 1 or nsig == 0:
+        return None
+    files, gains, baselines, units, names = set(), [], [], [], []
+    for line in lines[1:]:
+        parts = line.split()
+        if len(parts) < 9 or parts[1] != "16":
+            return None
+        match = _GAIN.match(parts[2])
+        if match is None or float(match["gain"]) == 0:
+            return None
+        files.add(parts[0])
+        gains.append(float(match["gain"]))
+        baselines.append(int(match["baseline"]) if match["baseline"] is not None else int(parts[4]))
+        units.append(match["units"] or "mV")
+        names.append(" ".join(parts[8:]))
+    if len(files) != 1 or "/" in next(iter(files)):
+        return None
+    return fs, siglen, files.pop(), np.array(gains), np.array(baselines, dtype=np.float64), units, names
+
+
+def _read_format16(dat: Path, samples: int, gains: np.ndarray, baselines: np.ndarray) -> np.ndarray:
+    """Physical (channels, samples) float64 values of a format-16 file; -32768 (invalid sample) becomes NaN."""
+    try:
+        raw = np.fromfile(dat, dtype="<i2")
+    except OSError as exc:
+        raise CorruptFileError(f"unreadable signal file ({exc.__class__.__name__})", dat) from None
+    if raw.size != samples * len(gains):
+        raise CorruptFileError(f"expected {samples * len(gains)} samples in {dat.name}, found {raw.size}", dat)
+    digital = raw.reshape(samples, len(gains)).T
+    signal = (digital - baselines[:, None]) / gains[:, None]
+    signal[digital == -32768] = np.nan  # as wfdb does
+    return signal
+
+
+def read_wfdb(
+    path: str | Path, *, derive_limb_leads: bool = True, check: bool = True, dtype: np.dtype | type = np.float32
+) -> EcgRecord:
     """Read a WFDB record (``.hea`` + signal files, any sampling rate and format) as an `EcgRecord`.
+
+    The one WFDB reader: clinical files and PTB-XL records (`medml.data.ptbxl`) both come through here.
 
     Args:
         path: the record path, with or without ``.hea``.
         derive_limb_leads: compute missing III/aVR/aVL/aVF from I and II.
         check: reject NaN and flat leads.
+        dtype: of the signal; float64 keeps the full precision of the stored samples (the PTB-XL cache uses it,
+            so the cache holds what it held before this reader was shared).
+
+    Raises:
+        UnsupportedFormatError: no header. CorruptFileError: unreadable header, missing or truncated signal file.
+        SignalError: leads missing, units not a voltage; with ``check``, NaN or flat leads.
     """
     path = Path(path)
     record_path = path.with_suffix("") if path.suffix.lower() in (".hea", ".dat") else path
-    hea = record_path.with_suffix(".hea")
+    hea = record_path.with_name(record_path.name + ".hea")
     if not hea.is_file():
         raise UnsupportedFormatError("no WFDB header (.hea) for this record", hea)
     with reading(hea, "WFDB record"):
-        return _read_wfdb(record_path, hea, derive_limb_leads, check)
+        return _read_wfdb(record_path, hea, derive_limb_leads, check, dtype)
+
+
+def _read_wfdb(record_path: Path, hea: Path, derive_limb_leads: bool, check: bool, dtype: Any) -> EcgRecord:
+    try:
+        text = hea.read_text(errors="replace")
+        simple = _parse_simple_header(text)
+    except (OSError, IndexError) as exc:
+        raise CorruptFileError(f"unreadable WFDB header ({exc.__class__.__name__})", hea) from None
+    if simple is not None:
+        fs, samples, dat_name, gains, baselines, units, names = simple
+        # the checks check_wfdb_header makes, without wfdb's per-call cost on this fast path
+        if not math.isfinite(fs) or fs <= 0:
+            raise SignalError(f"invalid sampling frequency {fs}", hea)
+        dat = contained(dat_name, hea, "WFDB signal file")
+        check_memory(len(gains) * samples * 20, f"a WFDB record of {len(gains)} signals x {samples} samples", hea)
+        signals = _read_format16(dat, samples, gains, baselines)
+        record_name = text.split(None, 1)[0]
+        comments = [ln.strip().strip(" \t#") for ln in text.splitlines() if ln.strip().startswith("#")]
+    else:
+        check_wfdb_header(record_path, hea)
+        signals, fs, units, names, record_name, comments = _read_with_wfdb(record_path, hea)
+    scale = np.array([UNIT_TO_MV.get(str(u).strip().lower(), np.nan) for u in units])
+    if np.any(np.isnan(scale)):
+        bad = sorted({u for u, s in zip(units, scale, strict=True) if np.isnan(s)})
+        raise SignalError(f"unknown signal unit(s) {bad}; expected mV, uV or V", hea)
+    signal, derived = assemble_leads(
+        signals * scale[:, None], names, fs, hea, derive_limb_leads=derive_limb_leads, check=check, dtype=dtype
+    )
+    meta: dict[str, Any] = {
+        "record": record_name,
+        "source_leads": names,
+        "derived_leads": derived,
+        "comments": comments,
+    }
+    return EcgRecord(signal, fs, STANDARD_LEADS, meta)
 
 
 def check_wfdb_header(record_path: Path, hea: Path) -> None:
@@ -183,10 +283,10 @@ def _check_declared_fs(hea: Path) -> None:
         return
 
 
-def _read_wfdb(record_path: Path, hea: Path, derive_limb_leads: bool, check: bool) -> EcgRecord:
+def _read_with_wfdb(record_path: Path, hea: Path) -> tuple[np.ndarray, float, list[str], list[str], str, list[str]]:
+    """(signals, fs, units, names, record name, comments) of any record wfdb reads (other formats, multi-file)."""
     import wfdb
 
-    check_wfdb_header(record_path, hea)
     try:
         record = wfdb.rdrecord(str(record_path))
     except FileNotFoundError as exc:
@@ -196,21 +296,14 @@ def _read_wfdb(record_path: Path, hea: Path, derive_limb_leads: bool, check: boo
     if record.p_signal is None:
         raise CorruptFileError("WFDB record has no physical signal", hea)
     units = [str(u or "mV") for u in (record.units or ["mV"] * record.n_sig)]
-    scale = np.array([UNIT_TO_MV.get(u.strip().lower(), np.nan) for u in units])
-    if np.any(np.isnan(scale)):
-        bad = sorted({u for u, s in zip(units, scale, strict=True) if np.isnan(s)})
-        raise SignalError(f"unknown signal unit(s) {bad}; expected mV, uV or V", hea)
-    signals = record.p_signal.T * scale[:, None]
-    signal, derived = assemble_leads(
-        signals, list(record.sig_name), float(record.fs), hea, derive_limb_leads=derive_limb_leads, check=check
+    return (
+        record.p_signal.T,
+        float(record.fs),
+        units,
+        list(record.sig_name),
+        record.record_name,
+        list(record.comments or []),
     )
-    meta: dict[str, Any] = {
-        "record": record.record_name,
-        "source_leads": list(record.sig_name),
-        "derived_leads": derived,
-        "comments": list(record.comments or []),
-    }
-    return EcgRecord(signal, float(record.fs), STANDARD_LEADS, meta)
 
 
 def _channel_lead(channel: Any) -> str:

@@ -11,11 +11,9 @@ import torch
 from torchvision.models import resnet18
 
 from medml.pipelines.ecg import losses
-from medml.pipelines.ecg.model import (
-    PrototypeBranch,
-    protoecgnet_fusion,
-    windowed_cosine,
-)
+from medml.pipelines.ecg.config import EcgConfig
+from medml.pipelines.ecg.model import PrototypeBranch, windowed_cosine
+from medml.pipelines.ecg.module import build_protoecgnet
 
 PAPER_LABELS = {"rhythm": list(range(16)), "morphology": list(range(16, 68)), "global": list(range(68, 71))}
 
@@ -41,7 +39,9 @@ def _resnet1d18_count(leads: int = 12) -> int:
 @pytest.fixture(scope="module")
 def paper_model():
     torch.manual_seed(0)
-    return protoecgnet_fusion(PAPER_LABELS, num_labels=71).eval()
+    config = EcgConfig()  # the paper's configuration
+    config.model.labels = [f"L{i}" for i in range(71)]
+    return build_protoecgnet(config, PAPER_LABELS, load_imagenet=False).eval()
 
 
 def test_paper_size_parameter_counts(paper_model):
@@ -266,24 +266,17 @@ def test_local_imagenet_weights_load_into_2d_backbone(tmp_path):
 
 
 def _tiny_module(stages: list[str]):
-    from medml.config import StageConfig
+    from medml.pipelines.ecg.config import EcgStage
     from medml.pipelines.ecg.module import EcgModule
-    from medml.pipelines.ecg.pipeline import EcgConfig
 
     config = EcgConfig()
     for name in ("branch_rhythm", "branch_morphology", "branch_global"):
         block = getattr(config.model, name)
         block.widths, block.prototypes_per_class, block.prototype_dim = [8, 8, 16, 16], 2, 8
     config.model.labels = [f"L{i}" for i in range(6)]
-    prefix = {
-        "warmup": ["backbone", "warmup_head"],
-        "classifier": ["last_layer"],
-        "joint": ["backbone", "add_on", "prototype_vectors"],
-    }
     config.stages = [
-        StageConfig(name=s, trainable=[f"model.branches.{s.split('_')[1]}.{p}" for p in prefix[s.split("_")[0]]])
-        for s in stages
-    ]
+        EcgStage(mode=s.split("_")[0], branch=s.split("_")[1]) for s in stages
+    ]  # trains what the mode says
     labels = (np.random.default_rng(0).random((40, 6)) < 0.4).astype(np.uint8)
     branches = {"rhythm": [0, 1], "morphology": [2, 3, 4], "global": [5]}
     return EcgModule(config, branches, labels)

@@ -1,5 +1,6 @@
-"""The ecg pipeline end to end on the synthetic PTB-XL: tiny training through the engine (once per session),
-evaluation on the whole test fold, projection provenance, folder prediction with explanations, input checks."""
+"""The ecg pipeline end to end on the synthetic PTB-XL: the session's shared tiny demo run (trained once through
+the engine), evaluation on the whole test fold, projection provenance, folder prediction with explanations, input
+checks."""
 
 from __future__ import annotations
 
@@ -14,29 +15,22 @@ import torch
 
 from medml.config import load_config, resolve_recipe
 from medml.errors import ConfigError, SignalError
-from medml.pipelines.ecg.module import EcgModule
-from medml.pipelines.ecg.pipeline import EcgConfig, EcgDataConfig, EcgPipeline, preprocess_signal
+from medml.pipelines.ecg.config import EcgConfig, EcgDataConfig
+from medml.pipelines.ecg.data import ecg_preprocessing
+from medml.pipelines.ecg.pipeline import EcgPipeline
+from medml.transforms import apply_transform
+from medml.transforms.ecg import resample_highpass
 
 
 @pytest.fixture(scope="session")
-def ecg_run(synthetic_ptbxl, ptbxl_cache, tmp_path_factory):
-    """Train the tiny recipe once through the engine and reload the exported checkpoint."""
+def ecg_run(tiny_demo):
+    """The session's one tiny ecg run (`tiny_demo`: synthetic PTB-XL, tiny recipe, predictions on the synthetic
+    clinical folder, evaluation on the test fold), with its exported model reloaded once."""
     from medml.engine.checkpoint import load_checkpoint
-    from medml.engine.train import train
 
-    config = load_config(EcgConfig, resolve_recipe("ecg", "tiny"), ["train.progress=false"])
-    threads = torch.get_num_threads()
-    # The tiny model's ops are too small to gain from intra-op threads; on a busy 2-core machine spinning OpenMP
-    # threads made training ~10x slower, so train single-threaded.
-    torch.set_num_threads(1)
-    try:
-        result = train(EcgPipeline(config), synthetic_ptbxl, tmp_path_factory.mktemp("ecg") / "run")
-    finally:
-        torch.set_num_threads(threads)
-    pipeline, module = load_checkpoint(result.checkpoint, expect_pipeline="ecg")
-    return SimpleNamespace(
-        data=synthetic_ptbxl, result=result, pipeline=pipeline, module=module, tmp=tmp_path_factory.mktemp("ecg-out")
-    )
+    demo = tiny_demo("ecg")
+    pipeline, module = load_checkpoint(demo.checkpoint, expect_pipeline="ecg")
+    return SimpleNamespace(demo=demo, data=demo.data_dir, run_dir=demo.run_dir, pipeline=pipeline, module=module)
 
 
 @pytest.fixture(scope="session")
@@ -47,8 +41,8 @@ def ptbxl(ecg_run):
 
 
 def test_tiny_recipe_learns_synthetic_ptbxl(ecg_run, ptbxl):
-    out = ecg_run.tmp / "eval"
-    headline = ecg_run.pipeline.evaluate(ecg_run.module, ecg_run.data, "test", out)
+    out = ecg_run.demo.eval_dir  # written by `medml evaluate` (pipeline.evaluate) in the demo
+    headline = json.loads((out / "run.json").read_text())["metrics"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert headline["macro_auroc"] >= 0.85, metrics["label_sets"]["all"]["per_label"]
     # whole fold, every record, 71 outputs; labels absent from the fold are listed, not scored
@@ -77,14 +71,14 @@ def test_tiny_recipe_learns_synthetic_ptbxl(ecg_run, ptbxl):
 
 
 def test_training_logged_stage_monitors(ecg_run):
-    with (ecg_run.result.run_dir / "metrics.csv").open() as fh:
+    with (ecg_run.run_dir / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     columns = set(rows[0])
     assert {"stage", "epoch", "val_auroc", "val_auroc_rhythm", "val_auroc_morphology", "val_auroc_global"} <= columns
     fusion = [float(r["val_auroc"]) for r in rows if r["stage"] == "fusion" and r["val_auroc"]]
     assert fusion and max(fusion) > 0.8
     # the monitored value is the whole-fold AUROC: recomputing it over fold 9 with the kept weights gives it back
-    stages = ecg_run.result.run_dir / "stages"
+    stages = ecg_run.run_dir / "stages"
     best = json.loads(next(stages.glob("*-fusion/done.json")).read_text())["best_score"]
     recomputed = json.loads(next(stages.glob("*-thresholds/done.json")).read_text())["result"]["val_macro_auroc"]
     assert recomputed == pytest.approx(best, abs=1e-5) and best == pytest.approx(max(fusion), abs=1e-6)
@@ -129,12 +123,9 @@ def test_projection_puts_prototypes_on_training_segments_of_their_class(ecg_run,
 
 
 def test_predict_folder_explains_with_training_records(ecg_run, ptbxl):
-    from medml.engine.predict import predict_folder
-
-    clinical = ecg_run.pipeline.synthesize_clinical(ecg_run.tmp / "clinical", seed=1)
-    out = ecg_run.tmp / "pred"
-    summary = predict_folder(ecg_run.pipeline, ecg_run.module, clinical, out, progress=False)
-    assert summary.done >= 6 and summary.failed == 1
+    out = ecg_run.demo.pred_dir  # the demo's `predict` of its synthetic clinical folder (synthesize_clinical seed 1)
+    summary = ecg_run.demo.summary()
+    assert summary["predicted"] >= 6 and summary["failed"] == 1
     predictions = {r["case"]: r for r in csv.DictReader((out / "predictions.csv").open())}
     assert "waveform_ecg" in predictions  # pydicom's externally written 12-lead DICOM ECG
     assert any(c.startswith("wfdb_") for c in predictions)
@@ -173,7 +164,7 @@ def test_frozen_branches_keep_their_batchnorm_statistics(ecg_run):
     """Once a branch is projected it is frozen in eval mode (spec 1.8): the later stages (other branches' joint
     training, fusion over all three) must not move its BatchNorm running statistics. Compared between the weights
     the real tiny run had at the end of each projection stage and the exported final weights."""
-    stages = ecg_run.result.run_dir / "stages"
+    stages = ecg_run.run_dir / "stages"
     final = ecg_run.module.state_dict()
     checked = 0
     for branch in ("rhythm", "morphology", "global"):
@@ -199,28 +190,49 @@ def test_frozen_branches_keep_their_batchnorm_statistics(ecg_run):
 # ----- no training needed ---------------------------------------------------------------------------------------
 
 
+def _preprocess(signal: np.ndarray, fs: float, cfg: EcgDataConfig) -> np.ndarray:
+    return apply_transform(ecg_preprocessing(cfg), {"signal": signal, "fs": fs, "path": "x"})["signal"]
+
+
 def test_preprocess_resamples_crops_and_rejects_bad_signals():
     rng = np.random.default_rng(0)
     t = np.arange(int(12.5 * 250)) / 250
     ecg = (np.sin(2 * np.pi * 1.2 * t) + 0.05 * rng.standard_normal((12, t.size))).astype(np.float32)
     cfg = EcgDataConfig()
-    out = preprocess_signal(ecg, 250.0, cfg, "x")
+    out = _preprocess(ecg, 250.0, cfg)
     assert out.shape == (12, 1000) and out.dtype == np.float32
     assert abs(float(out.mean())) < 0.05  # the high-pass removed the offset
     flat = ecg.copy()
     flat[7] = 0.3  # constant lead V2
     with pytest.raises(SignalError, match="V2"):
-        preprocess_signal(flat, 250.0, cfg, "x")
+        _preprocess(flat, 250.0, cfg)
     nan = ecg.copy()
     nan[2, 10] = np.nan
     with pytest.raises(SignalError, match="NaN"):
-        preprocess_signal(nan, 250.0, cfg, "x")
+        _preprocess(nan, 250.0, cfg)
     with pytest.raises(SignalError, match="shorter"):
-        preprocess_signal(ecg[:, :750], 250.0, cfg, "x")
+        _preprocess(ecg[:, :750], 250.0, cfg)
     with pytest.raises(SignalError, match="strict"):
-        preprocess_signal(ecg, 250.0, EcgDataConfig(length_policy="strict"), "x")
-    short = preprocess_signal(ecg[:, :2250], 250.0, cfg, "x")  # 9 s: zero-padded to 10 s
+        _preprocess(ecg, 250.0, EcgDataConfig(length_policy="strict"))
+    short = _preprocess(ecg[:, :2250], 250.0, cfg)  # 9 s: zero-padded to 10 s
     assert short.shape == (12, 1000) and np.all(short[:, 900:] == 0)
+    centre = _preprocess(ecg, 250.0, EcgDataConfig(crop="center"))  # 12.5 s -> 1250 samples: keeps 125..1125
+    full = resample_highpass(100)({"signal": ecg, "fs": 250.0})["signal"]
+    np.testing.assert_array_equal(centre, full[:, 125:1125].astype(np.float32))
+    np.testing.assert_array_equal(out, full[:, :1000].astype(np.float32))
+
+
+def test_clinical_preprocessing_is_the_training_cache_s(synthetic_ptbxl, ptbxl_cache):
+    """A PTB-XL record given to ``predict`` as a clinical WFDB file becomes the very array the model trained on."""
+    from medml.data.ptbxl import PTBXL
+
+    ptbxl = PTBXL(synthetic_ptbxl, cache_dir=ptbxl_cache)
+    pipeline = EcgPipeline(EcgConfig())
+    for row in (0, 17, 123):
+        sample = pipeline.load_case(Path(str(ptbxl.record_path(row)) + ".hea"))
+        assert sample["signal"].shape == (12, 1000) and sample["source_fs"] == 100.0
+        # one reader and one preprocessing; the cache reads the stored samples in float64, clinical files in float32
+        np.testing.assert_allclose(sample["signal"], ptbxl.signals[row], rtol=0, atol=1e-5)
 
 
 def test_paper_defaults_and_recipes():
@@ -245,16 +257,58 @@ def test_paper_defaults_and_recipes():
 
 
 def test_unknown_stage_is_a_clear_error():
+    with pytest.raises(ConfigError, match="jiont_rhythm"):  # the earlier name-only form
+        load_config(EcgConfig, {"stages": [{"name": "jiont_rhythm"}]})
+    with pytest.raises(ConfigError, match="'stages.0.mode'"):
+        load_config(EcgConfig, {"stages": [{"mode": "jiont", "branch": "rhythm"}]})
+    with pytest.raises(ConfigError, match="needs a branch"):
+        load_config(EcgConfig, {"stages": [{"mode": "joint"}]})
+    with pytest.raises(ConfigError, match="follow from mode and branch"):
+        load_config(EcgConfig, {"stages": [{"mode": "joint", "branch": "rhythm", "trainable": ["model.fusion"]}]})
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "data.sampling_rate=0",
+        "data.seconds=-10",
+        "model.dropout=1.0",
+        "model.branch_morphology.prototypes_per_class=0",
+        "model.branch_global.widths=[8,16,32]",
+        "loss.div=-1",
+        "loss.l1=-0.1",
+    ],
+)
+def test_out_of_range_values_are_one_line_errors_naming_the_key(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"config key '{key}'") as info:
+        load_config(EcgConfig, None, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_stages_say_what_they_train_and_earlier_recipes_still_load():
     config = EcgConfig()
-    config.stages[1].name = "jiont_rhythm"
-    config.model.labels = ["SR", "LVH", "NORM"]
-    with pytest.raises(ConfigError, match="jiont_rhythm"):
-        EcgModule(config, {"rhythm": [0], "morphology": [1], "global": [2]}).start_stage(config.stages[1])
+    stage = next(s for s in config.stages if s.name == "joint_morphology")
+    assert (stage.mode, stage.branch, stage.kind, stage.trainable) == ("joint", "morphology", "fit", [])
+    assert [(s.name, s.kind) for s in config.stages if s.mode in ("project", "thresholds")] == [
+        ("project_rhythm", "run"),
+        ("project_morphology", "run"),
+        ("project_global", "run"),
+        ("thresholds", "run"),
+    ]
+    legacy = {  # a stage as recipes and checkpoints wrote it before stages had a mode
+        "name": "joint_rhythm",
+        "trainable": [f"model.branches.rhythm.{p}" for p in ("backbone", "add_on", "prototype_vectors")],
+    }
+    loaded = load_config(EcgConfig, {"stages": [legacy]}).stages[0]
+    assert (loaded.mode, loaded.branch, loaded.trainable) == ("joint", "rhythm", [])
+    with pytest.raises(ConfigError, match="follow from mode and branch"):  # other prefixes would train otherwise
+        load_config(EcgConfig, {"stages": [{**legacy, "trainable": ["model.fusion"]}]})
 
 
 def test_evaluate_runs_on_the_modules_device(ecg_run, monkeypatch):
     """``medml evaluate --device cpu`` on a CUDA machine: prediction stays on the device the module was put on."""
-    from medml.pipelines.ecg.pipeline import evaluate_split
+    from medml.pipelines.ecg.evaluate import evaluate_split
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the old code then moved the model to CUDA
     results, arrays = evaluate_split(ecg_run.module, ecg_run.data, "val", ecg_run.pipeline.config, n_bootstrap=0)
@@ -263,7 +317,8 @@ def test_evaluate_runs_on_the_modules_device(ecg_run, monkeypatch):
 
 
 def test_rebuilding_from_a_checkpoint_needs_no_imagenet_file(tmp_path):
-    from medml.data.ptbxl import SCP_BRANCH, scp_statements_frame
+    from medml.data.ptbxl import scp_statements_frame
+    from medml.pipelines.ecg.data import SCP_BRANCH
 
     config = EcgConfig()  # no labels yet: PTB-XL's 71 statements in scp_statements.csv order
     config.model.imagenet_weights = tmp_path / "trained-elsewhere.pth"  # absent on the prediction machine
@@ -271,3 +326,6 @@ def test_rebuilding_from_a_checkpoint_needs_no_imagenet_file(tmp_path):
     assert module.model.fusion.in_features == 1037 and module.model.fusion.out_features == 71
     assert module.label_names == scp_statements_frame().index.astype(str).tolist() == list(SCP_BRANCH)
     assert [len(module.model.label_index(b)) for b in ("rhythm", "morphology", "global")] == [16, 52, 3]
+    for branch in ("rhythm", "morphology", "global"):  # each branch's labels in statement row order
+        index = module.model.label_index(branch).tolist()
+        assert index == sorted(index) and all(SCP_BRANCH[module.label_names[i]] == branch for i in index)

@@ -18,17 +18,16 @@ from medml.data import ptbxl as ptbxl_module
 from medml.data.ptbxl import (
     LABEL_SETS,
     PTBXL,
-    SCP_BRANCH,
     ECGDataset,
     check_ptbxl_layout,
-    class_pos_weight,
     fit_standardizer,
-    label_cooccurrence,
     prepare_ptbxl,
     read_ptbxl_record,
 )
 from medml.data.synthetic_ptbxl import LEARNABLE_CODES, scp_statements_frame, write_synthetic_ptbxl
 from medml.errors import ConfigError, CorruptFileError, DataLayoutError
+from medml.pipelines.ecg.data import SCP_BRANCH
+from medml.pipelines.ecg.losses import class_pos_weight, label_jaccard
 
 OFFICIAL_DATABASE_COLUMNS = [
     "ecg_id",
@@ -121,11 +120,11 @@ def test_statement_table_is_ptbxl_71_with_the_spec_partition():
     assert st.at["ASMI", "diagnostic_subclass"] == "AMI" and st.at["2AVB", "diagnostic_subclass"] == "_AVB"
     # Our shipped branch table covers the statements in their row order and matches spec §1.3 exactly.
     assert list(SCP_BRANCH) == st.index.tolist()
-    branches = {b: [c for c, v in SCP_BRANCH.items() if v == b] for b in (1, 3, 4)}
-    assert sorted(branches[1]) == sorted(SPEC_RHYTHM_BRANCH) and len(branches[1]) == 16
-    assert sorted(branches[3]) == sorted(SPEC_MORPHOLOGY_BRANCH) and len(branches[3]) == 52
-    assert sorted(branches[4]) == sorted(SPEC_GLOBAL_BRANCH) and len(branches[4]) == 3
-    assert set(branches[1]) == rhythm | {"1AVB", "2AVB", "3AVB", "IVCD"}
+    branches = {b: [c for c, v in SCP_BRANCH.items() if v == b] for b in ("rhythm", "morphology", "global")}
+    assert sorted(branches["rhythm"]) == sorted(SPEC_RHYTHM_BRANCH) and len(branches["rhythm"]) == 16
+    assert sorted(branches["morphology"]) == sorted(SPEC_MORPHOLOGY_BRANCH) and len(branches["morphology"]) == 52
+    assert sorted(branches["global"]) == sorted(SPEC_GLOBAL_BRANCH) and len(branches["global"]) == 3
+    assert set(branches["rhythm"]) == rhythm | {"1AVB", "2AVB", "3AVB", "IVCD"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -397,18 +396,10 @@ def test_label_sets_match_benchmark_aggregation(dataset: PTBXL, synthetic_ptbxl:
         "superdiagnostic": 5,
         "form": 19,
         "rhythm": 12,
-        "branch_rhythm": 16,
-        "branch_morphology": 52,
-        "branch_global": 3,
     }
     for label_set in LABEL_SETS:
         names, y = dataset.label_matrix(label_set)
         assert len(names) == sizes[label_set] and y.shape == (len(dataset), len(names)) and y.dtype == np.uint8
-        if label_set.startswith("branch_"):
-            assert names == [c for c in dataset.codes if c in names]  # row order
-            _, y_all = dataset.label_matrix("all")
-            np.testing.assert_array_equal(y, y_all[:, [dataset.codes.index(c) for c in names]])
-            continue
         brute = np.zeros_like(y)
         for i, codes in enumerate(records):
             for code in codes:
@@ -427,7 +418,7 @@ def test_splits_follow_folds_and_drop_labelless_only_for_sub_and_super(dataset: 
         kept = dataset.split_indices("test", label_set)
         _, y = dataset.label_matrix(label_set)
         assert y[kept].any(axis=1).all() and len(kept) == int(y[test].any(axis=1).sum()) < len(test)
-    for label_set in ("all", "diagnostic", "form", "rhythm", "branch_morphology"):
+    for label_set in ("all", "diagnostic", "form", "rhythm"):
         np.testing.assert_array_equal(dataset.split_indices("test", label_set), test)
 
 
@@ -435,7 +426,7 @@ def test_cooccurrence_and_class_weights_against_brute_force():
     rng = np.random.default_rng(0)
     y = (rng.random((50, 6)) < [0.5, 0.3, 0.1, 0.6, 0.05, 0.0]).astype(np.uint8)
     y[:10, 1] = y[:10, 0]  # correlated pair
-    jaccard = label_cooccurrence(y)
+    jaccard = label_jaccard(y).numpy()
     counts = y.sum(axis=0)
     for i in range(6):
         for k in range(6):
@@ -443,7 +434,7 @@ def test_cooccurrence_and_class_weights_against_brute_force():
             either = int(np.sum(y[:, i] | y[:, k]))
             assert jaccard[i, k] == pytest.approx(both / max(either, 1e-6), abs=1e-6)
     assert jaccard[5, 5] == 0 and jaccard[0, 0] == 1 and np.allclose(jaccard, jaccard.T)
-    weight = class_pos_weight(y)
+    weight = class_pos_weight(y).numpy()
     total = counts.sum()
     for c in range(5):
         assert weight[c] == pytest.approx((total - counts[c]) / counts[c], rel=1e-6)

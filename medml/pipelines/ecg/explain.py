@@ -1,4 +1,4 @@
-"""Case-based explanations for ProtoECGNet predictions, and the ECG pipeline's figures (matplotlib, Agg).
+"""Case-based explanations for ProtoECGNet predictions, and their figures.
 
 A fused logit is ``b_c + sum_j W[c, j] * s_j`` over the 1037 prototype similarities, so the contribution of
 prototype j to label c is ``s_j * W[c, j]``. For each positive label the prototypes with the largest contributions
@@ -11,29 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from medml.io.types import STANDARD_LEADS  # noqa: E402
-from medml.utils.files import atomic_path  # noqa: E402
+from medml.io.types import STANDARD_LEADS
+from medml.utils.figures import save_figure
 
 COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown")
-
-
-def _save_figure(fig, path: str | Path, dpi: int) -> Path:
-    """Lay out ``fig``, write it as PNG through `atomic_path` (no half-written file on a crash) and close it."""
-    path = Path(path)
-    try:
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, format="png")
-    finally:
-        plt.close(fig)
-    return path
 
 
 def prototype_table(module) -> list[dict[str, Any]]:
@@ -202,7 +187,7 @@ def explanation_figure(
             f"{proto.get('source_ecg_id')}, {window[0]:.2f}-{window[1]:.2f} s",
             fontsize=7,
         )
-    return _save_figure(fig, path, dpi=90)
+    return save_figure(fig, path, dpi=90)
 
 
 def prototype_gallery(module, path: str | Path, per_branch: int = 4) -> Path:
@@ -237,26 +222,4 @@ def prototype_gallery(module, path: str | Path, per_branch: int = 4) -> Path:
                 f"{t['source_window_s'][0]:.1f}-{t['source_window_s'][1]:.1f} s",
                 fontsize=7,
             )
-    return _save_figure(fig, path, dpi=80)
-
-
-def per_label_auroc_figure(result: dict[str, Any], path: str | Path, title: str = "") -> Path:
-    """Horizontal bars of per-label AUROC with bootstrap 95% CIs, sorted, with the macro mean as a line."""
-    items = sorted(result["per_label"].items(), key=lambda kv: kv[1]["auroc"])
-    fig, ax = plt.subplots(figsize=(6, max(2.5, 0.16 * len(items) + 1)))
-    if items:
-        names = [k for k, _ in items]
-        auc = np.array([v["auroc"] for _, v in items])
-        lo = np.array([v["ci_lo"] for _, v in items])
-        hi = np.array([v["ci_hi"] for _, v in items])
-        err = np.nan_to_num(np.stack([auc - lo, hi - auc]), nan=0.0).clip(min=0)
-        ax.barh(range(len(items)), auc, xerr=err, color="tab:blue", alpha=0.7, error_kw={"lw": 0.6})
-        ax.set_yticks(range(len(items)))
-        ax.set_yticklabels([f"{n} (n+={result['per_label'][n]['n_pos']})" for n in names], fontsize=6)
-        ax.axvline(result["macro"], color="tab:red", lw=1, label=f"macro {result['macro']:.3f}")
-        ax.axvline(0.5, color="grey", lw=0.5, ls="--")
-        ax.legend(fontsize=7, loc="lower right")
-    ax.set_xlim(0.0, 1.0)
-    ax.set_xlabel("AUROC (95% bootstrap CI)", fontsize=8)
-    ax.set_title(title, fontsize=9)
-    return _save_figure(fig, path, dpi=90)
+    return save_figure(fig, path, dpi=80)

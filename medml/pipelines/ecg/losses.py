@@ -20,21 +20,28 @@ from torch import nn
 
 
 def class_pos_weight(labels: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """BCE ``pos_weight`` w_c = (sum_k n_k - n_c) / n_c of training labels (N, C), as a tensor.
+    """ProtoECGNet's BCE ``pos_weight`` of training labels (N, C): w_c = (sum_k n_k - n_c) / n_c (spec §1.7).
 
-    Delegates to the data adapter's `medml.data.ptbxl.class_pos_weight` (sum_k n_k is the total number of positive
-    labels, as in the official code; a class without positives gets 1).
+    n_c is the number of positives of class c and sum_k n_k the total number of positive labels (not of records),
+    as in the official code. A class without positives gets 1 (it has no positive term to weight).
     """
-    from medml.data.ptbxl import class_pos_weight as weights
-
-    return torch.from_numpy(weights(np.asarray(labels))).float()
+    count = np.asarray(labels, dtype=np.float64).sum(axis=0)
+    weight = np.ones_like(count)
+    has = count > 0
+    weight[has] = (count.sum() - count[has]) / count[has]
+    return torch.from_numpy(weight).float()
 
 
 def label_jaccard(labels: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """C x C Jaccard co-occurrence of training labels (`medml.data.ptbxl.label_cooccurrence`), as a tensor."""
-    from medml.data.ptbxl import label_cooccurrence
+    """Jaccard co-occurrence J (C, C) of multi-hot training labels (N, C): |i and k| / (|i| + |k| - |i and k|).
 
-    return torch.from_numpy(label_cooccurrence(np.asarray(labels))).float()
+    The denominator is floored at 1e-6, so a pair of classes that never occur gets 0 (also on the diagonal).
+    """
+    y = np.asarray(labels, dtype=np.float64)
+    both = y.T @ y
+    count = np.diag(both)
+    union = count[:, None] + count[None, :] - both
+    return torch.from_numpy(both / np.maximum(union, 1e-6)).float()
 
 
 def _correct_mask(labels: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:

@@ -1,49 +1,33 @@
 """The ProtoECGNet LightningModule: per-branch warm-up / joint / classifier stages, projection ("push") onto
 training segments, fusion, and threshold selection on the validation fold.
 
-The stage's name says what it does and to which branch: ``warmup_<branch>``, ``joint_<branch>``,
-``project_<branch>`` (kind run), ``classifier_<branch>``, ``fusion``, ``thresholds`` (kind run), with ``<branch>``
-one of ``rhythm``, ``morphology``, ``global``. Which parameters train comes from the stage's ``trainable``
-prefixes (the engine freezes the rest); frozen backbones are kept in eval mode so their BatchNorm statistics and
-dropout do not move (spec 1.8: "all three projected branches frozen, in eval mode").
+A stage (`EcgStage`) says what it does and to which branch: ``{mode: warmup|joint|project|classifier, branch:
+rhythm|morphology|global}``, ``{mode: fusion}``, ``{mode: thresholds}``. Which parameters train follows from the mode
+and branch (`stage_parameters`; the engine freezes the rest); frozen backbones are kept in eval mode so their
+BatchNorm statistics and dropout do not move (spec 1.8: "all three projected branches frozen, in eval mode").
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medml.config import StageConfig
+from medml.engine.data import eval_loader
 from medml.errors import ConfigError
+from medml.metrics import fmax, multilabel_auroc
 from medml.pipelines.base import MedmlModule
+from medml.pipelines.ecg.config import EcgStage, trained_prefixes
 from medml.pipelines.ecg.losses import ClassifierLoss, PrototypeLoss, class_pos_weight, label_jaccard
 from medml.pipelines.ecg.model import BRANCHES, ProtoECGNet, encode_path
-
-STAGE_MODES = ("warmup", "joint", "project", "classifier", "fusion", "thresholds")
-
-
-def parse_stage(name: str) -> tuple[str, str | None]:
-    """``"joint_rhythm"`` -> ``("joint", "rhythm")``; ``"fusion"`` -> ``("fusion", None)``."""
-    if name in ("fusion", "thresholds"):
-        return name, None
-    mode, _, branch = name.partition("_")
-    if mode not in STAGE_MODES or branch not in BRANCHES:
-        raise ConfigError(
-            f"config key 'stages': unknown ECG stage '{name}' (use warmup_|joint_|project_|"
-            f"classifier_ + rhythm|morphology|global, fusion, thresholds)"
-        )
-    return mode, branch
 
 
 def macro_auroc(targets: np.ndarray, scores: np.ndarray) -> float:
     """Macro AUROC over labels with both classes present (whole set, no bootstrap)."""
-    from medml.metrics import multilabel_auroc
-
     if targets.shape[0] == 0:
         return float("nan")
     return multilabel_auroc(targets, scores, n_bootstrap=0)["macro"]
@@ -58,8 +42,6 @@ def choose_thresholds(targets: np.ndarray, probs: np.ndarray, policy: str = "per
     threshold per label instead of one shared threshold, which matters for PTB-XL's rare labels. Labels without a
     validation positive have no F1 to maximise and fall back to the micro-Fmax threshold.
     """
-    from medml.metrics import fmax
-
     _, global_t = fmax(targets, probs)
     thresholds = np.full(targets.shape[1], global_t, dtype=np.float32)
     if policy == "fmax":
@@ -75,6 +57,30 @@ def compute_device(config) -> torch.device:
     if torch.cuda.is_available() and config.train.accelerator in ("auto", "gpu", "cuda"):
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
+
+
+def build_protoecgnet(config, branch_labels: dict[str, Sequence[int]], load_imagenet: bool = True) -> ProtoECGNet:
+    """ProtoECGNet as ``config`` describes it (the paper's model for the default config)."""
+    mcfg = config.model
+    seconds_length = int(round(config.data.seconds * config.data.sampling_rate))
+    warmup = {s.branch for s in config.stages if s.enabled and s.mode == "warmup"}
+    branch_kwargs = {}
+    for name in BRANCHES:
+        bcfg = getattr(mcfg, f"branch_{name}")
+        branch_kwargs[name] = {
+            "kind": "1d" if name == "rhythm" else "2d",
+            "prototypes_per_class": bcfg.prototypes_per_class,
+            "prototype_length": bcfg.prototype_length if name != "rhythm" else 1,
+            "prototype_dim": bcfg.prototype_dim,
+            "depth": bcfg.depth,
+            "widths": tuple(bcfg.widths),
+            "dropout": mcfg.dropout,
+            "imagenet_weights": mcfg.imagenet_weights if name != "rhythm" and load_imagenet else None,
+            "warmup_head": name in warmup,
+            "signal_length": seconds_length,
+            "latent_length": _latent_length(seconds_length),
+        }
+    return ProtoECGNet(branch_labels, len(mcfg.labels), branch_kwargs)
 
 
 class EcgModule(MedmlModule):
@@ -100,28 +106,9 @@ class EcgModule(MedmlModule):
         load_imagenet: bool = True,
     ):
         super().__init__(config)
-        mcfg, lcfg = config.model, config.loss
-        labels = mcfg.labels
-        num_labels = len(labels)
-        seconds_length = int(round(config.data.seconds * config.data.sampling_rate))
-        warmup = {parse_stage(s.name)[1] for s in config.stages if s.enabled and s.name.startswith("warmup_")}
-        branch_kwargs = {}
-        for name in BRANCHES:
-            bcfg = getattr(mcfg, f"branch_{name}")
-            branch_kwargs[name] = {
-                "kind": "1d" if name == "rhythm" else "2d",
-                "prototypes_per_class": bcfg.prototypes_per_class,
-                "prototype_length": bcfg.prototype_length if name != "rhythm" else 1,
-                "prototype_dim": bcfg.prototype_dim,
-                "depth": bcfg.depth,
-                "widths": tuple(bcfg.widths),
-                "dropout": mcfg.dropout,
-                "imagenet_weights": mcfg.imagenet_weights if name != "rhythm" and load_imagenet else None,
-                "warmup_head": name in warmup,
-                "signal_length": seconds_length,
-                "latent_length": _latent_length(seconds_length),
-            }
-        self.model = ProtoECGNet(branch_labels, num_labels, branch_kwargs)
+        lcfg = config.loss
+        num_labels = len(config.model.labels)
+        self.model = build_protoecgnet(config, branch_labels, load_imagenet)
 
         y = np.zeros((1, num_labels)) if train_labels is None else np.asarray(train_labels)
         weights_on = lcfg.class_weights and train_labels is not None
@@ -158,7 +145,7 @@ class EcgModule(MedmlModule):
         return (signal - self.signal_mean[:, None]) / std[:, None]
 
     def stage_mode(self) -> tuple[str, str | None]:
-        return parse_stage(self.stage.name)
+        return self.stage.mode, self.stage.branch
 
     def forward(self, signal: torch.Tensor, branches: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Raw (B, 12, T) mV signal (high-passed) -> the model's outputs; standardisation happens here."""
@@ -174,8 +161,17 @@ class EcgModule(MedmlModule):
                         part.eval()
         return self
 
-    def start_stage(self, stage: StageConfig) -> None:
-        parse_stage(stage.name)  # fail early on a misspelt stage
+    def stage_parameters(self, stage: EcgStage) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        """What the stage's mode trains on its branch (`trained_prefixes`); run stages keep the engine's default."""
+        prefixes = tuple(trained_prefixes(stage.mode, stage.branch))
+        if not prefixes:
+            yield from super().stage_parameters(stage)
+            return
+        for name, param in self.named_parameters():
+            if name.startswith(prefixes):
+                yield name, param
+
+    def start_stage(self, stage: EcgStage) -> None:
         super().start_stage(stage)
         self.train(self.training)
 
@@ -261,8 +257,8 @@ class EcgModule(MedmlModule):
                 self.log(f"val_auroc_{which}", macro_auroc(y, probs), on_epoch=True, prog_bar=True, sync_dist=True)
 
     # ----- run stages ----------------------------------------------------------------------------------------------
-    def run_stage(self, stage: StageConfig, datamodule) -> dict[str, Any]:
-        mode, name = parse_stage(stage.name)
+    def run_stage(self, stage: EcgStage, datamodule) -> dict[str, Any]:
+        mode, name = stage.mode, stage.branch
         if mode == "project":
             return self.push_prototypes(name, datamodule)
         if mode == "thresholds":
@@ -270,52 +266,41 @@ class EcgModule(MedmlModule):
         raise ConfigError(f"config key 'stages': stage '{stage.name}' must be kind 'fit', not 'run'")
 
     def _loader(self, dataset):
-        from medml.engine.data import eval_loader
-
         # Every process scans the whole set (no sharding) so each ends with identical prototypes/thresholds.
         return eval_loader(dataset, self.config.train, shard=False)
 
-    @torch.no_grad()
     def predict_dataset(self, dataset, device: torch.device | None = None) -> dict[str, np.ndarray]:
         """Fused probabilities, targets and record rows of a dataset (eval mode, whole set).
 
         Runs on ``device``, by default the module's own device (where ``load_checkpoint(..., device=)`` put it).
         """
-        device = device or self.device
-        was_training, old_device = self.training, self.device
-        self.eval().to(device)
         probs, targets, index = [], [], []
-        try:
+        with self.evaluating(device):
             for batch in self._loader(dataset):
-                probs.append(torch.sigmoid(self(batch["signal"].to(device))["logits"]).float().cpu())
+                probs.append(torch.sigmoid(self(batch["signal"].to(self.device))["logits"]).float().cpu())
                 targets.append(batch["target"].float())
                 index.append(batch["index"].long())
-        finally:
-            self.to(old_device).train(was_training)
         return {
             "probs": torch.cat(probs).numpy(),
             "target": torch.cat(targets).numpy(),
             "index": torch.cat(index).numpy(),
         }
 
-    @torch.no_grad()
     def push_prototypes(self, name: str, datamodule) -> dict[str, Any]:
         """Projection (spec 1.8): replace each prototype by the closest latent patch of a training record of its
         own class (1D: the record's feature vector; 2D: the best window), and record where it came from."""
         branch = self.model.branches[name]
         device = compute_device(self.config)
-        was_training, old_device = self.training, self.device
-        self.eval().to(device)
-        label_index = self.model.label_index(name)
-        proto_class = branch.prototype_class()
-        num, length = branch.num_prototypes, branch.prototype_length
-        best_sim = torch.full((num,), float("-inf"), device=device)
-        best_row = torch.full((num,), -1, dtype=torch.long)
-        best_ecg = torch.full((num,), -1, dtype=torch.long)
-        best_start = torch.zeros(num, dtype=torch.long)
-        best_latent = branch.prototype_vectors.detach().clone()
-        best_segment = branch.projection_segment.detach().cpu().clone()
-        try:
+        with self.evaluating(device):
+            label_index = self.model.label_index(name)
+            proto_class = branch.prototype_class()
+            num, length = branch.num_prototypes, branch.prototype_length
+            best_sim = torch.full((num,), float("-inf"), device=device)
+            best_row = torch.full((num,), -1, dtype=torch.long)
+            best_ecg = torch.full((num,), -1, dtype=torch.long)
+            best_start = torch.zeros(num, dtype=torch.long)
+            best_latent = branch.prototype_vectors.detach().clone()
+            best_segment = branch.projection_segment.detach().cpu().clone()
             for batch in self._loader(datamodule.train_dataset):
                 signal = batch["signal"].to(device)
                 z = branch.latent(self.standardize(signal))
@@ -356,8 +341,6 @@ class EcgModule(MedmlModule):
             branch.projection_segment.copy_(best_segment.to(branch.projection_segment.device))
             for p in torch.nonzero(found).flatten().tolist():
                 branch.projection_path[p] = encode_path(str(datamodule.record_path(int(best_row[p]))))
-        finally:
-            self.to(old_device).train(was_training)
         missing = sorted({self.label_names[int(label_index[c])] for c in proto_class.cpu()[~found].tolist()})
         return {
             "branch": name,
