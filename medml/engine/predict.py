@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from medml.engine.record import base_record, now
 from medml.errors import ConfigError, MedmlError
-from medml.io.discover import _relative_id, display_path, error_reason, is_safe_case_id, printable
+from medml.io.discover import FATAL, _relative_id, display_path, error_reason, is_safe_case_id, printable
 from medml.utils.files import folder_fingerprint, write_json, write_text
 
 
@@ -170,7 +170,9 @@ class _Run:
     def predict(self, module: torch.nn.Module, num_parts: int, part_id: int, progress: bool) -> None:
         try:
             cases, unreadable = self.pipeline.discover(self.input_dir)
-        except Exception as exc:  # noqa: BLE001 - even a failed discovery leaves its reason in failures.csv
+        except FATAL:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - even a failed discovery leaves its reason in failures.csv
             cases, unreadable = [], [(str(self.input_dir), error_reason(exc))]
         cases = sorted(cases, key=lambda c: str(c.case_id))[part_id::num_parts]
         unreadable = sorted(unreadable, key=lambda f: (str(f[0]), str(f[1])))[part_id::num_parts]
@@ -202,7 +204,9 @@ class _Run:
                 self._attach_source(case)
                 try:
                     loaded.append((case, self.pipeline.load_case(case)))
-                except Exception as exc:  # noqa: BLE001 - one bad case must never stop the folder
+                except FATAL:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - one bad case must never stop the folder
                     self.fail_case(case, error_reason(exc))
                     self.failed += 1
                     bar.update(1)
@@ -235,7 +239,9 @@ class _Run:
             write_json(self.state_dir / "done" / f"{key}.json", {"case": case.case_id, **row})
             (self.state_dir / "failed" / f"{key}.json").unlink(missing_ok=True)
             self.done += 1
-        except Exception as exc:  # noqa: BLE001
+        except FATAL:
+            raise
+        except BaseException as exc:  # noqa: BLE001
             if created:  # no partial outputs of a failed case; only what this run made is removed
                 shutil.rmtree(case_dir, ignore_errors=True)
                 owned.unlink(missing_ok=True)
@@ -299,7 +305,9 @@ def _predict(pipeline: Any, module: torch.nn.Module, samples: list[dict], device
     try:
         with autocast:
             return pipeline.predict_batch(module, samples)
-    except Exception as exc:  # noqa: BLE001
+    except FATAL:
+        raise
+    except BaseException as exc:  # noqa: BLE001
         if len(samples) == 1:
             return [exc]
         return [_predict(pipeline, module, [s], device)[0] for s in samples]

@@ -88,7 +88,7 @@ def inspect(path: str | Path) -> dict[str, Any]:
         direction, orientation, warnings`` (volume), ``n_frames, frame_time_ms, fps`` (video), ``fs, leads,
         duration_s`` (ecg) or ``spacing`` (image), plus the study/series UIDs of DICOM cases. No patient names.
     """
-    from medml.io.discover import discover, error_reason, printable
+    from medml.io.discover import FATAL, discover, error_reason, printable
     from medml.io.readers import read_case
 
     path = Path(path)
@@ -98,7 +98,9 @@ def inspect(path: str | Path) -> dict[str, Any]:
     for case in cases:
         try:
             report["cases"].append(describe(case, read_case(case)))
-        except Exception as exc:  # noqa: BLE001 - one unreadable case is one error line, never the end of inspect
+        except FATAL:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - one unreadable case is one error line, never the end of inspect
             where = exc.path if isinstance(exc, MedmlError) and exc.path else str(case.path)
             report["errors"].append({"path": printable(where), "reason": error_reason(exc), "case_id": case.case_id})
     return report

@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from medml.errors import MedmlError, UnsupportedFormatError
+from medml.errors import CorruptFileError, MedmlError, UnsupportedFormatError
 from medml.io.types import Case
 
 # Files that commonly sit beside clinical data (dataset tables, notes) and are not inputs; they are skipped
@@ -159,6 +159,10 @@ def _inside(path: Path, real_root: Path) -> bool:
         return False
 
 
+# What stops a folder run. Anything else a file makes a library raise fails that file only, even BaseException
+# subclasses that native decoders raise for bad data (pyo3's PanicException in the Rust JPEG/RLE decoders).
+FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
 # Case ids become output folder names: one harmless path component, never one of the tables beside the folders.
 MAX_CASE_ID_LENGTH = 100
 RESERVED_CASE_IDS = ("predictions.csv", "failures.csv", "run.json")
@@ -292,7 +296,15 @@ def _relative_id(path: Path, root: Path) -> str:
 def _header(path: Path) -> Any:
     from medml.io.dicom import read_dataset
 
-    return read_dataset(path, stop_before_pixels=True, specific_tags=DICOM_HEADER_TAGS)
+    header = read_dataset(path, stop_before_pixels=True, specific_tags=DICOM_HEADER_TAGS)
+    try:  # pydicom decodes values lazily: a malformed one (unknown VR, bad length) must fail here, as a read error
+        for _ in header:
+            pass
+    except FATAL:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - pydicom raises NotImplementedError, ValueError, KeyError, ...
+        raise CorruptFileError(f"malformed DICOM header ({type(exc).__name__}: {printable(exc)[:200]})", path) from None
+    return header
 
 
 def discover(root: str | Path, *, frame_folders: bool = True) -> tuple[list[Case], list[tuple[str, str]]]:
@@ -328,7 +340,9 @@ def discover(root: str | Path, *, frame_folders: bool = True) -> tuple[list[Case
             continue
         try:
             _classify(path, base, real_root, cases, dicom_headers, consumed, images_by_folder, failures)
-        except Exception as exc:  # noqa: BLE001 - one hostile file must never stop the walk
+        except FATAL:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - one hostile file must never stop the walk
             failures.append((str(path), error_reason(exc)))
 
     for folder, images in images_by_folder.items():
@@ -495,7 +509,9 @@ def _group_dicom(headers: list[tuple[Path, Any]], base: Path) -> tuple[list[Case
     for path, ds in headers:
         try:
             _sort_header(path, ds, base, cases, series, failures)
-        except Exception as exc:  # noqa: BLE001 - a hostile header fails its own file only
+        except FATAL:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a hostile header fails its own file only
             failures.append((str(path), error_reason(exc)))
 
     folders_per_series = defaultdict(set)
@@ -504,7 +520,9 @@ def _group_dicom(headers: list[tuple[Path, Any]], base: Path) -> tuple[list[Case
     for uid, members in series.items():
         try:
             cases.extend(_series_cases(uid, members, base, folders_per_series))
-        except Exception as exc:  # noqa: BLE001
+        except FATAL:
+            raise
+        except BaseException as exc:  # noqa: BLE001
             failures.extend((str(p), error_reason(exc)) for p, _ in members)
     return cases, failures
 
