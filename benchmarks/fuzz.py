@@ -492,7 +492,8 @@ def worker(args: argparse.Namespace) -> None:
         seed, index, ops = mutant
         folder = work / f"m{i}"
         write_mutant(folder, apply(seed, index, ops))
-        out.write(json.dumps({"i": i, "outcome": "started", "seed": seed.name, "ops": _show(ops)}) + "\n")
+        started = {"i": i, "outcome": "started", "seed": seed.name, "ops": _show(ops), "folder": str(folder)}
+        out.write(json.dumps({**started, "t": time.time()}) + "\n")
         out.flush()
         _reset_peak()
         start = time.perf_counter()
@@ -565,50 +566,52 @@ def run(
     )
     start = 0
     while start < n:
-        cmd = [
-            sys.executable,
-            __file__,
-            "--worker",
-            "--n",
-            str(n),
-            "--start",
-            str(start),
-            "--seed",
-            str(seed),
-            "--budget-mb",
-            str(budget_mb),
-            "--timeout",
-            str(timeout),
-            "--jsonl",
-            jsonl,
-        ]
+        cmd = [sys.executable, __file__, "--worker", "--n", str(n), "--start", str(start), "--seed", str(seed),
+               "--budget-mb", str(budget_mb), "--timeout", str(timeout), "--jsonl", jsonl]  # fmt: skip
         if save:
             cmd += ["--save", save]
-        proc = subprocess.run(cmd, env=env, stdout=None if progress else subprocess.DEVNULL, stderr=subprocess.PIPE)
+        returncode, stderr = _watch(cmd, env, jsonl, timeout, progress)
         rows = _read(jsonl)
         done = {r["i"] for r in rows if r["outcome"] != "started"}
-        if proc.returncode == 0 or not rows:
-            if proc.returncode != 0:
-                raise RuntimeError(f"fuzz worker failed before any input:\n{proc.stderr.decode()[-3000:]}")
+        if returncode == 0 or not rows:
+            if returncode != 0:
+                raise RuntimeError(f"fuzz worker failed before any input:\n{stderr[-3000:]}")
             break
         last = max(r["i"] for r in rows)
-        if last not in done:  # it died on this input
+        if last not in done:  # it died or hung on this input (a native crash or a loop in C code)
             started = next(r for r in rows if r["i"] == last)
+            hung = returncode == "hung"
+            if save and started.get("folder") and Path(started["folder"]).is_dir():
+                shutil.copytree(started["folder"], Path(save) / f"m{last}", dirs_exist_ok=True)
             with open(jsonl, "a") as fh:
-                died = {
-                    "seed": started.get("seed"),
-                    "ops": started.get("ops", ""),
-                    "i": last,
-                    "outcome": "died",
-                    "signature": f"died (exit {proc.returncode})",
-                    "stderr": proc.stderr.decode(errors="replace")[-2000:],
-                }
-                fh.write(json.dumps(died) + "\n")
+                row = {"seed": started.get("seed"), "ops": started.get("ops", ""), "i": last,
+                       "outcome": "slow" if hung else "died",
+                       "signature": "hung in native code" if hung else f"died (exit {returncode})",
+                       "stderr": stderr[-2000:]}  # fmt: skip
+                fh.write(json.dumps(row) + "\n")
+            if started.get("folder"):
+                shutil.rmtree(Path(started["folder"]).parent, ignore_errors=True)
         start = last + 1
     results = [r for r in _read(jsonl) if r["outcome"] != "started"]
     if own:
         os.unlink(jsonl)
     return sorted(results, key=lambda r: r["i"])
+
+
+def _watch(cmd: list[str], env: dict, jsonl: str, timeout: float, progress: bool) -> tuple[int | str, str]:
+    """Run a worker; kill it when one input runs far past ``timeout`` (the alarm cannot stop C code)."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=None if progress else subprocess.DEVNULL, stderr=err)
+        while proc.poll() is None:
+            time.sleep(0.5)
+            rows = _read(jsonl)[-1:]
+            if rows and rows[0]["outcome"] == "started" and time.time() - rows[0]["t"] > timeout + 30:
+                proc.kill()
+                proc.wait()
+                err.seek(0)
+                return "hung", err.read().decode(errors="replace")
+        err.seek(0)
+        return proc.returncode, err.read().decode(errors="replace")
 
 
 def _read(path: str) -> list[dict]:

@@ -155,7 +155,7 @@ def _inside(path: Path, real_root: Path) -> bool:
     """Whether ``path`` (after following every link) stays inside ``real_root`` (already resolved)."""
     try:
         return path.resolve().is_relative_to(real_root)
-    except (OSError, RuntimeError):  # a link loop
+    except (OSError, RuntimeError, ValueError):  # a link loop, a NUL byte in a name from a header
         return False
 
 
@@ -421,7 +421,7 @@ def _unrecognised_reason(path: Path, head: bytes) -> str:
             with gzip.open(path, "rb") as fh:
                 fh.read(544)
         except (OSError, EOFError, zlib.error) as exc:
-            return f"corrupt or truncated gzip data ({type(exc).__name__})"
+            return f"corrupt or truncated gzip data ({printable(exc) or type(exc).__name__})"
         return "a gzip file that holds no NIfTI header"
     if name.endswith((".nii", ".nii.gz")):
         return "not a NIfTI file despite its name (no NIfTI header)"
