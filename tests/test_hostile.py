@@ -51,6 +51,7 @@ def make_hostile_folder(tmp_path: Path) -> Path:
     (root / "garbage.nii.gz").write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)) * 4)
     (root / "text.nii.gz").write_bytes(gzip.compress(b"hello" * 200))
     (root / "plain.nii").write_bytes(b"\0" * 400)
+    (root / os.fsdecode(b"bad\xff\n.dcm")).write_bytes(b"not DICOM" * 20)  # a failing file named in no encoding
     write_ct_series(root / "predictions.csv", shape=(3, 8, 10), series_number=7, seed=4)  # named like a table
     weird = root / os.fsdecode(b"caf\xe9_\x01\x1b[31m")  # not UTF-8, with control characters
     weird.mkdir()
@@ -129,7 +130,7 @@ def test_predict_over_a_hostile_folder_writes_its_tables_and_touches_nothing_els
     out = tmp_path / "out"
     summary = predict_folder(AnyCase(), module, hostile, out, progress=False)
     assert _snapshot(hostile) == before_in and _snapshot(tmp_path / "outside") == before_out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out", "outside"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out", "outside"]  # nothing written elsewhere
     predictions, failures = _rows(out / "predictions.csv"), _rows(out / "failures.csv")
     assert summary.done == len(predictions) >= 3 and summary.failed == len(failures) >= 12
     assert all(r["reason"] and "\n" not in r["reason"] and r["reason"].isprintable() for r in failures)
@@ -139,6 +140,11 @@ def test_predict_over_a_hostile_folder_writes_its_tables_and_touches_nothing_els
     assert json.loads((out / "run.json").read_text())["done"] == summary.done
     again = predict_folder(AnyCase(), module, hostile, out, progress=False)  # resume: nothing new, nothing lost
     assert again.skipped == summary.done and len(_rows(out / "predictions.csv")) == len(predictions)
+    kept = tmp_path / "kept"
+    predict_folder(AnyCase(), module, hostile, kept, progress=False, anonymize_paths=False)
+    paths = {r["path"]: r["reason"] for r in _rows(kept / "failures.csv")}
+    assert "not a DICOM file" in paths["bad\\xff\\n.dcm"]  # undecodable bytes and controls escaped, one line
+    assert paths["loop"] == "symbolic link loop" and "outside the input" in paths["rec.hea"]
 
 
 def test_cli_refuses_overlapping_or_unusable_outputs_in_one_line(toy_run, hostile, tmp_path, capsys):
