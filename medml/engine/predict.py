@@ -12,16 +12,19 @@ import contextlib
 import hashlib
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from medml.engine.record import base_record, now
 from medml.errors import ConfigError, MedmlError
-from medml.utils.files import write_json, write_text
+from medml.io.discover import FATAL, _relative_id, display_path, error_reason, is_safe_case_id, printable
+from medml.utils.files import folder_fingerprint, write_json, write_text
 
 
 @dataclass
@@ -33,14 +36,7 @@ class PredictSummary:
 
 
 def _case_key(case_id: str) -> str:
-    return hashlib.sha1(case_id.encode()).hexdigest()[:16]
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, MedmlError):
-        return exc.reason
-    text = " ".join(str(exc).split()) or "no message"
-    return f"unexpected {type(exc).__name__}: {text}"
+    return hashlib.sha1(case_id.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def _write_table(path: Path, rows: list[dict[str, Any]], first: list[str]) -> None:
@@ -54,16 +50,39 @@ def _write_table(path: Path, rows: list[dict[str, Any]], first: list[str]) -> No
 
 
 def _collect(state_dir: Path, kind: str) -> list[dict[str, Any]]:
+    """Every marker of ``kind``; temporary files of a writer in another process (hidden names) are not markers."""
     folder = state_dir / kind
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    rows = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if path.name.startswith("."):
+            continue
+        try:
+            rows.append(json.loads(path.read_text()))
+        except (OSError, ValueError):  # removed meanwhile by another part (a failure that part has now redone)
+            continue
+    return rows
 
 
 def _check_folders(input_dir: Path, output_dir: Path) -> None:
+    """Input and output never overlap (in either direction, links followed): then nothing medml writes or
+    removes under the output can be a user's input. The output must be a folder medml can write."""
     if not input_dir.exists():
         raise ConfigError("input folder not found", input_dir)
     inp, out = input_dir.resolve(), output_dir.resolve()
     if out == inp or inp in out.parents:
         raise ConfigError("the output folder is inside the input folder; medml never writes into its input", output_dir)
+    if out in inp.parents:
+        raise ConfigError(
+            "the input folder is inside the output folder; choose an output folder outside the input", output_dir
+        )
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError("--output names a file, not a folder", output_dir)
+    try:
+        (output_dir / ".medml").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir / ".medml"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write to the output folder ({exc.strerror or exc})", output_dir) from None
 
 
 def predict_folder(
@@ -75,87 +94,208 @@ def predict_folder(
     part_id: int = 0,
     progress: bool = True,
     checkpoint: str | Path | None = None,
+    anonymize_paths: bool = True,
 ) -> PredictSummary:
-    """Predict every case under ``input_dir`` that belongs to shard ``part_id`` of ``num_parts``."""
+    """Predict every case under ``input_dir`` that belongs to shard ``part_id`` of ``num_parts``.
+
+    No case stops the run: whatever goes wrong discovering, reading, predicting or writing one case becomes its row
+    in ``failures.csv``. The tables and ``run.json`` are written however the run ends (Ctrl-C included).
+
+    Args:
+        anonymize_paths: source paths in ``failures.csv`` and ``run.json`` become the case id (the folder names
+            above a file often name the patient); with False they are written relative to ``input_dir``.
+    """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if num_parts < 1 or not 0 <= part_id < num_parts:
         raise ConfigError(f"--part-id must be in [0, {num_parts - 1}] for --num-parts {num_parts}")
     _check_folders(input_dir, output_dir)
     state_dir = output_dir / ".medml"
-    (state_dir / "done").mkdir(parents=True, exist_ok=True)
-    (state_dir / "failed").mkdir(parents=True, exist_ok=True)
+    for kind in ("done", "failed", "owned"):
+        (state_dir / kind).mkdir(parents=True, exist_ok=True)
 
     fingerprint = model_fingerprint(module)
     _claim_output(state_dir, fingerprint, output_dir)
-    cases, unreadable = pipeline.discover(input_dir)
-    cases = sorted(cases, key=lambda c: c.case_id)[part_id::num_parts]
-    unreadable = sorted(unreadable)[part_id::num_parts]
     record = base_record(
         "predict",
         pipeline.name,
-        input_dir=str(input_dir.resolve()),
+        input_dir=None if anonymize_paths else str(input_dir.resolve()),
+        input_fingerprint=_input_fingerprint(input_dir),
         checkpoint=str(checkpoint) if checkpoint else None,
         checkpoint_sha256=_sha256(checkpoint) if checkpoint else None,
         model_sha256=fingerprint,
         config=pipeline.config.model_dump(mode="json"),
         num_parts=num_parts,
         part_id=part_id,
+        anonymize_paths=anonymize_paths,
     )
+    if anonymize_paths:
+        record["command"] = _scrub(record["command"], input_dir, "INPUT")
     part_name = "run.json" if num_parts == 1 else f"run.part{part_id}of{num_parts}.json"
     write_json(output_dir / part_name, record)
+    run = _Run(pipeline, input_dir, output_dir, state_dir, anonymize_paths)
+    finished = False
+    try:
+        run.predict(module, num_parts, part_id, progress)
+        finished = True
+    finally:
+        # Tables are rebuilt from every part's markers under one lock, so whichever part rebuilds last leaves the
+        # complete tables; an interrupted run still leaves tables of what it did.
+        record.update(finished=now(), done=run.done, skipped_already_done=run.skipped, failed=run.failed)
+        if not finished:
+            record["interrupted"] = True
+        with contextlib.nullcontext() if finished else contextlib.suppress(Exception):
+            write_tables(output_dir)
+            write_json(output_dir / part_name, record)
+    return PredictSummary(output_dir=output_dir, done=run.done, skipped=run.skipped, failed=run.failed)
 
-    def fail(case_id: str, path: str, reason: str) -> None:
-        write_json(
-            state_dir / "failed" / f"{_case_key(case_id)}.json", {"case": case_id, "path": path, "reason": reason}
-        )
 
-    for path, reason in unreadable:
-        fail(_relative_name(path, input_dir), path, reason)
+def write_tables(output_dir: str | Path) -> None:
+    """Rebuild ``predictions.csv`` and ``failures.csv`` from the per-case markers in ``OUT/.medml``."""
+    output_dir = Path(output_dir)
+    state_dir = output_dir / ".medml"
+    with FileLock(state_dir / "tables.lock", timeout=600):
+        _write_table(output_dir / "predictions.csv", _collect(state_dir, "done"), ["case"])
+        _write_table(output_dir / "failures.csv", _collect(state_dir, "failed"), ["case", "path", "reason"])
 
-    todo = [c for c in cases if not (state_dir / "done" / f"{_case_key(c.case_id)}.json").exists()]
-    skipped = len(cases) - len(todo)
-    done = failed = 0
-    bar = tqdm(total=len(todo), desc=f"{pipeline.name} predict", unit="case", disable=not progress)
-    batch_size = max(1, pipeline.predict_batch_size)
-    device = next(module.parameters()).device
-    for start in range(0, len(todo), batch_size):
-        loaded = []
-        for case in todo[start : start + batch_size]:
-            try:
-                loaded.append((case, pipeline.load_case(case)))
-            except Exception as exc:  # noqa: BLE001 - one bad case must never stop the folder
-                fail(case.case_id, str(case.paths[0]), _reason(exc))
-                failed += 1
+
+class _Run:
+    """One folder run's bookkeeping: markers per case, output folders it owns, counts."""
+
+    def __init__(self, pipeline: Any, input_dir: Path, output_dir: Path, state_dir: Path, anonymize: bool):
+        self.pipeline, self.input_dir, self.output_dir, self.state_dir = pipeline, input_dir, output_dir, state_dir
+        self.anonymize = anonymize
+        self.real_output = output_dir.resolve()
+        self.done = self.skipped = self.failed = 0
+
+    def predict(self, module: torch.nn.Module, num_parts: int, part_id: int, progress: bool) -> None:
+        try:
+            cases, unreadable = self.pipeline.discover(self.input_dir)
+        except FATAL:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - even a failed discovery leaves its reason in failures.csv
+            cases, unreadable = [], [(str(self.input_dir), error_reason(exc))]
+        cases = sorted(cases, key=lambda c: str(c.case_id))[part_id::num_parts]
+        unreadable = sorted(unreadable, key=lambda f: (str(f[0]), str(f[1])))[part_id::num_parts]
+        for path, reason in unreadable:
+            self.fail_path(path, reason)
+            self.failed += 1
+
+        todo, seen = [], set()
+        for case in cases:
+            if not is_safe_case_id(case.case_id):
+                self.fail_case(case, f"unsafe case id {printable(case.case_id)!r}: no output path is made from it")
+                self.failed += 1
+                continue
+            if case.case_id.lower() in seen:  # keyed apart, so the first one's success does not erase this row
+                self.fail_case(case, f"duplicate case id {case.case_id!r}: only the first is predicted", dup=True)
+                self.failed += 1
+                continue
+            seen.add(case.case_id.lower())
+            if (self.state_dir / "done" / f"{_case_key(case.case_id)}.json").exists():
+                self.skipped += 1
+            else:
+                todo.append(case)
+        bar = tqdm(total=len(todo), desc=f"{self.pipeline.name} predict", unit="case", disable=not progress)
+        batch_size = max(1, self.pipeline.predict_batch_size)
+        device = next(module.parameters()).device
+        for start in range(0, len(todo), batch_size):
+            loaded = []
+            for case in todo[start : start + batch_size]:
+                self._attach_source(case)
+                try:
+                    loaded.append((case, self.pipeline.load_case(case)))
+                except FATAL:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - one bad case must never stop the folder
+                    self.fail_case(case, error_reason(exc))
+                    self.failed += 1
+                    bar.update(1)
+            if not loaded:
+                continue
+            outputs = _predict(self.pipeline, module, [s for _, s in loaded], device)
+            for (case, sample), output in zip(loaded, outputs):
+                self.write(case, sample, output)
                 bar.update(1)
-        if not loaded:
-            continue
-        outputs = _predict(pipeline, module, [s for _, s in loaded], device)
-        for (case, sample), output in zip(loaded, outputs):
-            try:
-                if isinstance(output, BaseException):
-                    raise output
-                case_dir = output_dir / case.case_id
-                if case_dir.exists():  # left half-done by a killed run
-                    shutil.rmtree(case_dir)
-                case_dir.mkdir(parents=True)
-                row = pipeline.write_case(case, sample, output, case_dir)
-                write_json(state_dir / "done" / f"{_case_key(case.case_id)}.json", {"case": case.case_id, **row})
-                stale = state_dir / "failed" / f"{_case_key(case.case_id)}.json"
-                stale.unlink(missing_ok=True)
-                done += 1
-            except Exception as exc:  # noqa: BLE001
-                shutil.rmtree(output_dir / case.case_id, ignore_errors=True)  # no partial outputs of a failed case
-                fail(case.case_id, str(case.paths[0]), _reason(exc))
-                failed += 1
-            bar.update(1)
-    bar.close()
+        bar.close()
 
-    # Tables are rebuilt from every part's markers, so whichever part finishes last leaves complete tables.
-    _write_table(output_dir / "predictions.csv", _collect(state_dir, "done"), ["case"])
-    _write_table(output_dir / "failures.csv", _collect(state_dir, "failed"), ["case", "path", "reason"])
-    record.update(finished=now(), done=done, skipped_already_done=skipped, failed=failed)
-    write_json(output_dir / part_name, record)
-    return PredictSummary(output_dir=output_dir, done=done, skipped=skipped, failed=failed)
+    def write(self, case: Any, sample: dict, output: Any) -> None:
+        key = _case_key(case.case_id)
+        owned = self.state_dir / "owned" / f"{key}.json"
+        case_dir = self.output_dir / case.case_id
+        created = False
+        try:
+            if isinstance(output, BaseException):
+                raise output
+            if not case_dir.resolve().is_relative_to(self.real_output) or case_dir.resolve() == self.real_output:
+                raise MedmlError("its output folder would leave --output; refused")
+            if case_dir.is_symlink() or case_dir.exists():
+                if case_dir.is_symlink() or not case_dir.is_dir() or not owned.is_file():
+                    raise MedmlError(f"{case.case_id} already exists in --output and was not made by medml; left as is")
+                shutil.rmtree(case_dir)  # made by a medml run on this output that was killed while writing it
+            write_json(owned, {"case": case.case_id})  # before mkdir: a kill in between leaves the claim, no folder
+            case_dir.mkdir()
+            created = True
+            row = self.pipeline.write_case(case, sample, output, case_dir)
+            write_json(self.state_dir / "done" / f"{key}.json", {"case": case.case_id, **row})
+            (self.state_dir / "failed" / f"{key}.json").unlink(missing_ok=True)
+            self.done += 1
+        except FATAL:
+            raise
+        except BaseException as exc:  # noqa: BLE001
+            if created:  # no partial outputs of a failed case; only what this run made is removed
+                shutil.rmtree(case_dir, ignore_errors=True)
+                owned.unlink(missing_ok=True)
+            self.fail_case(case, error_reason(exc))
+            self.failed += 1
+
+    def _attach_source(self, case: Any) -> None:
+        """``case.meta["source"]``: what writers may record as the case's source (never an absolute path)."""
+        meta = getattr(case, "meta", None)
+        if isinstance(meta, dict):
+            meta["source"] = case.case_id if self.anonymize else display_path(case.paths[0], self.input_dir)
+
+    def fail_case(self, case: Any, reason: str, dup: bool = False) -> None:
+        case_id = printable(case.case_id)
+        path = case_id if self.anonymize else display_path(case.paths[0], self.input_dir)
+        key = _case_key(f"duplicate:{case.paths[0]}" if dup else str(case.case_id))
+        self._fail(key, case_id, path, self._scrub(reason, case.paths[0], case_id))
+
+    def fail_path(self, path: str | Path, reason: str) -> None:
+        """A file or folder discovery could not use: its row is keyed by its path (two ``x.dcm`` differ)."""
+        relative = display_path(path, self.input_dir)
+        case_id = relative
+        if self.anonymize:  # the id its case would have had; the input folder's own name may be the patient's
+            case_id = "input" if relative == "." else _relative_id(Path(path), self.input_dir)
+        shown = case_id if self.anonymize else relative
+        self._fail(_case_key("path:" + relative), case_id, shown, self._scrub(reason, path, case_id))
+
+    def _fail(self, key: str, case_id: str, path: str, reason: str) -> None:
+        write_json(self.state_dir / "failed" / f"{key}.json", {"case": case_id, "path": path, "reason": reason})
+
+    def _scrub(self, reason: str, path: str | Path, case_id: str) -> str:
+        """Reasons from other libraries may quote the file's path: keep it relative (or the case id)."""
+        reason = _scrub(printable(reason), self.input_dir, "")
+        if self.anonymize:
+            relative = display_path(path, self.input_dir)
+            if len(relative) > 2:
+                reason = reason.replace(relative, case_id)
+        return reason
+
+
+def _scrub(text: str, folder: Path, replacement: str) -> str:
+    """``text`` without the absolute forms of ``folder`` (as given and resolved)."""
+    for form in sorted({str(folder.resolve()), str(folder.absolute()), str(folder)}, key=len, reverse=True):
+        if len(form) > 1:
+            text = text.replace(form + "/", replacement + "/" if replacement else "").replace(form, replacement)
+    return text
+
+
+def _input_fingerprint(input_dir: Path) -> str | None:
+    """Which input folder was predicted, without naming it: `folder_fingerprint` of its relative names and sizes."""
+    try:
+        return folder_fingerprint(input_dir) if input_dir.is_dir() else _sha256(input_dir)
+    except Exception:  # noqa: BLE001 - provenance only: an unlistable or oddly named input must not stop the run
+        return None
 
 
 @torch.no_grad()
@@ -165,18 +305,12 @@ def _predict(pipeline: Any, module: torch.nn.Module, samples: list[dict], device
     try:
         with autocast:
             return pipeline.predict_batch(module, samples)
-    except Exception as exc:  # noqa: BLE001
+    except FATAL:
+        raise
+    except BaseException as exc:  # noqa: BLE001
         if len(samples) == 1:
             return [exc]
         return [_predict(pipeline, module, [s], device)[0] for s in samples]
-
-
-def _relative_name(path: str | Path, root: Path) -> str:
-    """A failure's case name: its path under the input folder (two ``x.dcm`` in different folders differ)."""
-    try:
-        return Path(path).resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return Path(path).name
 
 
 def model_fingerprint(module: torch.nn.Module) -> str:

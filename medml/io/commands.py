@@ -88,18 +88,21 @@ def inspect(path: str | Path) -> dict[str, Any]:
         direction, orientation, warnings`` (volume), ``n_frames, frame_time_ms, fps`` (video), ``fs, leads,
         duration_s`` (ecg) or ``spacing`` (image), plus the study/series UIDs of DICOM cases. No patient names.
     """
-    from medml.io.discover import discover
+    from medml.io.discover import FATAL, discover, error_reason, printable
     from medml.io.readers import read_case
 
     path = Path(path)
     cases, failures = discover(path)
-    report: dict[str, Any] = {"schema": INSPECT_SCHEMA_VERSION, "path": str(path), "cases": [], "errors": []}
-    report["errors"] = [{"path": p, "reason": r} for p, r in failures]
+    report: dict[str, Any] = {"schema": INSPECT_SCHEMA_VERSION, "path": printable(path), "cases": [], "errors": []}
+    report["errors"] = [{"path": printable(p), "reason": r} for p, r in failures]
     for case in cases:
         try:
             report["cases"].append(describe(case, read_case(case)))
-        except MedmlError as exc:
-            report["errors"].append({"path": exc.path or str(case.path), "reason": exc.reason, "case_id": case.case_id})
+        except FATAL:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - one unreadable case is one error line, never the end of inspect
+            where = exc.path if isinstance(exc, MedmlError) and exc.path else str(case.path)
+            report["errors"].append({"path": printable(where), "reason": error_reason(exc), "case_id": case.case_id})
     return report
 
 
@@ -147,19 +150,25 @@ def generic_segment_table(labels: Sequence[int]) -> list[Any]:
 
 
 def convert(
-    input: str | Path, output: str | Path, mask: str | Path | None = None, segment_table: Sequence[Any] | None = None
+    input: str | Path,
+    output: str | Path,
+    mask: str | Path | None = None,
+    segment_table: Sequence[Any] | None = None,
+    anonymize_paths: bool = True,
 ) -> Path:
     """Convert a DICOM series, enhanced multi-frame or cine (or NIfTI/MHA/NRRD) to NIfTI, or a mask to DICOM SEG.
 
     * ``output`` ending in ``.nii``/``.nii.gz``: the image, with the source geometry (a cine is written as
       (x, y, frame)), plus a JSON sidecar (``output`` with ``.json``) holding UIDs, spacing, frame times and
-      geometry warnings.
+      geometry warnings. Its ``source`` is the case id (``anonymize_paths``, the default: folder names often name
+      the patient) or the input's name; no absolute path is written.
     * ``output`` ending in ``.dcm`` with ``mask``: a DICOM SEG of the mask (NIfTI on the same grid as the DICOM
       source, or a PNG for a one-frame source) referencing the source instances.
 
     Returns:
         The written path.
     """
+    from medml.io.discover import printable
     from medml.io.readers import case_for_path, read_case
     from medml.io.reports import write_report_json
 
@@ -197,9 +206,27 @@ def convert(
             )
     else:
         raise UnsupportedFormatError(f"cannot convert a {case.kind} case to NIfTI", case.path)
+    sidecar["source"] = case.case_id if anonymize_paths else printable(Path(input).name)
+    sidecar = _without_folder(sidecar, Path(input))
     suffix = ".nii.gz" if name.endswith(".nii.gz") else ".nii"
     write_report_json(sidecar, output.with_name(output.name[: -len(suffix)] + ".json"))
     return output
+
+
+def _without_folder(value: Any, source: Path) -> Any:
+    """``value`` with the folders above ``source`` cut from every string (readers record source paths)."""
+    from medml.io.discover import _resolved
+
+    folders = {str(f) for f in (source.parent, _resolved(source).parent, source.absolute().parent) if str(f) != "."}
+    if isinstance(value, str):
+        for folder in sorted(folders, key=len, reverse=True):
+            value = value.replace(folder.rstrip("/") + "/", "")
+        return value
+    if isinstance(value, Mapping):
+        return {k: _without_folder(v, source) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_folder(v, source) for v in value]
+    return value
 
 
 def _mask_to_seg(case: Case, mask_path: Path, output: Path, segment_table: Sequence[Any] | None) -> Path:

@@ -77,3 +77,37 @@ def test_convert_cine(tmp_path, xa_cine):
     np.testing.assert_allclose(sidecar["frame_times_ms"], read_video(path).frame_times_ms)
     with pytest.raises(UnsupportedFormatError):
         convert(path, tmp_path / "cine.png")
+
+
+def test_convert_sidecar_holds_no_source_path(tmp_path):
+    import SimpleITK as sitk
+
+    folder = tmp_path / "Doe_Jane_MRN4711"
+    folder.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(24, dtype=np.int16).reshape(2, 3, 4)), str(folder / "scan.mha"))
+    convert(folder / "scan.mha", tmp_path / "a.nii.gz")
+    text = (tmp_path / "a.json").read_text()
+    assert "MRN4711" not in text and str(tmp_path) not in text
+    assert json.loads(text)["source"] == "scan"
+    convert(folder / "scan.mha", tmp_path / "b.nii.gz", anonymize_paths=False)
+    sidecar = json.loads((tmp_path / "b.json").read_text())
+    assert sidecar["source"] == "scan.mha" and "MRN4711" not in json.dumps(sidecar)
+
+
+def test_inspect_turns_any_reader_crash_into_an_error_line(clinic_folder, monkeypatch):
+    import importlib
+
+    readers = importlib.import_module("medml.io.readers")
+    real = readers.read_case
+
+    def crashing(case):
+        if case.kind == "dicom_ecg":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(case)
+
+    monkeypatch.setattr(readers, "read_case", crashing)
+    report = inspect(clinic_folder)
+    assert len(report["cases"]) == 3
+    crash = next(e for e in report["errors"] if "case_id" in e)
+    assert crash["reason"] == "unexpected RecursionError: maximum recursion depth exceeded"
+    assert crash["path"].endswith("ecg.dcm")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import shutil
 from pathlib import Path
 
@@ -104,3 +105,118 @@ def test_binary_signal_is_not_mistaken_for_headerless_dicom(tmp_path):
     from pydicom.data import get_testdata_file
 
     assert sniff(Path(get_testdata_file("ExplVR_BigEndNoMeta.dcm"))) == "dicom"
+
+
+@pytest.fixture()
+def hostile_folder(tmp_path) -> Path:
+    from tests.test_hostile import make_hostile_folder
+
+    return make_hostile_folder(tmp_path)
+
+
+def test_a_hostile_folder_never_stops_discovery_and_each_problem_has_its_reason(hostile_folder):
+    from medml.io.discover import display_path, is_safe_case_id
+
+    cases, failures = discover(hostile_folder)
+    reasons = {display_path(p, hostile_folder): r for p, r in failures}
+    assert reasons["loop"] == reasons["ping"] == reasons["pong"] == "symbolic link loop"
+    assert "broken symbolic link" in reasons["dangling"]
+    assert "outside the input folder" in reasons["out_file"] and "outside the input folder" in reasons["out_dir"]
+    assert "not followed" in reasons["up"]
+    assert "not a regular file" in reasons["pipe"]
+    assert reasons["empty.dcm"] == "empty file (0 bytes)"
+    assert "corrupt or truncated gzip" in reasons["garbage.nii.gz"]
+    assert "no NIfTI header" in reasons["text.nii.gz"] and "no NIfTI header" in reasons["plain.nii"]
+    assert "signal file outside the input folder" in reasons["rec.hea"]
+    assert "ElementDataFile names a file outside" in reasons["vol.mhd"]
+    assert all("\n" not in r and r.isprintable() for r in reasons.values())
+    assert all(k.isprintable() for k in reasons)
+    ids = [c.case_id for c in cases]
+    assert all(is_safe_case_id(i) for i in ids) and len({i.lower() for i in ids}) == len(ids)
+    assert sum(c.kind == "dicom_series" for c in cases) == 1  # inside the folder named predictions.csv
+    assert not any(i.lower() in ("predictions.csv", "failures.csv", "run.json") for i in ids)
+    assert any(i.startswith("predictions_csv") for i in ids)
+    assert max(len(i) for i in ids) <= 100
+    assert [c.kind for c in cases if c.case_id.startswith("caf")] == ["dicom_image"]
+    assert [c.kind for c in cases if c.case_id.startswith("deep__ddd")] == ["dicom_image"]
+    assert discover(hostile_folder)[0] == cases  # stable ids
+
+
+def test_unreadable_folders_and_files_are_failures_with_the_reason(tmp_path, monkeypatch):
+    discover_module = importlib.import_module("medml.io.discover")
+
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "a.dcm").write_bytes(b"x" * 300)
+    (tmp_path / "secret.nii").write_bytes(b"x" * 400)
+    scandir, real_open = discover_module.os.scandir, open
+
+    def refusing_scandir(path):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    def refusing_open(path, *args, **kwargs):
+        if Path(path).name == "secret.nii":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(discover_module.os, "scandir", refusing_scandir)
+    monkeypatch.setattr(discover_module, "open", refusing_open, raising=False)
+    cases, failures = discover(tmp_path)
+    reasons = {Path(p).name: r for p, r in failures}
+    assert cases == []
+    assert reasons == {
+        "locked": "cannot list the folder (Permission denied)",
+        "secret.nii": "cannot read the file (Permission denied)",
+    }
+
+
+def test_a_parser_crash_fails_its_file_only(tmp_path, monkeypatch, two_series_folder):
+    discover_module = importlib.import_module("medml.io.discover")
+
+    shutil.copytree(two_series_folder, tmp_path / "ct")
+    victim = sorted((tmp_path / "ct").iterdir())[0]
+    header = discover_module._header
+
+    def crashing(path):
+        if path == victim:
+            raise RecursionError("maximum recursion depth exceeded while decoding a sequence")
+        return header(path)
+
+    monkeypatch.setattr(discover_module, "_header", crashing)
+    cases, failures = discover(tmp_path)
+    assert failures == [
+        (str(victim), "unexpected RecursionError: maximum recursion depth exceeded while decoding a sequence")
+    ]
+    assert sum(c.kind == "dicom_series" for c in cases) == 2
+
+
+def test_case_ids_are_safe_stable_and_unique():
+    from medml.io.discover import Case, _make_unique, is_safe_case_id, safe_case_id
+
+    hostile = [
+        "../../etc/passwd",
+        "a/b",
+        "x\x00y",
+        "\x1b[31mred",
+        ".hidden",
+        "..",
+        "",
+        "predictions.csv",
+        "FAILURES.CSV",
+        "run.json",
+        "run.part0of2.json",
+        "-rf",
+        "é" * 50,
+        "A" * 400,
+        "A" * 400 + "b",
+    ]
+    for text in hostile:
+        assert is_safe_case_id(safe_case_id(text)), text
+        assert safe_case_id(text) == safe_case_id(text)
+    assert safe_case_id("A" * 400) != safe_case_id("A" * 400 + "b")
+    assert not any(is_safe_case_id(t) for t in hostile)
+    cases = [Case(name, "image", [Path(f"/x/{i}")]) for i, name in enumerate(["Scan", "scan", "scan_2", "a/b", "a_b"])]
+    _make_unique(cases)
+    ids = [c.case_id for c in cases]
+    assert len({i.lower() for i in ids}) == 5 and all(is_safe_case_id(i) for i in ids)
