@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path)
     p.add_argument("--mask", type=Path, help="a label map to write as DICOM SEG referencing INPUT")
+    p.add_argument(
+        "--keep-paths", action="store_true", help="name the input in the JSON sidecar instead of its case id"
+    )
     _add_budget(p)
 
     def add_config(p: argparse.ArgumentParser) -> None:
@@ -118,6 +121,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-parts", type=int, default=1, help="split the cases into N parts ...")
     p.add_argument("--part-id", type=int, default=0, help="... and process part I (0-based)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--keep-paths",
+        action="store_true",
+        help="write source paths (relative to --input) in failures.csv and run.json instead of case ids",
+    )
     _add_budget(p)
 
     p = sub.add_parser("evaluate", help="score a checkpoint on a dataset split")
@@ -187,7 +195,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "convert":
         from medml import io
 
-        written = io.convert(args.input, args.output, mask=args.mask)
+        written = io.convert(args.input, args.output, mask=args.mask, anonymize_paths=not args.keep_paths)
         print(f"wrote {written}")
     elif args.command == "prepare":
         if not args.data.is_dir():
@@ -217,6 +225,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             num_parts=args.num_parts,
             part_id=args.part_id,
             checkpoint=args.checkpoint,
+            anonymize_paths=not args.keep_paths,
         )
         print(
             f"{summary.done} predicted, {summary.skipped} already done, {summary.failed} failed "

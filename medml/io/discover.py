@@ -18,7 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from medml.errors import CorruptFileError, MedmlError, UnsupportedFormatError
+from medml.errors import CorruptFileError, MedmlError, OutsideInputError
+from medml.io.dicom import looks_like_raw_dataset, sop_class_name
 from medml.io.types import Case
 
 # Files that commonly sit beside clinical data (dataset tables, notes) and are not inputs; they are skipped
@@ -111,9 +112,7 @@ def sniff(path: Path, head: bytes | None = None) -> str | None:
     if path.suffix.lower() == ".hea" and _wfdb_header_ok(path, head):
         return "wfdb"
     # A DICOM dataset written without preamble starts with a group 0x0008 tag (either byte order).
-    from medml.io.dicom import _looks_like_raw_dataset
-
-    if _looks_like_raw_dataset(head):
+    if looks_like_raw_dataset(head):
         return "dicom"
     return None
 
@@ -145,7 +144,7 @@ def _wfdb_files(hea: Path, real_root: Path) -> list[Path]:
             continue
         candidate = hea.parent / name
         if not _inside(candidate, real_root):
-            raise UnsupportedFormatError(f"the header names a signal file outside the input folder ({printable(name)})")
+            raise OutsideInputError(f"the header names a signal file outside the input folder ({printable(name)})")
         if candidate.is_file() and candidate not in files:
             files.append(candidate)
     return files
@@ -495,7 +494,7 @@ def _mhd_data_files(mhd: Path, real_root: Path) -> list[Path]:
         if key.strip() == "ElementDataFile" and value.strip() not in ("LOCAL", "LIST"):
             data = mhd.parent / value.strip()
             if not _inside(data, real_root):
-                raise UnsupportedFormatError(
+                raise OutsideInputError(
                     f"ElementDataFile names a file outside the input folder ({printable(value.strip())})"
                 )
             return [data] if data.is_file() else []
@@ -529,8 +528,6 @@ def _group_dicom(headers: list[tuple[Path, Any]], base: Path) -> tuple[list[Case
 
 def _sort_header(path: Path, ds: Any, base: Path, cases: list[Case], series: dict, failures: list) -> None:
     """One DICOM header: a case of its own, a slice of a series (added to ``series``), or a failure."""
-    from medml.io.dicom import _sop_class_name
-
     sop_class = str(ds.get("SOPClassUID") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
     if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         return  # an index of the other files, which the walk finds anyway (its paths are never followed)
@@ -541,7 +538,7 @@ def _sort_header(path: Path, ds: Any, base: Path, cases: list[Case], series: dic
     elif sop_class in NON_IMAGE_PIXEL_CLASSES:
         failures.append((str(path), f"not an input image: {NON_IMAGE_PIXEL_CLASSES[sop_class]}"))
     elif "Rows" not in ds:
-        failures.append((str(path), f"no pixel data or waveform ({_sop_class_name(ds)})"))
+        failures.append((str(path), f"no pixel data or waveform ({sop_class_name(ds)})"))
     elif _frames(ds) > 1:
         cases.append(_dicom_case(path, base, "dicom_multiframe", [path], meta, idents))
     else:
@@ -585,14 +582,12 @@ def _common_folder(paths: list[Path]) -> Path:
 
 
 def _dicom_meta(ds: Any, path: Path) -> dict[str, Any]:
-    from medml.io.dicom import _sop_class_name
-
     meta: dict[str, Any] = {"n_files": 1}
     for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality"):
         value = ds.get(key)
         if value not in (None, ""):
             meta[key] = str(value)
-    meta["sop_class"] = _sop_class_name(ds)
+    meta["sop_class"] = sop_class_name(ds)
     frames = _frames(ds)
     if frames > 1:
         meta["NumberOfFrames"] = frames

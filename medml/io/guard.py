@@ -119,6 +119,10 @@ def reading(path: str | Path, what: str = "file") -> Iterator[None]:
         raise TooLargeError(f"cannot read {what}: out of memory while decoding (MemoryError)", path) from None
     except zlib.error as exc:
         raise CorruptFileError(f"cannot read {what}: damaged compressed data (zlib.error: {exc})", path) from None
-    except Exception as exc:  # the decoders raise anything; the type name is kept in the reason
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    # The decoders raise anything, and Rust ones panic with a BaseException (pyo3's PanicException); the type
+    # name is kept in the reason.
+    except BaseException as exc:
         text = " ".join(str(exc).split())[:200]
         raise ReadError(f"cannot read {what} ({type(exc).__name__}{': ' + text if text else ''})", path) from None

@@ -115,6 +115,7 @@ def _read_itk_image(path: Path) -> Volume:
 
     for name in referenced_data_files(path):
         contained(name, path, "data file")
+    check_itk_header(path)
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
@@ -156,6 +157,46 @@ def _read_itk_image(path: Path) -> Volume:
 
 # Header keys naming the data file: MetaImage (``ElementDataFile = name``), NRRD detached headers (``data file: name``).
 _DATA_FILE_KEYS = {"elementdatafile": "=", "data file": ":", "datafile": ":"}
+
+
+def _header_fields(path: Path) -> tuple[str, dict[str, str]]:
+    """("metaimage" | "nrrd" | "", {lower-case key: value}) from the text header of an MHA/MHD/NRRD file."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+    except OSError:
+        return "", {}
+    if head.startswith(b"NRRD"):
+        kind, sep, text = "nrrd", ":", head.split(b"\n\n", 1)[0]
+    elif b"NDims" in head or b"ObjectType" in head:
+        kind, sep, text = "metaimage", "=", head.split(b"ElementDataFile", 1)[0]
+    else:
+        return "", {}
+    fields = {}
+    for line in text.decode("latin-1", "replace").splitlines():
+        key, found, value = line.partition(sep)
+        if found and not key.startswith("#"):
+            fields[key.strip().lower()] = value.strip()
+    return kind, fields
+
+
+def check_itk_header(path: str | Path) -> None:
+    """Dimension and sizes of a MetaImage or NRRD header are sane before SimpleITK sees them: SimpleITK crashes
+    or hangs on some lies (``NDims = -1``) instead of raising."""
+    path = Path(path)
+    kind, fields = _header_fields(path)
+    if not kind:
+        return
+    dim_key, size_key = ("ndims", "dimsize") if kind == "metaimage" else ("dimension", "sizes")
+    try:
+        dim = int(fields.get(dim_key, ""))
+        sizes = [int(v) for v in fields.get(size_key, "").split()]
+    except ValueError:
+        raise CorruptFileError(f"header fields {dim_key}/{size_key} are not integers", path) from None
+    if not 1 <= dim <= 16:
+        raise CorruptFileError(f"header declares {dim} dimensions", path)
+    if len(sizes) != dim or min(sizes) < 1:
+        raise CorruptFileError(f"header sizes {sizes} do not fit {dim} dimensions", path)
 
 
 def referenced_data_files(path: str | Path) -> list[str]:

@@ -44,10 +44,6 @@ from medml.io.dicom.pixels import (
 from medml.io.dicom.planar import frame_times_ms, read_dicom_image, read_dicom_video, to_display
 from medml.io.dicom.series import NotOneSeries, default_workers, read_dicom_series
 
-# Old private names that medml.io.discover still imports (kept until it uses the public ones).
-_looks_like_raw_dataset = looks_like_raw_dataset
-_sop_class_name = sop_class_name
-
 __all__ = [
     "DECODER_PACKAGES",
     "MAX_FRAMES",

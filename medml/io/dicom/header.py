@@ -137,6 +137,9 @@ def read_dataset(
         raise CorruptFileError(f"truncated or malformed DICOM ({type(exc).__name__}: {message})", path) from None
     except RecursionError:
         raise CorruptFileError("malformed DICOM: sequences nested too deeply (RecursionError)", path) from None
+    except Exception as exc:  # pydicom's own exceptions (BytesLengthException, ...) on mangled elements
+        message = " ".join(str(exc).split())[:200]
+        raise CorruptFileError(f"malformed DICOM ({type(exc).__name__}: {message})", path) from None
     if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
         # Files without meta header: pydicom guessed the encoding while parsing; record it for the decoders.
         ds.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())

@@ -171,7 +171,7 @@ class EcgPipeline(Pipeline):
         write_text(out_dir / "probabilities.csv", "\n".join(lines) + "\n")
         explanation = {
             "case_id": case.case_id,
-            "source": sample["path"],
+            "source": case.meta.get("source", case.case_id),
             "source_fs": sample["source_fs"],
             "source_seconds": sample["source_seconds"],
             **output["explanation"],
