@@ -169,6 +169,15 @@ def number_of_frames(ds: Dataset) -> int:
         return 1
 
 
+def _single(value: Any, key: str, path: str | Path | None) -> Any:
+    """The one value of a tag that must hold one (pydicom gives a MultiValue when a file stores several)."""
+    if isinstance(value, list | tuple | pydicom.multival.MultiValue):
+        if len(value) != 1:
+            raise CorruptFileError(f"{key} holds {len(value)} values; it must hold one", path)
+        return value[0]
+    return value
+
+
 def header_int(ds: Dataset, key: str, default: int, path: str | Path | None = None) -> int:
     """An integer tag that must hold one value (Rows, Columns, BitsAllocated, ...); `CorruptFileError` otherwise."""
     with warnings.catch_warnings():
@@ -176,10 +185,7 @@ def header_int(ds: Dataset, key: str, default: int, path: str | Path | None = No
         value = ds.get(key, default)
     if value is None or value == "":
         return default
-    if isinstance(value, list | tuple | pydicom.multival.MultiValue):
-        if len(value) != 1:
-            raise CorruptFileError(f"{key} holds {len(value)} values; it must hold one", path)
-        value = value[0]
+    value = _single(value, key, path)
     try:
         number = float(value)
         if not number.is_integer():
@@ -247,10 +253,7 @@ def header_float(value: Any, key: str, default: float, path: str | Path | None =
     """A one-valued decimal tag (RescaleSlope, FrameTime, ...) as a finite float; `CorruptFileError` otherwise."""
     if value is None or value == "":
         return default
-    if isinstance(value, list | tuple | pydicom.multival.MultiValue):
-        if len(value) != 1:
-            raise CorruptFileError(f"{key} holds {len(value)} values; it must hold one", path)
-        value = value[0]
+    value = _single(value, key, path)
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
