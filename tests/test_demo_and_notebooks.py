@@ -37,7 +37,8 @@ def test_demo_writes_a_report_for_every_pipeline(demos, demo_root):
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_executes(notebook, demos, demo_root):
+def test_notebook_executes(notebook, demos, demo_root, monkeypatch):
+    monkeypatch.setenv("MEDML_NOTEBOOK_QUICK", "1")  # notebooks read the shared tiny runs and train nothing more
     nb = nbformat.read(notebook, as_version=4)
     # No cell timeout: a busy machine must not fail a correct notebook (pytest's own limits still apply).
     NotebookClient(
