@@ -20,7 +20,7 @@ import numpy as np
 from medml.data.ctrate import LABELS, SPLIT_FILES
 from medml.utils.files import atomic_path
 
-PREVALENCE = 0.25
+PREVALENCE = 0.5
 
 
 @dataclass
@@ -44,21 +44,20 @@ def random_chest(rng: np.random.Generator, labels: np.ndarray) -> Chest:
     side = lambda: rng.choice([-1.0, 1.0])  # noqa: E731
     chest.spots = {
         "nodule": [
-            (side() * rng.uniform(60, 90), rng.uniform(-25, 25), rng.uniform(-20, 100), rng.uniform(13, 16))
-            for _ in range(rng.integers(4, 7))
+            (rng.uniform(50, 95), rng.uniform(-25, 25), rng.uniform(10, 70), rng.uniform(15, 18))
+            for _ in range(rng.integers(5, 8))
         ],
         "lymph": [
-            (s * rng.uniform(30, 36), rng.uniform(-10, 5), rng.uniform(15, 35), rng.uniform(18, 22))
-            for s in (-1.0, 1.0)
+            (s * rng.uniform(30, 34), rng.uniform(-8, 4), rng.uniform(0, 15), rng.uniform(18, 22)) for s in (-1.0, 1.0)
         ],
-        "opacity": [(-rng.uniform(65, 80), rng.uniform(-10, 10), rng.uniform(60, 80), 50.0)],
-        "consolidation": [(rng.uniform(68, 78), rng.uniform(10, 20), rng.uniform(-50, -35), 45.0)],
-        "atelectasis": [(70.0, -35.0, rng.uniform(-35, -25), 30.0)],
+        "opacity": [(-rng.uniform(70, 80), rng.uniform(-10, 10), rng.uniform(30, 50), 38.0)],
+        "consolidation": [(rng.uniform(68, 78), rng.uniform(0, 10), rng.uniform(-55, -40), 40.0)],
+        "atelectasis": [(-70.0, -35.0, rng.uniform(-40, -30), 30.0)],
         "coronary": [
-            (cx + rng.uniform(-5, 5), -62.0, cz + rng.uniform(-5, 5), 9.0)
-            for cx, cz in ((-10, -40), (10, -30), (30, -45), (45, -60), (0, -65))
+            (np.cos(a), np.sin(a), cz + rng.uniform(-5, 5), 10.0)
+            for a, cz in ((-0.9, -40), (-0.5, -30), (-0.1, -45), (0.3, -60), (0.6, -50))
         ],
-        "port": [(rng.uniform(60, 70), -90.0, rng.uniform(85, 100), 18.0)],
+        "port": [(rng.uniform(55, 65), rng.uniform(-45, -35), rng.uniform(95, 110), 15.0)],
     }
     return chest
 
@@ -83,25 +82,27 @@ def chest_hu(points: np.ndarray, chest: Chest, rng: np.random.Generator | None =
     hu[body < 0.8] = 35.0  # muscle and mediastinum
     lung_l, lung_r = _ellipsoid(p, (72, 5, 20), (52, 70, 130)) < 1, _ellipsoid(p, (-72, 5, 20), (52, 70, 130)) < 1
     lung = lung_l | lung_r
-    parenchyma = -950.0 if lab["Emphysema"] else -850.0
+    parenchyma = -975.0 if lab["Emphysema"] else -840.0
     hu[lung] = parenchyma
     if lab["Mosaic attenuation pattern"]:
-        checker = (np.floor(x / 40) + np.floor(y / 40) + np.floor(z / 40)) % 2 == 0
-        hu[lung & checker] = -650.0
-        hu[lung & ~checker] = -920.0
+        checker = (np.floor(x / 30) + np.floor(y / 30) + np.floor(z / 30)) % 2 == 0
+        band = lung & (z > -20) & (z < 80)
+        hu[band & checker] = -620.0
+        hu[band & ~checker] = -930.0
     if lab["Interlobular septal thickening"]:
         rim = lung & (
             (_ellipsoid(p, (72, 5, 20), (40, 56, 110)) > 1) & (_ellipsoid(p, (-72, 5, 20), (40, 56, 110)) > 1)
         )
-        hu[rim & ((np.abs(np.sin(x / 6.0)) < 0.45) | (np.abs(np.sin(z / 6.0)) < 0.45))] = -300.0
+        rim &= np.abs(x) > 90
+        hu[rim & ((np.abs(np.sin(y / 6.0)) < 0.45) | (np.abs(np.sin(z / 6.0)) < 0.45))] = -250.0
     if lab["Emphysema"]:
         for cx in (-70, 70):
-            for cz in (80, 110):
-                hu[_ellipsoid(p, (cx, -10, cz), (18, 18, 18)) < 1] = -1000.0
+            for cz in (70, 115):
+                hu[_ellipsoid(p, (cx, -10, cz), (24, 24, 24)) < 1] = -1000.0
     if lab["Pulmonary fibrotic sequela"]:
-        for cx in (-80, -60, 60, 80):
-            hu[lung & (_ellipsoid(p, (cx, -20, 105), (6, 55, 8)) < 1)] = -50.0
-            hu[lung & (_ellipsoid(p, (cx, 20, 80), (6, 55, 8)) < 1)] = -50.0
+        for cx in (50, 70, 90):
+            hu[lung & (_ellipsoid(p, (cx, 25, 110), (7, 45, 9)) < 1)] = -50.0
+            hu[lung & (_ellipsoid(p, (cx, 25, 85), (7, 45, 9)) < 1)] = -50.0
     for label, key, value in (("Lung nodule", "nodule", 40.0), ("Lymphadenopathy", "lymph", 40.0)):
         if lab[label]:
             for cx, cy, cz, r in chest.spots[key]:
@@ -114,30 +115,31 @@ def chest_hu(points: np.ndarray, chest: Chest, rng: np.random.Generator | None =
             hu[lung & (_ellipsoid(p, (cx, cy, cz), (r, r * 0.9, r * 1.2)) < 1)] = 30.0
     if lab["Atelectasis"]:
         for cx, cy, cz, r in chest.spots["atelectasis"]:
-            for s in (-1, 1):
-                hu[lung & (_ellipsoid(p, (s * cx, cy, cz), (r * 1.5, r, r)) < 1)] = 25.0
+            hu[lung & (_ellipsoid(p, (cx, cy, cz), (r * 1.5, r, r)) < 1)] = 25.0
     if lab["Pleural effusion"]:
-        hu[lung & (y > 30) & (z < 10)] = 10.0
+        hu[lung & (y > 45) & (z < 0)] = 10.0
     airway = -1000.0
     if lab["Peribronchial thickening"]:
-        for cx in (-45, 45):
-            tube = (_cylinder_z(p, cx, 10) < 16) & (z > -90) & (z < 10)
+        for cx in (-40, -65):
+            tube = (_cylinder_z(p, cx, 10) < 14) & (z > -95) & (z < -15)
             hu[tube] = 40.0
             hu[tube & (_cylinder_z(p, cx, 10) < 4)] = airway
     if lab["Bronchiectasis"]:
-        for cx in (-50, 50):
-            tube = (_cylinder_z(p, cx, -5) < 25) & (z > 30) & (z < 110)
+        for cx in (-55, 55):
+            tube = (_cylinder_z(p, cx, -5) < 22) & (z > 70) & (z < 130)
             hu[tube] = 40.0
-            hu[tube & (_cylinder_z(p, cx, -5) < 17)] = airway
+            hu[tube & (_cylinder_z(p, cx, -5) < 15)] = airway
     # Mediastinum: heart in pericardial fat, aorta, trachea, spine (drawn over the lungs where they meet).
     hs = chest.heart_scale
     heart_c, heart_a = (15.0, -25.0, -50.0), np.array([50.0, 42.0, 46.0]) * hs
-    shell = _ellipsoid(p, heart_c, heart_a * (1.4 if lab["Pericardial effusion"] else 1.15)) < 1
+    shell = _ellipsoid(p, heart_c, heart_a * (1.45 if lab["Pericardial effusion"] else 1.15)) < 1
     hu[shell] = 0.0 if lab["Pericardial effusion"] else -90.0
     hu[_ellipsoid(p, heart_c, heart_a) < 1] = 40.0
     if lab["Coronary artery wall calcification"]:
         for cx, cy, cz, r in chest.spots["coronary"]:
-            hu[_ellipsoid(p, (cx, cy * hs, cz), (r * 1.6, r * 1.6, r * 1.6)) < 1] = 900.0
+            # on the heart's left border, where it meets the lung
+            centre = (heart_c[0] + 1.1 * heart_a[0] * cx, heart_c[1] + 1.1 * heart_a[1] * cy, cz)
+            hu[_ellipsoid(p, centre, (r, r, r)) < 1] = 900.0
     aorta = _cylinder_z(p, 25, 50)
     if lab["Arterial wall calcification"]:
         hu[(aorta < 22) & (z > -120)] = 700.0
@@ -153,9 +155,8 @@ def chest_hu(points: np.ndarray, chest: Chest, rng: np.random.Generator | None =
         hu[hh & (y > 42)] = 10.0
     if lab["Medical material"]:
         for cx, cy, cz, r in chest.spots["port"]:
-            hu[_ellipsoid(p, (cx, cy, cz), (r, r, r * 0.6)) < 1] = 2500.0
-            line = (np.sqrt((x - cx * 0.8) ** 2 + (y + 40) ** 2) < 7) & (z > -20) & (z < cz)
-            hu[line] = 2500.0
+            hu[_ellipsoid(p, (cx, cy, cz), (r, r, r)) < 1] = 2500.0
+            hu[lung & (np.sqrt((x - cx) ** 2 + (y - cy) ** 2) < 6) & (z > 0) & (z < cz)] = 2500.0  # its lead
     hu[body >= 1.0] = -1000.0
     if rng is not None:
         hu = hu + rng.normal(0.0, 20.0, hu.shape)
@@ -204,8 +205,8 @@ def random_labels(rng: np.random.Generator, prevalence: float = PREVALENCE) -> n
 
 def synthesize_ctrate(
     out_dir: str | Path,
-    n_train_patients: int = 60,
-    n_valid_patients: int = 36,
+    n_train_patients: int = 110,
+    n_valid_patients: int = 40,
     shape: tuple[int, int, int] = (40, 64, 64),
     seed: int = 0,
 ) -> Path:
@@ -232,7 +233,7 @@ def synthesize_ctrate(
     for split, n_patients in (("train", n_train_patients), ("valid", n_valid_patients)):
         label_rows, meta_rows, report_rows = [], [], []
         for pid in range(1, n_patients + 1):
-            for scan in "ab"[: 1 + (rng.random() < 0.2)]:
+            for scan in "ab"[: 1 + (rng.random() < 0.1)]:
                 labels = random_labels(rng)
                 chest = random_chest(rng, labels)
                 sx = sy = rng.uniform(5.2, 5.6)
@@ -240,10 +241,10 @@ def synthesize_ctrate(
                 nz = int(round(shape[0] * 8.0 / sz))
                 points, _ = grid_points((nz, shape[1], shape[2]), (sx, sy, sz))
                 clean = chest_hu(points, chest)
-                for recon in range(1, 2 + (rng.random() < 0.3)):
+                for recon in range(1, 2 + (rng.random() < 0.15)):
                     name = f"{split}_{pid}_{scan}_{recon}.nii.gz"
                     hu = clean + rng.normal(0.0, 20.0, clean.shape)
-                    slope, intercept = (1.0, -1024.0) if recon == 1 else (1.0, -8192.0)
+                    slope, intercept = (1.0, -1024.0) if (pid + recon) % 2 else (1.0, -8192.0)
                     stored = np.clip(np.round((hu - intercept) / slope), -32768, 32767).astype(np.int16)
                     folder = root / split / f"{split}_{pid}" / f"{split}_{pid}_{scan}"
                     folder.mkdir(parents=True, exist_ok=True)

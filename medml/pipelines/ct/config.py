@@ -82,7 +82,7 @@ class CtModel(Strict):
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     head_hidden: int = Field(256, ge=1, le=8192)
     head_dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    grad_checkpointing: bool = False  # recompute the trunk in backward (paper size needs it on most GPUs)
+    grad_checkpointing: bool = True  # recompute the trunk in backward (paper size needs it on most GPUs)
     trunk_chunk: int = Field(0, ge=0)  # triplets per trunk call (0: all at once)
 
     @field_validator("trunk_blocks")

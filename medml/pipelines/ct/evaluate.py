@@ -102,7 +102,7 @@ def _fmt(value: Any) -> Any:
 def comparison_table(result: dict[str, Any], split: str) -> str:
     """Markdown: our numbers beside the published CT-RATE ones (only comparable on the real validation split)."""
     lines = [
-        f"| model | AUROC | F1 | accuracy | source |",
+        "| model | AUROC | F1 | accuracy | source |",
         "|---|---|---|---|---|",
         f"| medml CT-SSG, this run ({split}, n={result['n']}) | {result['macro_auroc']:.3f} | {result['macro_f1']:.3f}"
         f" | {result['macro_accuracy']:.3f} | this evaluation; threshold rule: {result.get('threshold_rule')} |",

@@ -73,7 +73,7 @@ def gcn_operator(weights: torch.Tensor) -> torch.Tensor:
     return d[:, None] * w * d[None, :]
 
 
-# ----- graph convolutions on (B, N, C) with a fixed dense operator --------------------------------------------------------
+# ----- graph convolutions on (B, N, C) with a fixed dense operator ---------------------------------------------
 class ChebConv(nn.Module):
     """sum_k T_k(L^) X Theta_k + b with T_0 = X, T_1 = L^ X, T_k = 2 L^ T_{k-1} - T_{k-2} (K terms)."""
 
