@@ -232,6 +232,14 @@ def split_train_val(
     return train, val
 
 
+def cache_name(item: CtRateVolume) -> str:
+    """Cache file of one volume: its name plus a tag of the source file and its metadata, so a replaced or edited
+    volume (same name, new content) is never served from a stale cache."""
+    stat = item.path.stat()
+    tag = f"{stat.st_size}:{stat.st_mtime_ns}:{item.slope}:{item.intercept}:{item.spacing}"
+    return f"{item.name}.{hashlib.sha1(tag.encode()).hexdigest()[:10]}.npy"
+
+
 def cache_dir(data_dir: str | Path, preprocessing: dict[str, Any]) -> Path:
     """Cache folder for one dataset copy and one preprocessing: never inside the dataset folder."""
     key = hashlib.sha256(f"{Path(data_dir).resolve()}|{sorted(preprocessing.items())}".encode()).hexdigest()[:16]
@@ -246,17 +254,17 @@ def build_cache(
     fallback_axcodes: str = "LPS",
     progress: bool = False,
 ) -> Path:
-    """Preprocess each volume once into ``<cache>/<VolumeName>.npy`` (float16); existing files are kept.
+    """Preprocess each volume once into ``<cache>/<VolumeName>.<tag>.npy`` (float16); existing files are kept.
 
     Files appear atomically, so a killed ``prepare`` resumes where it stopped; training memory-maps them.
     """
     folder = cache_dir(data_dir, preprocessing)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "preprocessing.json", {"data_dir": str(Path(data_dir).resolve()), **preprocessing})
-    todo = [v for v in volumes if not (folder / f"{v.name}.npy").is_file()]
+    todo = [v for v in volumes if not (folder / cache_name(v)).is_file()]
     for item in tqdm(todo, desc="ct-rate cache", unit="volume", disable=not progress):
         image = transform({"image": load_volume(item, fallback_axcodes)})["image"]
-        with atomic_path(folder / f"{item.name}.npy") as tmp:
+        with atomic_path(folder / cache_name(item)) as tmp:
             np.save(tmp, np.asarray(image, dtype=np.float16))
     return folder
 
@@ -266,13 +274,14 @@ class CtRateDataset(Dataset):
 
     def __init__(self, volumes: Sequence[CtRateVolume], cache: Path):
         self.volumes, self.cache = list(volumes), Path(cache)
+        self.files = [self.cache / cache_name(v) for v in self.volumes]
 
     def __len__(self) -> int:
         return len(self.volumes)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.volumes[index]
-        image = np.load(self.cache / f"{item.name}.npy", mmap_mode="r")
+        image = np.load(self.files[index], mmap_mode="r")
         return {
             "image": torch.from_numpy(np.asarray(image, dtype=np.float32)),
             "label": torch.tensor(item.labels, dtype=torch.float32),

@@ -41,23 +41,22 @@ def random_chest(rng: np.random.Generator, labels: np.ndarray) -> Chest:
         heart_scale=rng.uniform(1.3, 1.4) if labels[LABELS.index("Cardiomegaly")] else rng.uniform(0.9, 1.02),
         shift=(rng.uniform(-6, 6), rng.uniform(-6, 6), rng.uniform(-10, 10)),
     )
-    side = lambda: rng.choice([-1.0, 1.0])  # noqa: E731
     chest.spots = {
         "nodule": [
             (rng.uniform(50, 95), rng.uniform(-25, 25), rng.uniform(10, 70), rng.uniform(15, 18))
             for _ in range(rng.integers(5, 8))
         ],
         "lymph": [
-            (s * rng.uniform(30, 34), rng.uniform(-8, 4), rng.uniform(0, 15), rng.uniform(18, 22)) for s in (-1.0, 1.0)
+            (s * rng.uniform(34, 38), rng.uniform(-8, 4), rng.uniform(15, 25), rng.uniform(20, 24)) for s in (-1.0, 1.0)
         ],
         "opacity": [(-rng.uniform(70, 80), rng.uniform(-10, 10), rng.uniform(30, 50), 38.0)],
         "consolidation": [(rng.uniform(68, 78), rng.uniform(0, 10), rng.uniform(-55, -40), 40.0)],
         "atelectasis": [(-70.0, -35.0, rng.uniform(-40, -30), 30.0)],
         "coronary": [
             (np.cos(a), np.sin(a), cz + rng.uniform(-5, 5), 10.0)
-            for a, cz in ((-0.9, -40), (-0.5, -30), (-0.1, -45), (0.3, -60), (0.6, -50))
+            for a, cz in ((-1.0, -40), (-0.6, -25), (-0.3, -55), (0.0, -35), (0.3, -60), (0.6, -45), (0.9, -30))
         ],
-        "port": [(rng.uniform(55, 65), rng.uniform(-45, -35), rng.uniform(95, 110), 15.0)],
+        "port": [(rng.uniform(55, 65), rng.uniform(-45, -35), rng.uniform(95, 110), 18.0)],
     }
     return chest
 
@@ -86,7 +85,7 @@ def chest_hu(points: np.ndarray, chest: Chest, rng: np.random.Generator | None =
     hu[lung] = parenchyma
     if lab["Mosaic attenuation pattern"]:
         checker = (np.floor(x / 30) + np.floor(y / 30) + np.floor(z / 30)) % 2 == 0
-        band = lung & (z > -20) & (z < 80)
+        band = lung & (z > -20) & (z < 80) & (x < 0)
         hu[band & checker] = -620.0
         hu[band & ~checker] = -930.0
     if lab["Interlobular septal thickening"]:
@@ -100,9 +99,9 @@ def chest_hu(points: np.ndarray, chest: Chest, rng: np.random.Generator | None =
             for cz in (70, 115):
                 hu[_ellipsoid(p, (cx, -10, cz), (24, 24, 24)) < 1] = -1000.0
     if lab["Pulmonary fibrotic sequela"]:
-        for cx in (50, 70, 90):
-            hu[lung & (_ellipsoid(p, (cx, 25, 110), (7, 45, 9)) < 1)] = -50.0
-            hu[lung & (_ellipsoid(p, (cx, 25, 85), (7, 45, 9)) < 1)] = -50.0
+        for cx in (45, 65, 85):
+            for cz in (75, 95, 115):
+                hu[lung & (_ellipsoid(p, (cx, 25, cz), (8, 45, 8)) < 1)] = -50.0
     for label, key, value in (("Lung nodule", "nodule", 40.0), ("Lymphadenopathy", "lymph", 40.0)):
         if lab[label]:
             for cx, cy, cz, r in chest.spots[key]:
@@ -139,7 +138,7 @@ def chest_hu(points: np.ndarray, chest: Chest, rng: np.random.Generator | None =
         for cx, cy, cz, r in chest.spots["coronary"]:
             # on the heart's left border, where it meets the lung
             centre = (heart_c[0] + 1.1 * heart_a[0] * cx, heart_c[1] + 1.1 * heart_a[1] * cy, cz)
-            hu[_ellipsoid(p, centre, (r, r, r)) < 1] = 900.0
+            hu[_ellipsoid(p, centre, (r * 1.2, r * 1.2, r * 1.2)) < 1] = 900.0
     aorta = _cylinder_z(p, 25, 50)
     if lab["Arterial wall calcification"]:
         hu[(aorta < 22) & (z > -120)] = 700.0
@@ -156,7 +155,7 @@ def chest_hu(points: np.ndarray, chest: Chest, rng: np.random.Generator | None =
     if lab["Medical material"]:
         for cx, cy, cz, r in chest.spots["port"]:
             hu[_ellipsoid(p, (cx, cy, cz), (r, r, r)) < 1] = 2500.0
-            hu[lung & (np.sqrt((x - cx) ** 2 + (y - cy) ** 2) < 6) & (z > 0) & (z < cz)] = 2500.0  # its lead
+            hu[lung & (np.sqrt((x - cx) ** 2 + (y - cy) ** 2) < 8) & (z > 0) & (z < cz)] = 2500.0  # its lead
     hu[body >= 1.0] = -1000.0
     if rng is not None:
         hu = hu + rng.normal(0.0, 20.0, hu.shape)

@@ -98,10 +98,27 @@ def test_cache_is_float16_memory_mapped_and_outside_the_dataset(small_ctrate, tm
     transform = ct_preprocess(spacing=(20.0, 15.0, 15.0), size=(12, 16, 16))
     folder = ctrate.build_cache(small_ctrate, volumes, transform, prep)
     assert small_ctrate.resolve() not in folder.resolve().parents
-    arr = np.load(folder / f"{volumes[0].name}.npy", mmap_mode="r")
+    cached = folder / ctrate.cache_name(volumes[0])
+    arr = np.load(cached, mmap_mode="r")
     assert isinstance(arr, np.memmap) and arr.dtype == np.float16 and arr.shape == (12, 16, 16)
-    mtime = (folder / f"{volumes[0].name}.npy").stat().st_mtime_ns
+    mtime = cached.stat().st_mtime_ns
     ctrate.build_cache(small_ctrate, volumes, transform, prep)  # built once: nothing is redone
-    assert (folder / f"{volumes[0].name}.npy").stat().st_mtime_ns == mtime
+    assert cached.stat().st_mtime_ns == mtime
     item = ctrate.CtRateDataset(volumes, folder)[0]
     assert item["image"].shape == (12, 16, 16) and item["label"].shape == (18,)
+    # A volume replaced under the same name gets a new cache entry, never the stale one.
+    img = nib.load(str(volumes[0].path))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, :-1], img.affine), str(volumes[0].path))
+    fresh = ctrate.read_split(small_ctrate, "valid")[0]
+    assert ctrate.cache_name(fresh) != cached.name
+
+
+def test_radchestct_mapping_has_the_16_shared_labels():
+    from medml.data.radchestct import SHARED_LABELS, ctrate_targets
+
+    assert len(SHARED_LABELS) == 16 and "Mosaic attenuation pattern" not in SHARED_LABELS
+    t = ctrate_targets({"nodulegr1cm*right_lung": 1, "cardiomegaly*heart": 0, "hernia*stomach": 1})
+    assert t[ctrate.LABELS.index("Lung nodule")] == 1 and t[ctrate.LABELS.index("Cardiomegaly")] == 0
+    assert t[ctrate.LABELS.index("Hiatal hernia")] == 1 and np.isnan(
+        t[ctrate.LABELS.index("Mosaic attenuation pattern")]
+    )
