@@ -21,7 +21,7 @@ import torch
 
 from medml.config import load_config, resolve_recipe
 from medml.data.ctrate import LABELS
-from medml.data.synthetic_ctrate import Chest, chest_hu, grid_points
+from medml.data.synthetic_ctrate import chest_hu, grid_points, random_chest
 from medml.io.types import Volume
 from medml.pipelines.ct.config import CtConfig
 from medml.pipelines.ct.module import build_model
@@ -30,7 +30,8 @@ from medml.transforms.ct import ct_preprocess
 
 def _volume(shape=(120, 256, 256), spacing=(1.4, 1.4, 2.5)) -> Volume:
     points, origin = grid_points(shape, spacing)
-    hu = chest_hu(points, Chest(labels=np.ones(len(LABELS), int)), np.random.default_rng(0)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    hu = chest_hu(points, random_chest(rng, np.ones(len(LABELS), int)), rng).astype(np.float32)
     return Volume(hu, spacing, tuple(origin), np.eye(3))
 
 
