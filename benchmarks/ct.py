@@ -71,6 +71,7 @@ def prepare_benchmark(n: int = 3) -> dict[str, Any]:
 
 
 def inference_benchmark(recipe: str, device: str = "cpu", repeats: int = 2) -> dict[str, Any]:
+    device = str(device)
     config = load_config(CtConfig, resolve_recipe("ct", recipe)) if recipe != "paper" else CtConfig()
     model = build_model(config, pretrained=False).to(device).eval()
     x = torch.randn(1, *config.data.size, device=device)
@@ -93,6 +94,7 @@ def inference_benchmark(recipe: str, device: str = "cpu", repeats: int = 2) -> d
 
 def gpu_benchmark(device: str = "cuda") -> dict[str, Any]:
     """Paper size on one GPU: training volumes/s (bf16, batch 4, checkpointing), inference latency, peak memory."""
+    device = str(device)
     config = CtConfig()
     model = build_model(config, pretrained=False).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
