@@ -93,7 +93,7 @@ class Pipeline(abc.ABC):
         cases, failures = io.discover(input_dir)
         accepted = [c for c in cases if c.kind in self.input_kinds]
         skipped = [
-            (str(c.paths[0]), f"a {c.kind} case is not an input of the {self.name} pipeline")
+            (str(c.paths[0]), f"not an input of the {self.name} pipeline (a case of kind {c.kind})")
             for c in cases
             if c.kind not in self.input_kinds
         ]
