@@ -419,13 +419,13 @@ def replay(folder: Path) -> str:
     from collections import defaultdict
 
     from medml.errors import MedmlError
-    from medml.io.discover import _classify, _header, _resolved, _sort_header, discover, sniff
+    from medml.io.discover import _classify, _header, _sort_header, discover, resolved_path, sniff
     from medml.io.readers import read_case
 
     try:
         with warnings_off():
             cases, failures = discover(folder)
-            real = _resolved(folder)
+            real = resolved_path(folder)
             for path, reason in failures:
                 path = Path(path)
                 if reason.startswith("unexpected ") and path.is_file():

@@ -32,7 +32,8 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from medml.errors import DataLayoutError
-from medml.io.types import Volume
+from medml.io.types import LPS_TO_RAS, Volume
+from medml.transforms.ct import axcodes_directions
 from medml.utils.files import atomic_path, cache_root, write_json
 
 #: The 18 abnormalities, in the CSV's column order and spelling.
@@ -184,8 +185,6 @@ def check_layout(data_dir: str | Path) -> None:
 
 def _header_direction(affine: np.ndarray, fallback: str) -> np.ndarray:
     """Direction cosines (LPS, SimpleITK convention) from a NIfTI affine; ``fallback`` axcodes if it has none."""
-    from medml.io.types import LPS_TO_RAS
-    from medml.transforms.ct import axcodes_directions
 
     lps = LPS_TO_RAS @ np.asarray(affine, float)[:3, :3]
     norms = np.linalg.norm(lps, axis=0)

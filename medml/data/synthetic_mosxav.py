@@ -35,6 +35,7 @@ from medml.data.mosxav import (
     DEFAULT_VAL_VIDEOS,
     PALETTE,
 )
+from medml.io.synthetic import write_xa_cine
 from medml.utils.files import atomic_path, write_json, write_text
 
 STEP = 0.02  # vessel centre-line step in image units (1 = image side)
@@ -545,7 +546,6 @@ def write_synthetic_clinical_angio(
     Returns:
         ``out_dir``.
     """
-    from medml.io.synthetic import write_xa_cine
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

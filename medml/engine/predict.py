@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from medml.engine.record import base_record, now
 from medml.errors import ConfigError, MedmlError
-from medml.io.discover import FATAL, _relative_id, display_path, error_reason, is_safe_case_id, printable
+from medml.io import write_csv
+from medml.io.discover import FATAL, display_path, error_reason, is_safe_case_id, printable, relative_case_id
 from medml.utils.files import folder_fingerprint, write_json, write_text
 
 
@@ -41,7 +42,6 @@ def _case_key(case_id: str) -> str:
 
 def _write_table(path: Path, rows: list[dict[str, Any]], first: list[str]) -> None:
     """CSV with ``first`` columns leading, then every other key in first-seen order (no patient identifiers)."""
-    from medml.io import write_csv
 
     columns = list(first)
     for row in rows:
@@ -265,7 +265,7 @@ class _Run:
         relative = display_path(path, self.input_dir)
         case_id = relative
         if self.anonymize:  # the id its case would have had; the input folder's own name may be the patient's
-            case_id = "input" if relative == "." else _relative_id(Path(path), self.input_dir)
+            case_id = "input" if relative == "." else relative_case_id(Path(path), self.input_dir)
         shown = case_id if self.anonymize else relative
         self._fail(_case_key("path:" + relative), case_id, shown, self._scrub(reason, path, case_id))
 

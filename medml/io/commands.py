@@ -9,6 +9,13 @@ from typing import Any
 import numpy as np
 
 from medml.errors import GeometryError, MedmlError, UnsupportedFormatError
+from medml.io.dicom import read_dataset
+from medml.io.discover import FATAL, discover, error_reason, printable, resolved_path
+from medml.io.image import default_palette
+from medml.io.nifti import write_nifti
+from medml.io.readers import case_for_path, read_case, read_image, read_volume
+from medml.io.reports import write_report_json
+from medml.io.seg import CATEGORY_TISSUE, SegmentSpec, source_datasets_in_volume_order, write_dicom_seg
 from medml.io.types import Case, EcgRecord, Image2D, Video, Volume
 
 INSPECT_SCHEMA_VERSION = 1
@@ -88,8 +95,6 @@ def inspect(path: str | Path) -> dict[str, Any]:
         direction, orientation, warnings`` (volume), ``n_frames, frame_time_ms, fps`` (video), ``fs, leads,
         duration_s`` (ecg) or ``spacing`` (image), plus the study/series UIDs of DICOM cases. No patient names.
     """
-    from medml.io.discover import FATAL, discover, error_reason, printable
-    from medml.io.readers import read_case
 
     path = Path(path)
     cases, failures = discover(path)
@@ -132,8 +137,6 @@ def format_inspect(report: Mapping[str, Any]) -> str:
 
 def generic_segment_table(labels: Sequence[int]) -> list[Any]:
     """A neutral label table ("label N", SNOMED Tissue) for masks whose meaning the caller did not code."""
-    from medml.io.image import default_palette
-    from medml.io.seg import CATEGORY_TISSUE, SegmentSpec
 
     palette = default_palette(256)
     return [
@@ -168,9 +171,6 @@ def convert(
     Returns:
         The written path.
     """
-    from medml.io.discover import printable
-    from medml.io.readers import case_for_path, read_case
-    from medml.io.reports import write_report_json
 
     output = Path(output)
     name = output.name.lower()
@@ -181,7 +181,6 @@ def convert(
         return _mask_to_seg(case, Path(mask), output, segment_table)
     if not name.endswith((".nii", ".nii.gz")):
         raise UnsupportedFormatError("convert writes NIfTI (.nii or .nii.gz), or DICOM SEG (.dcm) with a mask", output)
-    from medml.io.nifti import write_nifti
 
     record = read_case(case)
     sidecar: dict[str, Any] = {"source_case": case.case_id, "kind": case.kind}
@@ -215,9 +214,8 @@ def convert(
 
 def _without_folder(value: Any, source: Path) -> Any:
     """``value`` with the folders above ``source`` cut from every string (readers record source paths)."""
-    from medml.io.discover import _resolved
 
-    folders = {str(f) for f in (source.parent, _resolved(source).parent, source.absolute().parent) if str(f) != "."}
+    folders = {str(f) for f in (source.parent, resolved_path(source).parent, source.absolute().parent) if str(f) != "."}
     if isinstance(value, str):
         for folder in sorted(folders, key=len, reverse=True):
             value = value.replace(folder.rstrip("/") + "/", "")
@@ -230,9 +228,6 @@ def _without_folder(value: Any, source: Path) -> Any:
 
 
 def _mask_to_seg(case: Case, mask_path: Path, output: Path, segment_table: Sequence[Any] | None) -> Path:
-    from medml.io.dicom import read_dataset
-    from medml.io.readers import read_image, read_volume
-    from medml.io.seg import source_datasets_in_volume_order, write_dicom_seg
 
     if case.kind == "dicom_series":
         volume = read_volume(case)

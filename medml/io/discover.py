@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from medml.errors import CorruptFileError, MedmlError, OutsideInputError
-from medml.io.dicom import looks_like_raw_dataset, sop_class_name
+from medml.io.dicom import looks_like_raw_dataset, number_of_frames, read_dataset, sop_class_name
 from medml.io.types import Case
 
 # Files that commonly sit beside clinical data (dataset tables, notes) and are not inputs; they are skipped
@@ -208,7 +208,7 @@ def display_path(path: str | Path, root: str | Path) -> str:
     """``path`` relative to ``root`` (POSIX, printable; ``.`` for ``root`` itself), or only its name when it is not
     under ``root``: outputs never carry the absolute path, whose folders are often named after the patient."""
     path, root = Path(path), Path(root)
-    for p, r in ((path, root), (_resolved(path), _resolved(root))):
+    for p, r in ((path, root), (resolved_path(path), resolved_path(root))):
         try:
             return printable(p.relative_to(r).as_posix())
         except ValueError:
@@ -216,7 +216,7 @@ def display_path(path: str | Path, root: str | Path) -> str:
     return printable(path.name)
 
 
-def _resolved(path: Path) -> Path:
+def resolved_path(path: Path) -> Path:
     try:
         return path.resolve()
     except (OSError, RuntimeError):
@@ -254,7 +254,7 @@ def _patient_identifiers(header: Any) -> set[str]:
     return idents
 
 
-def _relative_id(path: Path, root: Path) -> str:
+def relative_case_id(path: Path, root: Path) -> str:
     """Output name from the path relative to the discovery root, without format extensions."""
     try:
         rel = path.relative_to(root)
@@ -293,7 +293,6 @@ def _relative_id(path: Path, root: Path) -> str:
 
 
 def _header(path: Path) -> Any:
-    from medml.io.dicom import read_dataset
 
     header = read_dataset(path, stop_before_pixels=True, specific_tags=DICOM_HEADER_TAGS)
     try:  # pydicom decodes values lazily: a malformed one (unknown VR, bad length) must fail here, as a read error
@@ -325,7 +324,7 @@ def discover(root: str | Path, *, frame_folders: bool = True) -> tuple[list[Case
     if not root.exists():
         raise MedmlError("no such file or folder", root)
     failures: list[tuple[str, str]] = []
-    real_root = _resolved(root if root.is_dir() else root.parent)
+    real_root = resolved_path(root if root.is_dir() else root.parent)
     files = [root] if root.is_file() else _walk(root, real_root, failures)
     base = root.parent if root.is_file() else root
     cases: list[Case] = []
@@ -352,9 +351,9 @@ def discover(root: str | Path, *, frame_folders: bool = True) -> tuple[list[Case
             and len({p.suffix.lower() for p in images}) == 1
         ):
             ordered = sorted(images, key=lambda p: int(p.stem))
-            cases.append(Case(_relative_id(folder, base), "frames", ordered, {"n_frames": len(ordered)}))
+            cases.append(Case(relative_case_id(folder, base), "frames", ordered, {"n_frames": len(ordered)}))
         else:
-            cases.extend(Case(_relative_id(p, base), "image", [p], {}) for p in images)
+            cases.extend(Case(relative_case_id(p, base), "image", [p], {}) for p in images)
 
     dicom_cases, dicom_failures = _group_dicom(dicom_headers, base)
     cases.extend(dicom_cases)
@@ -399,7 +398,7 @@ def _classify(
     if kind == "wfdb":
         members = _wfdb_files(path, real_root)
         consumed.update(members)
-        cases.append(Case(_relative_id(path, base), "wfdb", members, {"record": path.stem}))
+        cases.append(Case(relative_case_id(path, base), "wfdb", members, {"record": path.stem}))
     elif kind == "image":
         images_by_folder[path.parent].append(path)
     else:
@@ -407,7 +406,7 @@ def _classify(
         if kind == "mha" and suffix == ".mhd":
             paths += _mhd_data_files(path, real_root)
             consumed.update(paths)
-        cases.append(Case(_relative_id(path, base), kind, paths, {}))
+        cases.append(Case(relative_case_id(path, base), kind, paths, {}))
 
 
 def _unrecognised_reason(path: Path, head: bytes) -> str:
@@ -531,7 +530,7 @@ def _sort_header(path: Path, ds: Any, base: Path, cases: list[Case], series: dic
     sop_class = str(ds.get("SOPClassUID") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
     if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         return  # an index of the other files, which the walk finds anyway (its paths are never followed)
-    meta = _dicom_meta(ds, path)
+    meta = dicom_meta(ds, path)
     idents = _patient_identifiers(ds)
     if "WaveformSequence" in ds:
         cases.append(_dicom_case(path, base, "dicom_ecg", [path], meta, idents))
@@ -557,12 +556,12 @@ def _series_cases(uid: str, members: list[tuple[Path, Any]], base: Path, folders
     )
     if not volume_like:
         for path, ds in members:
-            cases.append(_dicom_case(path, base, "dicom_image", [path], _dicom_meta(ds, path), idents))
+            cases.append(_dicom_case(path, base, "dicom_image", [path], dicom_meta(ds, path), idents))
         return cases
     folder = _common_folder(paths)
-    meta = _dicom_meta(first, folder)
+    meta = dicom_meta(first, folder)
     meta["n_files"] = len(paths)
-    case_id = _relative_id(folder, base)
+    case_id = relative_case_id(folder, base)
     if len(folders_per_series[folder]) > 1:
         number = first.get("SeriesNumber")
         suffix = f"series{number}" if number not in (None, "") else hashlib.sha1(uid.encode()).hexdigest()[:8]
@@ -572,7 +571,6 @@ def _series_cases(uid: str, members: list[tuple[Path, Any]], base: Path, folders
 
 
 def _frames(ds: Any) -> int:
-    from medml.io.dicom import number_of_frames
 
     return number_of_frames(ds)
 
@@ -581,7 +579,7 @@ def _common_folder(paths: list[Path]) -> Path:
     return Path(os.path.commonpath([str(p.parent) for p in paths]))
 
 
-def _dicom_meta(ds: Any, path: Path) -> dict[str, Any]:
+def dicom_meta(ds: Any, path: Path) -> dict[str, Any]:
     meta: dict[str, Any] = {"n_files": 1}
     for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality"):
         value = ds.get(key)
@@ -595,7 +593,7 @@ def _dicom_meta(ds: Any, path: Path) -> dict[str, Any]:
 
 
 def _dicom_case(path: Path, base: Path, kind: str, paths: list[Path], meta: dict, idents: set[str]) -> Case:
-    return Case(_strip_identifiers(_relative_id(path, base), idents), kind, paths, meta)
+    return Case(_strip_identifiers(relative_case_id(path, base), idents), kind, paths, meta)
 
 
 def _make_unique(cases: list[Case]) -> None:

@@ -12,8 +12,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from medml.errors import GeometryError, MedmlError, ReadError, UnsupportedFormatError
+from medml.io.dicom import (
+    NotOneSeries,
+    is_enhanced_volume,
+    number_of_frames,
+    read_dataset,
+    read_dicom_image,
+    read_dicom_series,
+    read_dicom_video,
+    read_multiframe_volume,
+    sop_class_name,
+)
+from medml.io.discover import dicom_meta, discover, relative_case_id, sniff
+from medml.io.ecg import read_dicom_ecg, read_wfdb
 from medml.io.guard import reading
+from medml.io.image import read_image_file, to_uint8_rgb
+from medml.io.nifti import read_itk_image, read_nifti
 from medml.io.types import Case, EcgRecord, Image2D, Video, Volume
+from medml.io.video import read_frame_folder, read_video_file
 
 T = TypeVar("T")
 
@@ -38,7 +54,6 @@ def _guarded(reader: Callable[..., T]) -> Callable[..., T]:
 
 def case_for_path(path: str | Path, wanted: tuple[str, ...] = ()) -> Case:
     """The one case a path names; `ReadError` subclasses for unreadable files, or when a folder holds several."""
-    from medml.io.discover import _dicom_meta, _relative_id, discover, sniff
 
     path = Path(path)
     if not path.exists() and path.with_suffix(".hea").is_file():
@@ -52,18 +67,14 @@ def case_for_path(path: str | Path, wanted: tuple[str, ...] = ()) -> Case:
                 "unrecognised file format (not DICOM, NIfTI, MHA, NRRD, WFDB, image, video)", path
             )
         if kind == "dicom":
-            from medml.io.dicom import number_of_frames, read_dataset
-
             header = read_dataset(path, stop_before_pixels=True)
             if "WaveformSequence" in header:
                 kind = "dicom_ecg"
             elif "Rows" not in header:
-                from medml.io.dicom import sop_class_name
-
                 raise UnsupportedFormatError(f"no pixel data or waveform ({sop_class_name(header)})", path)
             else:
                 kind = "dicom_multiframe" if number_of_frames(header) > 1 else "dicom_image"
-            return Case(_relative_id(path, path.parent), kind, [path], _dicom_meta(header, path))
+            return Case(relative_case_id(path, path.parent), kind, [path], dicom_meta(header, path))
         cases, failures = discover(path)
         if not cases:
             raise UnsupportedFormatError(failures[0][1] if failures else "no readable case", path)
@@ -104,29 +115,20 @@ def read_volume(case_or_path: Case | str | Path, *, strict: bool = False, worker
             return volume
     case = _case(case_or_path, VOLUME_KINDS)
     if case.kind == "dicom_series":
-        from medml.io.dicom import read_dicom_series
-
         return read_dicom_series(case.paths, strict=strict, workers=workers, folder=case.path)
     if case.kind == "dicom_multiframe":
-        from medml.io.dicom import read_multiframe_volume
-
         return read_multiframe_volume(case.paths[0], strict=strict)
     if case.kind == "dicom_image":
         raise GeometryError("series has 1 slice; a volume needs at least 2", case.paths[0])
     if case.kind == "nifti":
-        from medml.io.nifti import read_nifti
-
         return read_nifti(case.paths[0])
     if case.kind in ("mha", "nrrd"):
-        from medml.io.nifti import read_itk_image
-
         return read_itk_image(case.paths[0])
     raise UnsupportedFormatError(f"a {case.kind} case is not a volume", case.path)
 
 
 def _read_plain_series_folder(folder: Path, strict: bool, workers: int | None) -> Volume | None:
     """Read a folder that holds exactly one DICOM series in a single pass, or return None to use `discover`."""
-    from medml.io.dicom import NotOneSeries, read_dicom_series
 
     files = [
         p
@@ -153,17 +155,11 @@ def read_image(case_or_path: Case | str | Path, *, voi: bool = False, rgb: bool 
     """
     case = _case(case_or_path, IMAGE_KINDS)
     if case.kind in ("dicom_image", "dicom_multiframe"):
-        from medml.io.dicom import read_dicom_image
-
         image = read_dicom_image(case.paths[0], voi=voi, frame=frame)
         if rgb and image.array.ndim == 2:
-            from medml.io.image import to_uint8_rgb
-
             image.array = to_uint8_rgb(image.array)
         return image
     if case.kind == "image":
-        from medml.io.image import read_image_file
-
         return read_image_file(case.paths[0], rgb=rgb)
     raise UnsupportedFormatError(f"a {case.kind} case is not a 2D image", case.path)
 
@@ -179,16 +175,10 @@ def read_video(case_or_path: Case | str | Path, *, fps: float | None = None, voi
     """
     case = _case(case_or_path, VIDEO_KINDS)
     if case.kind in ("dicom_multiframe", "dicom_image"):
-        from medml.io.dicom import read_dicom_video
-
         return read_dicom_video(case.paths[0], voi=voi)
     if case.kind == "video":
-        from medml.io.video import read_video_file
-
         return read_video_file(case.paths[0])
     if case.kind == "frames":
-        from medml.io.video import read_frame_folder
-
         return read_frame_folder(case.paths, fps)
     raise UnsupportedFormatError(f"a {case.kind} case is not a video", case.path)
 
@@ -204,12 +194,8 @@ def read_ecg(case_or_path: Case | str | Path, *, derive_limb_leads: bool = True,
     """
     case = _case(case_or_path, ECG_KINDS)
     if case.kind == "wfdb":
-        from medml.io.ecg import read_wfdb
-
         return read_wfdb(case.paths[0], derive_limb_leads=derive_limb_leads, check=check)
     if case.kind == "dicom_ecg":
-        from medml.io.ecg import read_dicom_ecg
-
         return read_dicom_ecg(case.paths[0], derive_limb_leads=derive_limb_leads, check=check)
     raise UnsupportedFormatError(f"a {case.kind} case is not an ECG", case.path)
 
@@ -222,8 +208,6 @@ def read_case(case: Case) -> Volume | Image2D | Video | EcgRecord:
     if case.kind in ("video", "frames"):
         return read_video(case)
     if case.kind == "dicom_multiframe":
-        from medml.io.dicom import is_enhanced_volume, read_dataset
-
         header = read_dataset(case.paths[0], stop_before_pixels=True)
         return read_volume(case) if is_enhanced_volume(header) else read_video(case)
     if case.kind in ("dicom_image", "image"):

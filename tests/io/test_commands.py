@@ -97,15 +97,15 @@ def test_convert_sidecar_holds_no_source_path(tmp_path):
 def test_inspect_turns_any_reader_crash_into_an_error_line(clinic_folder, monkeypatch):
     import importlib
 
-    readers = importlib.import_module("medml.io.readers")
-    real = readers.read_case
+    commands = importlib.import_module("medml.io.commands")
+    real = commands.read_case
 
     def crashing(case):
         if case.kind == "dicom_ecg":
             raise RecursionError("maximum recursion depth exceeded")
         return real(case)
 
-    monkeypatch.setattr(readers, "read_case", crashing)
+    monkeypatch.setattr(commands, "read_case", crashing)
     report = inspect(clinic_folder)
     assert len(report["cases"]) == 3
     crash = next(e for e in report["errors"] if "case_id" in e)

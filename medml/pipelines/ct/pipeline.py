@@ -9,9 +9,11 @@ import numpy as np
 import torch
 
 from medml.data import ctrate
+from medml.data.ctrate import LABELS
 from medml.data.synthetic_ctrate import chest_hu, grid_points, random_chest, synthesize_ctrate
 from medml.errors import GeometryError, UnsupportedFormatError
 from medml.io import Finding, read_volume, write_dicom_sr, write_report_json
+from medml.io.synthetic import write_ct_series
 from medml.io.types import Volume
 from medml.pipelines.base import MedmlModule, Pipeline
 from medml.pipelines.ct.config import CtConfig
@@ -206,9 +208,6 @@ def synthesize_clinical(out_dir: Path, seed: int = 0) -> Path:
     """A shuffled oblique DICOM CT series, a NIfTI chest volume, a 3-slice scout series and a photo (not CT)."""
     import nibabel as nib
     from PIL import Image
-
-    from medml.data.ctrate import LABELS
-    from medml.io.synthetic import write_ct_series
 
     rng = np.random.default_rng(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
