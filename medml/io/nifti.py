@@ -91,12 +91,17 @@ def _check_data_length(img: Any, stored: int, path: Path) -> None:
 
 
 def check_volume_geometry(volume: Volume, path: str | Path) -> None:
-    """`GeometryError` for zero, negative or non-finite spacing, or a non-finite origin or direction."""
+    """`GeometryError` for zero, negative or non-finite spacing, a non-finite origin, or a direction that is not
+    finite and orthonormal."""
     spacing = np.asarray(volume.spacing, float)
     if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
         raise GeometryError(f"voxel spacing {tuple(float(s) for s in spacing)} is not positive and finite", path)
     if not (np.all(np.isfinite(volume.origin)) and np.all(np.isfinite(volume.direction))):
         raise GeometryError("origin or orientation is not finite (NaN in the affine?)", path)
+    direction = np.asarray(volume.direction, float)
+    # As SimpleITK: direction cosines must be orthonormal (a lying header can scale or shear them arbitrarily).
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-3):
+        raise GeometryError("orientation is not orthonormal (scaled or sheared direction cosines)", path)
 
 
 def read_itk_image(path: str | Path) -> Volume:

@@ -52,6 +52,7 @@ REPRODUCERS = {
     "meta_group_length": ("meta_group_length_mangled.dcm", "pydicom's BytesLengthException"),
     "element_length_claim": ("element_length_claims_gigabytes.dcm", "MemoryError under an address-space cap"),
     "mha_ndims_minus_one": ("mha_ndims_minus_one.mha", "SimpleITK crashed or hung"),
+    "mha_direction_1e308": ("mha_direction_1e308.mha", "LinAlgError from a direction matrix scaled by 1e308"),
 }
 
 # Inspect in a child process with a 3 GiB address space and a time limit: some reproducers crash or hang native code.
