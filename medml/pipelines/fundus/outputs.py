@@ -86,7 +86,7 @@ def overlay_figure(
         Line2D([], [], color=np.array(CUP_COLOUR) / 255, label="optic cup"),
         Line2D([], [], color=np.array(FOVEA_COLOUR) / 255, marker="+", linestyle="", markersize=10, label="fovea"),
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False)
+    axes[1].legend(handles=handles, loc="upper right", fontsize=9, framealpha=0.8)
     prob = result["probability"]
     fig.suptitle(
         f"vCDR {result['vcdr']:.2f}   glaucoma probability {prob:.2f}   "
