@@ -314,7 +314,9 @@ class REFUGE:
         summary: dict[str, Any] = {}
         for split in self.splits:
             items = self.items(split)
-            labels = Counter("unknown" if i.label is None else ("glaucoma" if i.label else "non_glaucoma") for i in items)
+            labels = Counter(
+                "unknown" if i.label is None else ("glaucoma" if i.label else "non_glaucoma") for i in items
+            )
             summary[split] = {
                 "images": len(items),
                 "masks": sum(i.mask_path is not None for i in items),
@@ -332,7 +334,9 @@ def check_refuge_layout(root: str | Path, need: tuple[Split, ...] = ("train",)) 
         items = refuge.items(split)
         missing_mask = next((i for i in items if i.mask_path is None), None)
         if missing_mask is not None:
-            raise DataLayoutError(f"no disc/cup mask (.bmp named {missing_mask.name}) for this image", missing_mask.image_path)
+            raise DataLayoutError(
+                f"no disc/cup mask (.bmp named {missing_mask.name}) for this image", missing_mask.image_path
+            )
         missing_label = next((i for i in items if i.label is None), None)
         if missing_label is not None:
             raise DataLayoutError(

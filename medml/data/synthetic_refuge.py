@@ -15,7 +15,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
@@ -97,9 +97,10 @@ def draw_fundus(
         thickness = max(1, int(round(width / 180 * (2 if k < 2 else 1))))
         cv2.polylines(vessels, [np.array(pts, np.int32)], False, 1, thickness, lineType=cv2.LINE_AA)
     vessel_soft = cv2.GaussianBlur(vessels.astype(np.float32), (0, 0), 0.5)
-    image = image * (1 - 0.45 * vessel_soft[..., None]) + np.array([120, 20, 15], np.float32) * 0.45 * vessel_soft[
-        ..., None
-    ]
+    image = (
+        image * (1 - 0.45 * vessel_soft[..., None])
+        + np.array([120, 20, 15], np.float32) * 0.45 * vessel_soft[..., None]
+    )
     image *= np.array(cast, np.float32)
     image += rng.normal(0, 3.0, image.shape)
     image[~fov] = 0

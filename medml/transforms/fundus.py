@@ -97,10 +97,7 @@ def _warp(planes: np.ndarray, matrix: np.ndarray, size: tuple[int, int], nearest
     if inverse:
         flags |= cv2.WARP_INVERSE_MAP
     return np.stack(
-        [
-            cv2.warpAffine(p, matrix, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-            for p in planes
-        ]
+        [cv2.warpAffine(p, matrix, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0) for p in planes]
     )
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medml.data.refuge import REFUGE, RefugeItem, check_refuge_layout, read_mask
+from medml.data.refuge import RefugeItem, check_refuge_layout, read_mask
 from medml.engine.data import MedmlDataModule
 from medml.errors import DataLayoutError
 from medml.metrics.refuge import vcdr

@@ -106,7 +106,11 @@ def evaluate_split(cfg: FundusConfig, module: FundusModule, data_dir: Path, spli
     )
     write_csv(
         [
-            {FOVEA_HEADER[0]: r["image"], FOVEA_HEADER[1]: round(r["fovea_x"], 2), FOVEA_HEADER[2]: round(r["fovea_y"], 2)}
+            {
+                FOVEA_HEADER[0]: r["image"],
+                FOVEA_HEADER[1]: round(r["fovea_x"], 2),
+                FOVEA_HEADER[2]: round(r["fovea_y"], 2),
+            }
             for r in rows
         ],
         out_dir / "submission" / "fovea_location_results.csv",
@@ -119,9 +123,7 @@ def _cell(value: Any) -> Any:
     return round(value, 5) if isinstance(value, float) else value
 
 
-def evaluation_figure(
-    rows: list[dict[str, Any]], per_camera: dict[str, Any], examples: list, path: Path
-) -> Path:
+def evaluation_figure(rows: list[dict[str, Any]], per_camera: dict[str, Any], examples: list, path: Path) -> Path:
     """ROC, vCDR by class, fovea error per camera on the first row; examples (prediction vs reference) below."""
     n_ex = len(examples)
     fig = plt.figure(figsize=(12, 4 + 3 * ((n_ex + 3) // 4)))

@@ -60,9 +60,7 @@ def _contour(ax: Any, mask: np.ndarray, colour: tuple[int, int, int]) -> None:
         ax.contour(mask.astype(float), levels=[0.5], colors=[np.array(colour) / 255], linewidths=1.5)
 
 
-def overlay_figure(
-    rgb: np.ndarray, result: dict[str, Any], path: Path, title: str = "", dpi: int = 100
-) -> Path:
+def overlay_figure(rgb: np.ndarray, result: dict[str, Any], path: Path, title: str = "", dpi: int = 100) -> Path:
     """Photograph with the disc (green) and cup (blue) contours and the fovea (yellow cross), next to a zoom on the
     disc; the title gives vCDR and glaucoma probability."""
     labels, (fx, fy) = result["labels"], result["fovea"]

@@ -75,7 +75,9 @@ class FundusPipeline(Pipeline):
             rgb = np.round(rgb.astype(np.float32) / max(float(rgb.max()), 1.0) * 255).astype(np.uint8)
         rgb = np.ascontiguousarray(rgb[..., :3])
         if min(rgb.shape[:2]) < 64:
-            raise AbsurdSizeError(f"{rgb.shape[1]}x{rgb.shape[0]} pixels is too small for a fundus photograph", case.paths[0])
+            raise AbsurdSizeError(
+                f"{rgb.shape[1]}x{rgb.shape[0]} pixels is too small for a fundus photograph", case.paths[0]
+            )
         return {"rgb": rgb, "kind": case.kind, "source": Path(case.paths[0])}
 
     def predict_batch(self, module: FundusModule, samples: Sequence[dict[str, Any]]) -> list[Any]:
@@ -90,7 +92,9 @@ class FundusPipeline(Pipeline):
     def write_case(self, case: Any, sample: dict[str, Any], output: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         rgb, labels = sample["rgb"], output["labels"]
         source: Path = sample["source"]
-        file_name = source.name if source.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff") else f"{source.stem}.jpg"
+        file_name = (
+            source.name if source.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff") else f"{source.stem}.jpg"
+        )
         write_submission(out_dir, file_name, labels, output["probability"], output["fovea"])
         wrote_seg = False
         if sample["kind"] == "dicom_image":
