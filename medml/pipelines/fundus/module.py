@@ -151,11 +151,15 @@ class FundusModule(MedmlModule):
         self.log("val_loss", sum(parts.values()), on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
 
     # ----- inference on one photograph -----------------------------------------------------------------------------
-    def analyse(self, rgb: np.ndarray, source: str | None = None) -> dict[str, Any]:
+    def analyse(
+        self, rgb: np.ndarray, source: str | None = None, box: tuple[float, float, float] | None = None
+    ) -> dict[str, Any]:
         """One HxWx3 RGB photograph -> ``labels`` ({0 bg, 1 rim, 2 cup} at the original size), ``vcdr`` (official
         definition), ``probability`` (glaucoma), ``fovea`` (x, y in original pixels), ``box`` (the disc ROI).
 
-        Raises `NoDiscError` when the locator finds no disc. Call inside ``module.evaluating()``.
+        ``box`` (centre x, centre y, side in original pixels) overrides the located disc ROI (a reader's own
+        centring; benchmarks of untrained networks). Raises `NoDiscError` when the locator finds no disc. Call
+        inside ``module.evaluating()``.
         """
         cfg = self.config
         height, width = rgb.shape[:2]
@@ -165,15 +169,16 @@ class FundusModule(MedmlModule):
         size = out.shape[-1]
         disc_prob = 1.0 / (1.0 + np.exp(-out[0]))
         found = disc_box(disc_prob > cfg.model.disc_threshold, int(cfg.model.min_disc_fraction * size * size))
-        if found is None:
+        sx, sy = width / size, height / size
+        if box is None and found is None:
             raise NoDiscError(
                 "no optic disc found (the locator's disc probability stays below "
                 f"{cfg.model.disc_threshold}); is this a colour fundus photograph with the disc in view?",
                 source,
             )
-        sx, sy = width / size, height / size
-        cx, cy, diameter = found
-        box = ((cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5, cfg.data.roi_scale * diameter * (sx + sy) / 2)
+        if box is None:
+            cx, cy, diameter = found
+            box = ((cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5, cfg.data.roi_scale * diameter * (sx + sy) / 2)
         roi = torch.from_numpy(crop_roi(pre["image"], box, cfg.data.roi_size))[None].to(self.device)
         probs_roi = torch.softmax(self.segmenter(roi).float(), dim=1)[0].cpu().numpy()
         probs = paste_roi(probs_roi, box, (height, width))
