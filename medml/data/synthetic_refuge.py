@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
 from medml.data.refuge import write_challenge_mask
@@ -197,8 +198,36 @@ def write_op_dicom(path: str | Path, image: np.ndarray, compressed: bool = False
     ds.SamplesPerPixel = 3
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     ds.PlanarConfiguration = 0
-    ds.Laterality = ""
-    ds.ImageLaterality = "U"
+    ds.NumberOfFrames = 1
+    ds.FrameTime = 0
+    ds.FrameIncrementPointer = Tag("FrameTime")
+    ds.PatientOrientation = ""
+    ds.ImageLaterality = "R"
+    ds.SynchronizationFrameOfReferenceUID = "1.2.840.10008.15.1.1"  # UTC synchronisation
+    ds.SynchronizationTrigger = "NO TRIGGER"
+    ds.AcquisitionTimeSynchronized = "N"
+    region = Dataset()
+    region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning = "81745001", "SCT", "Eye"
+    ds.AnatomicRegionSequence = [region]
+    ds.PatientEyeMovementCommanded = ""
+    ds.HorizontalFieldOfView = 45
+    # Ophthalmic acquisition and photographic parameters: type 2 left empty; the device code (CID 4202 "Fundus
+    # Camera") is what a fundus camera writes, taken as SNOMED CT 409898007 (not checked against the code list).
+    device = Dataset()
+    device.CodeValue, device.CodingSchemeDesignator, device.CodeMeaning = "409898007", "SCT", "Fundus Camera"
+    ds.AcquisitionDeviceTypeCodeSequence = [device]
+    for keyword in (
+        "RefractiveStateSequence",
+        "IlluminationTypeCodeSequence",
+        "LightPathFilterTypeStackCodeSequence",
+        "ImagePathFilterTypeStackCodeSequence",
+        "LensesCodeSequence",
+    ):
+        setattr(ds, keyword, [])
+    ds.EmmetropicMagnification = None
+    ds.IntraOcularPressure = None
+    ds.PupilDilated = ""
+    ds.DetectorType = "CCD"
     ds.PixelSpacing = [0.01, 0.01]
     ds.AcquisitionDateTime = "20240102120000"
     ds.BurnedInAnnotation = "NO"

@@ -107,7 +107,7 @@ def classification_metrics(labels: Sequence[int], scores: Sequence[float]) -> di
     """``auc`` and ``sensitivity_at_85_specificity``; NaN for both when only one class is present."""
     labels = (np.asarray(labels) > 0).astype(int)
     scores = np.asarray(scores, dtype=np.float64)
-    if labels.min(initial=1) == labels.max(initial=0):
+    if len(np.unique(labels)) < 2:
         return {"auc": float("nan"), "sensitivity_at_85_specificity": float("nan")}
     return {
         "auc": float(roc_auc_score(labels, scores)),

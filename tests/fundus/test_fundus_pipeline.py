@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import subprocess
 import urllib.error
 from pathlib import Path
 
@@ -121,8 +123,13 @@ def test_predictions_on_clinical_files(fundus_demo: DemoRun):
         assert (row["seg"] == "True") == case.startswith("op_")
 
 
-def test_dicom_seg_reads_back(fundus_demo: DemoRun):
+def test_dicom_seg_reads_back_and_validates(fundus_demo: DemoRun):
     for case in ("op_rgb", "op_jpeg_ybr"):
+        if shutil.which("dciodvfy"):
+            result = subprocess.run(
+                ["dciodvfy", str(fundus_demo.pred_dir / case / "seg.dcm")], capture_output=True, text=True
+            )
+            assert [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")] == []
         seg = hd.seg.segread(fundus_demo.pred_dir / case / "seg.dcm")
         assert seg.number_of_segments == 2
         assert [seg.get_segment_description(i).SegmentLabel for i in (1, 2)] == ["optic disc rim", "optic cup"]

@@ -56,6 +56,7 @@ def test_synthetic_layout_is_read(small_refuge: Path):
 
 
 def test_tables_by_header_and_by_official_position(tmp_path: Path):
+    pytest.importorskip("openpyxl")  # pandas reads and writes XLSX through it
     pd.DataFrame({"ID": [1], "ImgName": ["g0001.jpg"], "Fovea_X": [10.5], "Fovea_Y": [20.0]}).to_excel(
         tmp_path / "train.xlsx", index=False
     )

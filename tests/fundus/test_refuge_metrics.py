@@ -73,6 +73,7 @@ def test_sensitivity_at_85_specificity_interpolates_the_roc():
     assert perfect["auc"] == 1.0
     assert perfect["sensitivity_at_85_specificity"] == pytest.approx(0.15)
     assert math.isnan(classification_metrics([1, 1], [0.2, 0.3])["auc"])
+    assert math.isnan(classification_metrics([], [])["sensitivity_at_85_specificity"])  # a test split without labels
 
 
 def test_fovea_distance_in_pixels():
