@@ -94,7 +94,10 @@ class RefugeSamples(Dataset):
         ys = np.clip(((np.arange(size) + 0.5) * height / size).astype(int), 0, height - 1)
         xs = np.clip(((np.arange(size) + 0.5) * width / size).astype(int), 0, width - 1)
         disc_small = (labels[ys][:, xs] > 0).astype(np.float32)
-        cx, cy, side = reference_box(labels, cfg.roi_scale)
+        try:
+            cx, cy, side = reference_box(labels, cfg.roi_scale)
+        except ValueError:
+            raise DataLayoutError("the disc/cup mask has no disc (no pixel below 255)", item.mask_path) from None
         if self.train and cfg.augment:
             side *= 1.0 + rng.uniform(-cfg.roi_zoom, cfg.roi_zoom)
             cx += rng.uniform(-cfg.roi_shift, cfg.roi_shift) * side
@@ -127,7 +130,7 @@ class FundusDataModule(MedmlDataModule):
     def build_datasets(self) -> tuple[Dataset, Dataset]:
         refuge = check_refuge_layout(self.data_dir, need=("train",))
         train = refuge.items("train")
-        if "val" in refuge.splits and all(i.mask_path is not None for i in refuge.items("val")):
+        if "val" in refuge.splits and all(i.mask_path is not None and i.label is not None for i in refuge.items("val")):
             val, val_from = refuge.items("val"), "val"
         else:
             rng = np.random.default_rng(self.config.train.seed)
