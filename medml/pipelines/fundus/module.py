@@ -94,7 +94,10 @@ class FundusModule(MedmlModule):
 
     def roi_masks(self, roi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 2, R, R) disc/cup masks and (B,) vCDR predicted by the segmenter on ROIs (cup ⊆ disc)."""
-        probs = torch.softmax(self.segmenter(roi).float(), dim=1)
+        return self.masks_from_probs(torch.softmax(self.segmenter(roi).float(), dim=1))
+
+    def masks_from_probs(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, R, R) class probabilities -> (B, 2, R, R) disc/cup masks (cup ⊆ disc) and (B,) their vCDR."""
         disc_p = probs[:, 1] + probs[:, 2]
         disc = disc_p > self.config.model.disc_probability
         cup = disc & (probs[:, 2] > self.config.model.cup_probability * disc_p)
@@ -180,11 +183,11 @@ class FundusModule(MedmlModule):
             cx, cy, diameter = found
             box = ((cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5, cfg.data.roi_scale * diameter * (sx + sy) / 2)
         roi = torch.from_numpy(crop_roi(pre["image"], box, cfg.data.roi_size))[None].to(self.device)
-        probs_roi = torch.softmax(self.segmenter(roi).float(), dim=1)[0].cpu().numpy()
-        probs = paste_roi(probs_roi, box, (height, width))
+        probs_roi = torch.softmax(self.segmenter(roi).float(), dim=1)
+        probs = paste_roi(probs_roi[0].cpu().numpy(), box, (height, width))
         labels = nested_labels(probs, cfg.model.disc_probability, cfg.model.cup_probability)
         ratio = official_vcdr(labels)
-        masks, _ = self.roi_masks(roi)
+        masks, _ = self.masks_from_probs(probs_roi)
         logit = self.classify_logits(roi, masks, torch.tensor([ratio], device=self.device))
         fx, fy = heatmap_peak(out[1])
         return {
