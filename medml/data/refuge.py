@@ -155,10 +155,12 @@ def parse_table(path: Path) -> dict[str, dict[str, Any]]:
     """
     df = read_table(path)
     headers = [_norm(c) for c in df.columns]
-    name = _column(headers, [r"imgname", r"imagename", r"filename", r"image", r"name", r"img", r"file", r"id.*name"])
-    x = _column(headers, [r"foveax", r"x", r"xcoord.*", r"fovea.*x"])
-    y = _column(headers, [r"foveay", r"y", r"ycoord.*", r"fovea.*y"])
-    label = _column(headers, [r"glaucomalabel", r"label", r"glaucoma", r"class", r"gt"])
+    name = _column(
+        headers, [r"imgname", r"imagename", r"filename", r"image", r"name", r"img", r"file", r".*name.*", r"image.*"]
+    )
+    x = _column(headers, [r"foveax.*", r"x", r"xcoord.*", r"fovea.*x"])
+    y = _column(headers, [r"foveay.*", r"y", r"ycoord.*", r"fovea.*y"])
+    label = _column(headers, [r"glaucomalabel", r"label", r"glaucoma", r"label.*", r"glaucoma.*", r"class", r"gt"])
     n = len(headers)
     if name is None:
         positions = {2: (0, 1, None, None), 4: (1, None, 2, 3), 5: (1, 2, 3, 4)}

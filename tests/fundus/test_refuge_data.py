@@ -69,6 +69,8 @@ def test_tables_by_header_and_by_official_position(tmp_path: Path):
     # unrecognised headers: the official positions (2 columns = name, label; the mask's .bmp name maps to the stem)
     pd.DataFrame({"a": ["V0001.bmp", "V0002.bmp"], "b": [0, 1]}).to_csv(tmp_path / "gt.csv", index=False)
     assert parse_table(tmp_path / "gt.csv") == {"V0001": {"label": 0}, "V0002": {"label": 1}}
+    pd.DataFrame({"Image Name": ["a.jpg"], "Label(Glaucoma=1)": [1]}).to_csv(tmp_path / "loose.csv", index=False)
+    assert parse_table(tmp_path / "loose.csv") == {"a": {"label": 1}}
     pd.DataFrame({"a": [1], "b": ["n1.jpg"], "c": [5.0], "d": [6.0]}).to_csv(tmp_path / "pos4.csv", index=False)
     assert parse_table(tmp_path / "pos4.csv") == {"n1": {"fovea": (5.0, 6.0)}}
     pd.DataFrame({"ImgName": ["x.jpg"], "Fovea_X": ["oops"], "Fovea_Y": [1]}).to_csv(tmp_path / "bad.csv", index=False)
