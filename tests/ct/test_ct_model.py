@@ -125,5 +125,7 @@ def test_config_bounds_are_one_line_errors():
         load_config(CtConfig, {"data": {"size": [100, 480, 480]}})
     with pytest.raises(ConfigError, match="model.K"):
         load_config(CtConfig, {"model": {"K": 0}})
+    with pytest.raises(ConfigError, match="data.split_seed"):
+        load_config(CtConfig, {"data": {"split_seed": -1}})
     with pytest.raises(ConfigError, match="stage .pretrain."):
         load_config(CtConfig, {"stages": [{"name": "pretrain"}]})

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from medml.config import OptimConfig, PipelineConfig, StageConfig, Strict, TrainConfig
+from medml.config import NonNegativeInt, OptimConfig, PipelineConfig, StageConfig, Strict, TrainConfig
 from medml.data.ctrate import LABELS
 
 
@@ -24,7 +24,7 @@ class CtData(Strict):
     offset: float = Field(0.449, ge=-1.0, le=1.0)  # subtracted after scaling to [0, 1]: mean of ImageNet RGB means
     folds: int = Field(5, ge=2, le=20)  # patient-level K-fold CV on CT-RATE train (the paper: 5)
     fold: int = Field(0, ge=0)  # which fold validates
-    split_seed: int = 0
+    split_seed: NonNegativeInt = 0  # seed of the patient-level fold assignment
     # Not found: where the release's header directions are blank, assume the voxel axes point this way.
     fallback_axcodes: str = Field("LPS", pattern=r"^[LRAPSIlrapsi]{3}$")
 
