@@ -36,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from medml.errors import DataLayoutError
+from medml.utils.files import atomic_path
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -99,8 +100,6 @@ def to_challenge_mask(labels: np.ndarray) -> np.ndarray:
 def write_challenge_mask(labels: np.ndarray, path: str | Path) -> Path:
     """Write labels as the challenge's single-channel 8-bit BMP."""
     from PIL import Image
-
-    from medml.utils.files import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -21,6 +21,7 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
 from medml.data.refuge import write_challenge_mask
+from medml.io.synthetic import _base_dataset
 from medml.utils.files import atomic_path
 
 OP_8BIT_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.5.1"  # Ophthalmic Photography 8 Bit Image Storage
@@ -186,8 +187,6 @@ def write_synthetic_refuge(
 def write_op_dicom(path: str | Path, image: np.ndarray, compressed: bool = False) -> Path:
     """An Ophthalmic Photography 8 Bit image: RGB native, or JPEG baseline (YBR_FULL_422) when ``compressed``."""
     from PIL import Image
-
-    from medml.io.synthetic import _base_dataset
 
     rows, cols = image.shape[:2]
     study, series, sop = generate_uid(), generate_uid(), generate_uid()
