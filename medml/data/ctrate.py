@@ -96,11 +96,6 @@ def parse_name(name: str, where: Path | None = None) -> tuple[str, str, str, str
     return split, f"{split}_{patient}", f"{split}_{patient}_{scan}", recon
 
 
-def volume_path(root: Path, name: str) -> Path:
-    split, patient, scan, _ = parse_name(name)
-    return root / split / patient / scan / name
-
-
 def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
     if not path.is_file():
         raise DataLayoutError("missing CSV of the CT-RATE layout", path)

@@ -656,13 +656,6 @@ class PTBXL:
         """The WFDB record (path without extension, as ``wfdb.rdsamp`` takes it) of row ``i``."""
         return self.root / self._filenames[int(i)]
 
-    def index_of(self, ecg_id: int) -> int:
-        """Row index of an ``ecg_id``."""
-        hits = np.flatnonzero(self.ecg_ids == int(ecg_id))
-        if hits.size == 0:
-            raise KeyError(f"ecg_id {ecg_id} is not in this dataset")
-        return int(hits[0])
-
 
 def fit_standardizer(
     signals: np.ndarray, indices: Sequence[int] | np.ndarray, chunk: int = 1024

@@ -487,31 +487,6 @@ def write_synthetic_mosxav(
     return root
 
 
-def overlay(frame: np.ndarray, ids: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """RGB uint8 image of a grey frame with its label ids blended in the MOSXAV colours (background untouched)."""
-    rgb = np.repeat(frame[..., None], 3, axis=2).astype(np.float32)
-    colours = _colour_mask(ids).astype(np.float32)
-    fg = (ids > 0)[..., None]
-    return np.where(fg, (1 - alpha) * rgb + alpha * colours, rgb).astype(np.uint8)
-
-
-def save_contact_sheet(path: str | Path, videos: list[tuple[np.ndarray, np.ndarray]], n_columns: int = 4) -> Path:
-    """A PNG sheet: for each (frames, labels) video, a row of ``n_columns`` frames above the same frames overlaid."""
-    import cv2
-
-    rows = []
-    for frames, labels in videos:
-        picks = np.linspace(0, len(frames) - 1, n_columns).round().astype(int)
-        grey = [np.repeat(frames[t][..., None], 3, axis=2) for t in picks]
-        over = [overlay(frames[t], labels[t]) for t in picks]
-        rows += [np.hstack(grey), np.hstack(over)]
-    sheet = np.vstack(rows)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-    return path
-
-
 def _write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
     import cv2
 
