@@ -7,7 +7,7 @@ from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
 from monai.networks.utils import one_hot
 from sklearn.metrics import f1_score, roc_auc_score
 
-from medml.metrics import fmax, multilabel_auroc, segmentation_scores
+from medml.metrics import fmax, macro_auroc, multilabel_auroc, segmentation_scores
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -28,6 +28,16 @@ def test_auroc_matches_sklearn_including_ties(seed):
     assert result["skipped"] == ["L4"]
     lo, hi = result["macro_ci"]
     assert lo < result["macro"] < hi and hi - lo < 0.2
+
+
+def test_macro_auroc_is_sklearns_macro_over_scorable_labels_and_nan_when_empty():
+    rng = np.random.default_rng(3)
+    y = (rng.random((200, 5)) < 0.3).astype(int)
+    s = rng.random((200, 5)) + 0.5 * y
+    y[:, 2] = 1  # one class only: not scorable, left out of the mean
+    keep = [0, 1, 3, 4]
+    assert macro_auroc(y, s) == pytest.approx(roc_auc_score(y[:, keep], s[:, keep], average="macro"), abs=1e-12)
+    assert np.isnan(macro_auroc(np.zeros((0, 5)), np.zeros((0, 5))))
 
 
 def test_bootstrap_ci_narrows_with_more_data():

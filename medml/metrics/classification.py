@@ -90,6 +90,14 @@ def multilabel_auroc(
     }
 
 
+def macro_auroc(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Macro AUROC over labels with both classes present, on the whole set (no bootstrap): the validation score
+    pipelines log every epoch. NaN for an empty set (a rank with no validation samples)."""
+    if len(y_true) == 0:
+        return float("nan")
+    return multilabel_auroc(y_true, y_score, n_bootstrap=0)["macro"]
+
+
 def fmax(y_true: np.ndarray, y_score: np.ndarray, thresholds: np.ndarray | None = None) -> tuple[float, float]:
     """Maximum micro-averaged F1 over decision thresholds (0.00..1.00 in steps of 0.01 by default).
 

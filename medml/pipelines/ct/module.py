@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from medml.config import StageConfig
-from medml.metrics import fmax, multilabel_auroc
+from medml.metrics import fmax, macro_auroc
 from medml.pipelines.base import MedmlModule
 from medml.pipelines.ct.config import CtConfig
 from medml.pipelines.ct.model import CTSSG
@@ -39,12 +39,6 @@ def build_model(config: CtConfig, pretrained: bool) -> CTSSG:
         grad_checkpointing=m.grad_checkpointing,
         trunk_chunk=m.trunk_chunk,
     )
-
-
-def macro_auroc(targets: np.ndarray, probs: np.ndarray) -> float:
-    if len(targets) == 0:
-        return float("nan")
-    return multilabel_auroc(targets, probs, n_bootstrap=0)["macro"]
 
 
 def choose_thresholds(targets: np.ndarray, probs: np.ndarray, rule: str, fixed: float) -> np.ndarray:

@@ -19,18 +19,11 @@ import torch.nn.functional as F
 
 from medml.engine.data import eval_loader
 from medml.errors import ConfigError
-from medml.metrics import fmax, multilabel_auroc
+from medml.metrics import fmax, macro_auroc
 from medml.pipelines.base import MedmlModule
 from medml.pipelines.ecg.config import EcgStage, trained_prefixes
 from medml.pipelines.ecg.losses import ClassifierLoss, PrototypeLoss, class_pos_weight, label_jaccard
 from medml.pipelines.ecg.model import BRANCHES, ProtoECGNet, encode_path
-
-
-def macro_auroc(targets: np.ndarray, scores: np.ndarray) -> float:
-    """Macro AUROC over labels with both classes present (whole set, no bootstrap)."""
-    if targets.shape[0] == 0:
-        return float("nan")
-    return multilabel_auroc(targets, scores, n_bootstrap=0)["macro"]
 
 
 def choose_thresholds(targets: np.ndarray, probs: np.ndarray, policy: str = "per_label_f1") -> np.ndarray:
