@@ -23,6 +23,7 @@ from medml.engine.predict import predict_folder
 from medml.engine.train import train
 from medml.errors import MedmlError
 from medml.registry import get_pipeline, list_pipelines
+from medml.utils.figures import save_figure
 from medml.utils.files import write_json, write_text
 
 
@@ -130,10 +131,7 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def training_curves(run_dir: Path) -> Path | None:
     """Plot every logged loss/metric column of ``run_dir/metrics.csv`` against epoch, one panel per stage."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after medml.utils.figures chose the headless backend
 
     path = run_dir / "metrics.csv"
     if not path.is_file():
@@ -165,11 +163,7 @@ def training_curves(run_dir: Path) -> Path | None:
         score_ax.set_ylabel("score")
         handles = ax.get_legend_handles_labels()[0] + score_ax.get_legend_handles_labels()[0]
         ax.legend(handles=handles, fontsize=7)
-    fig.tight_layout()
-    out = run_dir / "training_curves.png"
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return save_figure(fig, run_dir / "training_curves.png", dpi=90)
 
 
 def _img(path: str) -> str:
