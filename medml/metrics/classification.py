@@ -115,3 +115,17 @@ def fmax(y_true: np.ndarray, y_score: np.ndarray, thresholds: np.ndarray | None 
         if f1 > best:
             best, best_t = float(f1), float(t)
     return best, best_t
+
+
+def per_label_f1_thresholds(y_true: np.ndarray, y_score: np.ndarray, fallback: float) -> np.ndarray:
+    """Each label's F1-optimal decision threshold in 0.01..0.99 (`fmax` on that label's column: micro-F1 over one
+    column is the label's F1); ``fallback`` for labels without a positive, which have no F1 to maximise.
+
+    0 and 1 are excluded: they mean "always" and "never" positive.
+    """
+    y_true, y_score = _check(y_true, y_score)
+    thresholds = np.full(y_true.shape[1], fallback, dtype=np.float32)
+    grid = np.round(np.arange(0.01, 1.0, 0.01), 2)
+    for c in np.flatnonzero((y_true > 0.5).any(axis=0)):
+        thresholds[c] = fmax(y_true[:, c], y_score[:, c], thresholds=grid)[1]
+    return thresholds

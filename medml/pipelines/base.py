@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -143,6 +144,13 @@ class MedmlModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["medml"] = checkpoint_meta(self.pipeline_name, self.config, stage=self.stage.name)
+
+    def run_device(self) -> torch.device:
+        """Where ``run`` stages compute (projection, thresholds): the local GPU when training may use one, else the
+        CPU. Lightning moves the module back to the CPU after each fit, so a run stage asks here."""
+        if torch.cuda.is_available() and self.config.train.accelerator in ("auto", "gpu", "cuda"):
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
 
     @contextlib.contextmanager
     def evaluating(self, device: str | torch.device | None = None) -> Iterator[MedmlModule]:

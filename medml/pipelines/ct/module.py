@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from medml.config import StageConfig
-from medml.metrics import fmax, macro_auroc
+from medml.metrics import macro_auroc, per_label_f1_thresholds
 from medml.pipelines.base import MedmlModule
 from medml.pipelines.ct.config import CtConfig
 from medml.pipelines.ct.model import CTSSG
@@ -44,13 +44,9 @@ def build_model(config: CtConfig, pretrained: bool) -> CTSSG:
 def choose_thresholds(targets: np.ndarray, probs: np.ndarray, rule: str, fixed: float) -> np.ndarray:
     """``fixed``: ``fixed`` for every label. ``val_f1``: each label's F1-optimal threshold on the validation fold
     (0.01..0.99), ``fixed`` for labels without a validation positive."""
-    thresholds = np.full(targets.shape[1], fixed, dtype=np.float32)
     if rule == "fixed":
-        return thresholds
-    grid = np.round(np.arange(0.01, 1.0, 0.01), 2)
-    for c in np.flatnonzero((targets > 0.5).any(axis=0)):
-        thresholds[c] = fmax(targets[:, c], probs[:, c], thresholds=grid)[1]
-    return thresholds
+        return np.full(targets.shape[1], fixed, dtype=np.float32)
+    return per_label_f1_thresholds(targets, probs, fallback=fixed)
 
 
 class CtModule(MedmlModule):
@@ -88,11 +84,11 @@ class CtModule(MedmlModule):
         target, probs = gathered["target"].cpu().numpy()[keep], gathered["probs"].cpu().numpy()[keep]
         self.log("val_auroc", macro_auroc(target, probs), on_epoch=True, prog_bar=True, sync_dist=True)
 
-    @torch.no_grad()
-    def predict_probs(self, dataset, batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
-        """(targets, probabilities) over a dataset, in its order (eval mode, no grad, the module's device)."""
+    def predict_probs(self, dataset, batch_size: int = 4, device=None) -> tuple[np.ndarray, np.ndarray]:
+        """(targets, probabilities) over a dataset, in its order (eval mode, no grad, on ``device``, by default the
+        module's own)."""
         targets, probs = [], []
-        with self.evaluating():
+        with self.evaluating(device):
             for start in range(0, len(dataset), batch_size):
                 items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
                 image = torch.stack([it["image"] for it in items]).to(self.device)
@@ -106,7 +102,7 @@ class CtModule(MedmlModule):
     def run_stage(self, stage: StageConfig, datamodule) -> dict[str, Any]:
         """``thresholds``: decision thresholds by the configured rule, from the validation fold."""
         cfg = self.config.evaluate
-        targets, probs = self.predict_probs(datamodule.val_dataset)
+        targets, probs = self.predict_probs(datamodule.val_dataset, device=self.run_device())
         thresholds = choose_thresholds(targets, probs, cfg.threshold_rule, cfg.threshold)
         self.thresholds.copy_(torch.from_numpy(thresholds))
         return {

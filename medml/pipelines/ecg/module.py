@@ -9,7 +9,6 @@ BatchNorm statistics and dropout do not move (spec 1.8: "all three projected bra
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 
 from medml.engine.data import eval_loader
 from medml.errors import ConfigError
-from medml.metrics import fmax, macro_auroc
+from medml.metrics import fmax, macro_auroc, per_label_f1_thresholds
 from medml.pipelines.base import MedmlModule
 from medml.pipelines.ecg.config import EcgStage, trained_prefixes
 from medml.pipelines.ecg.losses import ClassifierLoss, PrototypeLoss, class_pos_weight, label_jaccard
@@ -36,20 +35,9 @@ def choose_thresholds(targets: np.ndarray, probs: np.ndarray, policy: str = "per
     validation positive have no F1 to maximise and fall back to the micro-Fmax threshold.
     """
     _, global_t = fmax(targets, probs)
-    thresholds = np.full(targets.shape[1], global_t, dtype=np.float32)
     if policy == "fmax":
-        return thresholds
-    grid = np.round(np.arange(0.01, 1.0, 0.01), 2)  # 0 and 1 excluded: "always" / "never" positive
-    for c in np.flatnonzero((np.asarray(targets) > 0.5).any(axis=0)):
-        thresholds[c] = fmax(targets[:, c], probs[:, c], thresholds=grid)[1]
-    return thresholds
-
-
-def compute_device(config) -> torch.device:
-    """Device for run stages and evaluation: the local GPU when training may use one, else the CPU."""
-    if torch.cuda.is_available() and config.train.accelerator in ("auto", "gpu", "cuda"):
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+        return np.full(targets.shape[1], global_t, dtype=np.float32)
+    return per_label_f1_thresholds(targets, probs, fallback=global_t)
 
 
 def build_protoecgnet(config, branch_labels: dict[str, Sequence[int]], load_imagenet: bool = True) -> ProtoECGNet:
@@ -283,7 +271,7 @@ class EcgModule(MedmlModule):
         """Projection (spec 1.8): replace each prototype by the closest latent patch of a training record of its
         own class (1D: the record's feature vector; 2D: the best window), and record where it came from."""
         branch = self.model.branches[name]
-        device = compute_device(self.config)
+        device = self.run_device()
         with self.evaluating(device):
             label_index = self.model.label_index(name)
             proto_class = branch.prototype_class()
