@@ -156,3 +156,37 @@ def test_cli_refuses_overlapping_or_unusable_outputs_in_one_line(toy_run, hostil
         err = capsys.readouterr().err
         assert err.startswith("medml: error:") and err.count("\n") == 1 and "Traceback" not in err
     assert _snapshot(hostile) == before and (tmp_path / "a_file").read_text() == "mine"
+
+
+def test_a_text_or_garbage_checkpoint_is_one_line_exit_2(hostile, tmp_path, capsys):
+    (tmp_path / "five.ckpt").write_text("hello")
+    (tmp_path / "junk.ckpt").write_bytes(b"\x80\x02}q\x00(X\x01")  # a pickle cut short: torch's parser IndexErrors
+    for ckpt in ("five.ckpt", "junk.ckpt"):
+        args = ["predict", "toy", "--input", str(hostile), "--checkpoint", str(tmp_path / ckpt)]
+        assert main([*args, "--output", str(tmp_path / "out"), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("medml: error:") and err.count("\n") == 1 and "not a readable PyTorch" in err
+
+
+def test_reasons_keep_words_that_contain_the_input_folder_name():
+    from medml.engine.predict import _scrub
+
+    text = "the link leads outside the input folder; in/a/b.dcm is bad"
+    assert _scrub(text, Path("in"), "") == "the link leads outside the input folder; a/b.dcm is bad"
+    assert _scrub("cannot read /x/in/c.dcm", Path("/x/in"), "INPUT") == "cannot read INPUT/c.dcm"
+
+
+def test_convert_never_overwrites_its_input_and_a_bad_output_is_one_line(tmp_path, capsys):
+    from medml.io.synthetic import write_ct_series
+
+    series = tmp_path / "series"
+    write_ct_series(series, shape=(3, 8, 10), series_number=1, seed=0)
+    before = _snapshot(series)
+    (tmp_path / "a_file").write_text("mine")
+    first = sorted(series.iterdir())[0]
+    for output in (first, series / "inside.nii.gz", tmp_path / "a_file" / "x.nii.gz", tmp_path):
+        assert main(["convert", str(series), str(output)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("medml: error:") and err.count("\n") == 1 and "Traceback" not in err
+    assert _snapshot(series) == before and (tmp_path / "a_file").read_text() == "mine"
+    assert main(["convert", str(series), str(tmp_path / "ok.nii.gz")]) == 0

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +70,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                 path,
             ) from None
         raise CheckpointError("not a readable PyTorch checkpoint (corrupt or not a torch.save file)", path) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    # Garbage bytes reach torch's legacy unpickler, which fails with whatever its parser hits (KeyError, IndexError).
+    except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"not a readable PyTorch checkpoint ({type(exc).__name__})", path) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError("not a medml checkpoint (no state_dict)", path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -283,10 +284,13 @@ class _Run:
 
 
 def _scrub(text: str, folder: Path, replacement: str) -> str:
-    """``text`` without the absolute forms of ``folder`` (as given and resolved)."""
+    """``text`` without the forms of ``folder`` (as given and resolved), replaced only where they stand as a whole
+    path (a folder given as ``in`` must not turn "input" into "put")."""
     for form in sorted({str(folder.resolve()), str(folder.absolute()), str(folder)}, key=len, reverse=True):
         if len(form) > 1:
-            text = text.replace(form + "/", replacement + "/" if replacement else "").replace(form, replacement)
+            whole = rf"(?<![\w.~/-]){re.escape(form)}(?![\w.~-])"
+            text = re.sub(whole + "/", lambda _: replacement + "/" if replacement else "", text)
+            text = re.sub(whole, lambda _: replacement, text)
     return text
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from medml.errors import GeometryError, MedmlError, UnsupportedFormatError
+from medml.errors import ConfigError, GeometryError, MedmlError, UnsupportedFormatError
 from medml.io.dicom import read_dataset
 from medml.io.discover import FATAL, discover, error_reason, printable, resolved_path
 from medml.io.image import default_palette
@@ -175,6 +175,7 @@ def convert(
     output = Path(output)
     name = output.name.lower()
     case = case_for_path(input, ("dicom_series", "dicom_multiframe", "dicom_image", "nifti", "mha", "nrrd"))
+    _check_output(output, Path(input), [*case.paths, *([Path(mask)] if mask is not None else [])])
     if mask is not None:
         if not name.endswith(".dcm"):
             raise UnsupportedFormatError("with --mask the output is a DICOM SEG: give a .dcm output name", output)
@@ -210,6 +211,22 @@ def convert(
     suffix = ".nii.gz" if name.endswith(".nii.gz") else ".nii"
     write_report_json(sidecar, output.with_name(output.name[: -len(suffix)] + ".json"))
     return output
+
+
+def _check_output(output: Path, input: Path, sources: list[Path]) -> None:
+    """The written files (output and its sidecar) never replace a source file nor land inside an input folder,
+    and their folder must be one: a user error, not a traceback."""
+    real = resolved_path(output)
+    sidecar = real.with_name(real.name.removesuffix(".gz").removesuffix(".nii").removesuffix(".dcm") + ".json")
+    inputs = {resolved_path(p) for p in (input, *sources)}
+    folder = resolved_path(input)
+    if {real, sidecar} & inputs or (input.is_dir() and folder in real.parents):
+        raise ConfigError("the output would overwrite or land inside the input; choose another output", output)
+    if output.is_dir():
+        raise ConfigError("the output names a folder; give a file name ending in .nii.gz, .nii or .dcm", output)
+    parent = next((p for p in output.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"cannot write the output: {parent.name} is a file, not a folder", output)
 
 
 def _without_folder(value: Any, source: Path) -> Any:
