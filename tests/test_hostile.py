@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 
@@ -190,3 +191,25 @@ def test_convert_never_overwrites_its_input_and_a_bad_output_is_one_line(tmp_pat
         assert err.startswith("medml: error:") and err.count("\n") == 1 and "Traceback" not in err
     assert _snapshot(series) == before and (tmp_path / "a_file").read_text() == "mine"
     assert main(["convert", str(series), str(tmp_path / "ok.nii.gz")]) == 0
+
+
+class ImagesOnly(AnyCase):
+    input_kinds = ("image",)
+
+
+def test_a_case_of_another_kind_keeps_its_anonymised_id(toy_run, tmp_path):
+    """A DICOM series under a folder named after its patient is not an input of an image pipeline: its failure row
+    carries the id discovery made (patient name removed), not one rebuilt from the folder names."""
+    from medml.io.synthetic import write_ct_series
+
+    series = tmp_path / "in" / "Smith_John" / "series1"
+    write_ct_series(series, shape=(4, 16, 16))
+    for path in series.iterdir():  # the patient's name is in the header too, as in real exports
+        ds = pydicom.dcmread(path)
+        ds.PatientName = "Smith^John"
+        ds.save_as(path)
+    _, module = load_checkpoint(toy_run.checkpoint)
+    predict_folder(ImagesOnly(), module, tmp_path / "in", tmp_path / "out", progress=False)
+    (row,) = _rows(tmp_path / "out" / "failures.csv")
+    assert "not an input" in row["reason"]
+    assert "smith" not in (row["case"] + row["path"] + row["reason"]).lower()

@@ -177,8 +177,8 @@ class _Run:
             cases, unreadable = [], [(str(self.input_dir), error_reason(exc))]
         cases = sorted(cases, key=lambda c: str(c.case_id))[part_id::num_parts]
         unreadable = sorted(unreadable, key=lambda f: (str(f[0]), str(f[1])))[part_id::num_parts]
-        for path, reason in unreadable:
-            self.fail_path(path, reason)
+        for path, reason, *case_id in unreadable:  # a case of another kind comes with its own (anonymised) id
+            self.fail_path(path, reason, case_id[0] if case_id else None)
             self.failed += 1
 
         todo, seen = [], set()
@@ -261,11 +261,13 @@ class _Run:
         key = _case_key(f"duplicate:{case.paths[0]}" if dup else str(case.case_id))
         self._fail(key, case_id, path, self._scrub(reason, case.paths[0], case_id))
 
-    def fail_path(self, path: str | Path, reason: str) -> None:
-        """A file or folder discovery could not use: its row is keyed by its path (two ``x.dcm`` differ)."""
+    def fail_path(self, path: str | Path, reason: str, case_id: str | None = None) -> None:
+        """A file or folder discovery could not use (or a case the pipeline does not take, with its ``case_id``):
+        its row is keyed by its path (two ``x.dcm`` differ)."""
         relative = display_path(path, self.input_dir)
-        case_id = relative
-        if self.anonymize:  # the id its case would have had; the input folder's own name may be the patient's
+        if not self.anonymize:
+            case_id = relative
+        elif case_id is None:  # the id its case would have had; the input folder's own name may be the patient's
             case_id = "input" if relative == "." else relative_case_id(Path(path), self.input_dir)
         shown = case_id if self.anonymize else relative
         self._fail(_case_key("path:" + relative), case_id, shown, self._scrub(reason, path, case_id))

@@ -89,12 +89,13 @@ class Pipeline(abc.ABC):
         """The LightningModule. ``datamodule`` is given (set up for "fit") when training, ``None`` at prediction."""
 
     # ----- prediction on clinical files ----------------------------------------------------------------------------
-    def discover(self, input_dir: Path) -> tuple[list[Any], list[tuple[str, str]]]:
-        """Cases under ``input_dir`` this pipeline can read, and (path, reason) for files it cannot."""
+    def discover(self, input_dir: Path) -> tuple[list[Any], list[tuple[str, ...]]]:
+        """Cases under ``input_dir`` this pipeline can read, and (path, reason) for files it cannot; a case of
+        another kind is (path, reason, case id), so its row keeps the id discovery made (patient names removed)."""
         cases, failures = io.discover(input_dir)
         accepted = [c for c in cases if c.kind in self.input_kinds]
         skipped = [
-            (str(c.paths[0]), f"not an input of the {self.name} pipeline (a case of kind {c.kind})")
+            (str(c.paths[0]), f"not an input of the {self.name} pipeline (a case of kind {c.kind})", c.case_id)
             for c in cases
             if c.kind not in self.input_kinds
         ]
