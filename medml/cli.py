@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from medml.config import load_config, resolve_recipe
@@ -181,6 +182,11 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("inspect", "convert", "predict"):
+        # Hostile files make the format libraries warn once per oddity; each unusable file already gets its one-line
+        # reason (inspect's errors, failures.csv), so their warnings would only bury those lines.
+        for library in ("pydicom", "PIL", "nibabel", "wfdb", "imageio", "highdicom"):
+            warnings.filterwarnings("ignore", module=library)
     if args.command == "list":
         for name, summary in pipeline_summaries().items():
             print(f"{name:10s} {summary}")
