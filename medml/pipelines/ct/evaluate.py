@@ -18,7 +18,7 @@ from sklearn.metrics import average_precision_score
 
 from medml.io import write_csv
 from medml.metrics import multilabel_auroc
-from medml.utils.figures import save_figure
+from medml.utils.figures import per_label_auroc_figure, save_figure
 from medml.utils.files import write_json, write_text
 
 #: Published CT-RATE validation-split ("test") results, from shared/specs/published-results.md §2.2 (level in brackets).
@@ -111,27 +111,6 @@ def comparison_table(result: dict[str, Any], split: str) -> str:
         cells = ["—" if v is None else f"{v:.3f}" for v in (auc, f1, acc)]
         lines.append(f"| {name} | {' | '.join(cells)} | {source} |")
     return "\n".join(lines) + "\n"
-
-
-def per_label_auroc_figure(auroc: dict[str, Any], path: Path, title: str = "") -> Path:
-    """Horizontal bars of per-label AUROC with bootstrap 95% CIs, the macro mean as a line."""
-    items = sorted(auroc["per_label"].items(), key=lambda kv: kv[1]["auroc"])
-    fig, ax = plt.subplots(figsize=(6.5, max(2.5, 0.22 * len(items) + 1)))
-    if items:
-        auc = np.array([v["auroc"] for _, v in items])
-        err = np.nan_to_num(
-            np.stack([auc - [v["ci_lo"] for _, v in items], np.array([v["ci_hi"] for _, v in items]) - auc]), nan=0.0
-        ).clip(min=0)
-        ax.barh(range(len(items)), auc, xerr=err, color="tab:blue", alpha=0.7, error_kw={"lw": 0.6})
-        ax.set_yticks(range(len(items)))
-        ax.set_yticklabels([f"{k} (n+={v['n_pos']})" for k, v in items], fontsize=7)
-        ax.axvline(auroc["macro"], color="tab:red", lw=1, label=f"macro {auroc['macro']:.3f}")
-        ax.axvline(0.5, color="grey", lw=0.5, ls="--")
-        ax.legend(fontsize=7, loc="lower right")
-    ax.set_xlim(0.0, 1.0)
-    ax.set_xlabel("AUROC (95% bootstrap CI)", fontsize=8)
-    ax.set_title(title, fontsize=9)
-    return save_figure(fig, path, dpi=90)
 
 
 def z_profile_figure(

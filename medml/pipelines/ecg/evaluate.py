@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from medml.data.ptbxl import ECGDataset
@@ -17,7 +16,7 @@ from medml.metrics import fmax, multilabel_auroc
 from medml.pipelines.ecg.config import EcgConfig
 from medml.pipelines.ecg.data import branch_label_indices, open_ptbxl
 from medml.pipelines.ecg.module import EcgModule
-from medml.utils.figures import save_figure
+from medml.utils.figures import per_label_auroc_figure
 from medml.utils.files import write_json, write_text
 
 BENCHMARK_SETS = ("diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm")
@@ -166,25 +165,3 @@ def benchmark_table(results: dict[str, Any]) -> str:
         "README of helme/ecg_ptbxl_benchmarking).",
     ]
     return "\n".join(lines) + "\n"
-
-
-def per_label_auroc_figure(result: dict[str, Any], path: str | Path, title: str = "") -> Path:
-    """Horizontal bars of per-label AUROC with bootstrap 95% CIs, sorted, with the macro mean as a line."""
-    items = sorted(result["per_label"].items(), key=lambda kv: kv[1]["auroc"])
-    fig, ax = plt.subplots(figsize=(6, max(2.5, 0.16 * len(items) + 1)))
-    if items:
-        names = [k for k, _ in items]
-        auc = np.array([v["auroc"] for _, v in items])
-        lo = np.array([v["ci_lo"] for _, v in items])
-        hi = np.array([v["ci_hi"] for _, v in items])
-        err = np.nan_to_num(np.stack([auc - lo, hi - auc]), nan=0.0).clip(min=0)
-        ax.barh(range(len(items)), auc, xerr=err, color="tab:blue", alpha=0.7, error_kw={"lw": 0.6})
-        ax.set_yticks(range(len(items)))
-        ax.set_yticklabels([f"{n} (n+={result['per_label'][n]['n_pos']})" for n in names], fontsize=6)
-        ax.axvline(result["macro"], color="tab:red", lw=1, label=f"macro {result['macro']:.3f}")
-        ax.axvline(0.5, color="grey", lw=0.5, ls="--")
-        ax.legend(fontsize=7, loc="lower right")
-    ax.set_xlim(0.0, 1.0)
-    ax.set_xlabel("AUROC (95% bootstrap CI)", fontsize=8)
-    ax.set_title(title, fontsize=9)
-    return save_figure(fig, path, dpi=90)
