@@ -41,22 +41,29 @@ def random_chest(rng: np.random.Generator, labels: np.ndarray) -> Chest:
         heart_scale=rng.uniform(1.3, 1.4) if labels[LABELS.index("Cardiomegaly")] else rng.uniform(0.9, 1.02),
         shift=(rng.uniform(-6, 6), rng.uniform(-6, 6), rng.uniform(-10, 10)),
     )
+    # Sizes are chosen to be visible on the tiny recipe's 8 mm grid while staying plausible: a cluster of 2.5-3.5 cm
+    # nodules in the left lung lateral to the hilum, lymph nodes of 4-5 cm in the hila and below the carina, a heavily
+    # calcified coronary tree (calcium blooms on CT), a pacemaker whose metal throws streaks. Each finding keeps its own
+    # region, so that the tiny model does not have to untangle overlapping ones.
     chest.spots = {
         "nodule": [
-            (rng.uniform(50, 95), rng.uniform(-25, 25), rng.uniform(10, 70), rng.uniform(15, 18))
-            for _ in range(rng.integers(5, 8))
+            (rng.uniform(50, 95), rng.uniform(-35, 15), rng.uniform(25, 85), rng.uniform(13, 16))
+            for _ in range(rng.integers(6, 10))
         ],
         "lymph": [
-            (s * rng.uniform(34, 38), rng.uniform(-8, 4), rng.uniform(15, 25), rng.uniform(20, 24)) for s in (-1.0, 1.0)
-        ],
+            (s * rng.uniform(34, 38), rng.uniform(-8, 4), rng.uniform(15, 25), rng.uniform(22, 26)) for s in (-1.0, 1.0)
+        ]
+        + [(rng.uniform(-4, 4), rng.uniform(12, 18), rng.uniform(18, 26), rng.uniform(16, 19))],
         "opacity": [(-rng.uniform(70, 80), rng.uniform(-10, 10), rng.uniform(30, 50), 38.0)],
         "consolidation": [(rng.uniform(68, 78), rng.uniform(0, 10), rng.uniform(-55, -40), 40.0)],
         "atelectasis": [(-70.0, -35.0, rng.uniform(-40, -30), 30.0)],
+        # (azimuth from, to; elevation from, to) on the heart surface, radians: LAD, circumflex, right coronary
         "coronary": [
-            (np.cos(a), np.sin(a), cz + rng.uniform(-5, 5), 10.0)
-            for a, cz in ((-1.0, -40), (-0.6, -25), (-0.3, -55), (0.0, -35), (0.3, -60), (0.6, -45), (0.9, -30))
+            (-1.45 + rng.uniform(-0.1, 0.1), -1.3, 0.55, -0.55 + rng.uniform(-0.1, 0.1)),
+            (-1.2, 0.5 + rng.uniform(-0.2, 0.2), 0.35, 0.3),
+            (-1.9, -3.3 + rng.uniform(-0.2, 0.2), 0.3, -0.1),
         ],
-        "port": [(rng.uniform(55, 65), rng.uniform(-45, -35), rng.uniform(95, 110), 18.0)],
+        "port": [(-rng.uniform(60, 75), 0.0, rng.uniform(80, 95), 14.0)],
     }
     return chest
 
@@ -64,6 +71,19 @@ def random_chest(rng: np.random.Generator, labels: np.ndarray) -> Chest:
 def _ellipsoid(p: np.ndarray, centre: Sequence[float], axes: Sequence[float]) -> np.ndarray:
     (cx, cy, cz), (ax, ay, az) = centre, axes
     return ((p[..., 0] - cx) / ax) ** 2 + ((p[..., 1] - cy) / ay) ** 2 + ((p[..., 2] - cz) / az) ** 2
+
+
+def _near_curve(p: np.ndarray, curve: np.ndarray, radius: float) -> np.ndarray:
+    """Points within ``radius`` mm of a polyline sampled densely (M, 3)."""
+    lo, hi = curve.min(0) - radius, curve.max(0) + radius
+    box = np.all((p >= lo) & (p <= hi), -1)  # only the curve's bounding box is searched
+    near = np.zeros(p.shape[:-1], bool)
+    q = p[box]
+    d2 = np.full(len(q), np.inf, np.float32)
+    for c in curve.astype(np.float32):
+        d2 = np.minimum(d2, ((q - c) ** 2).sum(-1))
+    near[box] = d2 < radius**2
+    return near
 
 
 def _cylinder_z(p: np.ndarray, x: float, y: float) -> np.ndarray:
@@ -79,6 +99,7 @@ def chest_hu(points: np.ndarray, chest: Chest, rng: np.random.Generator | None =
     body = (x / chest.body[0]) ** 2 + (y / chest.body[1]) ** 2
     hu[body < 1.0] = -100.0  # subcutaneous fat
     hu[body < 0.8] = 35.0  # muscle and mediastinum
+    hu[_ellipsoid(p, (0, -5, 40), (34, 40, 70)) < 1] = -90.0  # mediastinal fat (lungs are drawn over its sides)
     lung_l, lung_r = _ellipsoid(p, (72, 5, 20), (52, 70, 130)) < 1, _ellipsoid(p, (-72, 5, 20), (52, 70, 130)) < 1
     lung = lung_l | lung_r
     parenchyma = -975.0 if lab["Emphysema"] else -840.0
@@ -90,22 +111,22 @@ def chest_hu(points: np.ndarray, chest: Chest, rng: np.random.Generator | None =
         hu[band & ~checker] = -930.0
     if lab["Interlobular septal thickening"]:
         rim = lung & (
-            (_ellipsoid(p, (72, 5, 20), (40, 56, 110)) > 1) & (_ellipsoid(p, (-72, 5, 20), (40, 56, 110)) > 1)
+            (_ellipsoid(p, (72, 5, 20), (36, 50, 100)) > 1) & (_ellipsoid(p, (-72, 5, 20), (36, 50, 100)) > 1)
         )
-        rim &= np.abs(x) > 90
-        hu[rim & ((np.abs(np.sin(y / 6.0)) < 0.45) | (np.abs(np.sin(z / 6.0)) < 0.45))] = -250.0
+        rim &= np.abs(x) > 80
+        # thickened septa outline secondary lobules (1-2.5 cm); on a coarse grid they read as a denser periphery
+        hu[rim & ((np.abs(np.sin(y / 5.0)) < 0.5) | (np.abs(np.sin(z / 5.0)) < 0.5))] = -150.0
     if lab["Emphysema"]:
-        for cx in (-70, 70):
-            for cz in (70, 115):
-                hu[_ellipsoid(p, (cx, -10, cz), (24, 24, 24)) < 1] = -1000.0
+        for cx in (-70, 70):  # apical bullae
+            for cy in (-10, 30):
+                hu[_ellipsoid(p, (cx, cy, 112), (22, 22, 22)) < 1] = -1000.0
     if lab["Pulmonary fibrotic sequela"]:
         for cx in (45, 65, 85):
             for cz in (75, 95, 115):
-                hu[lung & (_ellipsoid(p, (cx, 25, cz), (8, 45, 8)) < 1)] = -50.0
-    for label, key, value in (("Lung nodule", "nodule", 40.0), ("Lymphadenopathy", "lymph", 40.0)):
-        if lab[label]:
-            for cx, cy, cz, r in chest.spots[key]:
-                hu[_ellipsoid(p, (cx, cy, cz), (r, r, r)) < 1] = value
+                hu[lung & (_ellipsoid(p, (cx, 45, cz), (11, 30, 11)) < 1)] = -20.0
+    if lab["Lung nodule"]:
+        for cx, cy, cz, r in chest.spots["nodule"]:
+            hu[lung & (_ellipsoid(p, (cx, cy, cz), (r, r, r)) < 1)] = 40.0
     if lab["Lung opacity"]:
         for cx, cy, cz, r in chest.spots["opacity"]:
             hu[lung & (_ellipsoid(p, (cx, cy, cz), (r, r, r)) < 1)] = -450.0
@@ -116,7 +137,7 @@ def chest_hu(points: np.ndarray, chest: Chest, rng: np.random.Generator | None =
         for cx, cy, cz, r in chest.spots["atelectasis"]:
             hu[lung & (_ellipsoid(p, (cx, cy, cz), (r * 1.5, r, r)) < 1)] = 25.0
     if lab["Pleural effusion"]:
-        hu[lung & (y > 45) & (z < 0)] = 10.0
+        hu[lung & (y > 35) & (z < 10)] = 10.0
     airway = -1000.0
     if lab["Peribronchial thickening"]:
         for cx in (-40, -65):
@@ -131,14 +152,20 @@ def chest_hu(points: np.ndarray, chest: Chest, rng: np.random.Generator | None =
     # Mediastinum: heart in pericardial fat, aorta, trachea, spine (drawn over the lungs where they meet).
     hs = chest.heart_scale
     heart_c, heart_a = (15.0, -25.0, -50.0), np.array([50.0, 42.0, 46.0]) * hs
-    shell = _ellipsoid(p, heart_c, heart_a * (1.45 if lab["Pericardial effusion"] else 1.15)) < 1
-    hu[shell] = 0.0 if lab["Pericardial effusion"] else -90.0
+    if lab["Pericardial effusion"]:
+        hu[_ellipsoid(p, heart_c, heart_a * 1.5) < 1] = 10.0  # fluid, thickest where it is dependent (posterior)
+        hu[_ellipsoid(p, (heart_c[0], heart_c[1] - 6.0, heart_c[2]), heart_a * 1.12) < 1] = -90.0  # epicardial fat
+    else:
+        hu[_ellipsoid(p, heart_c, heart_a * 1.15) < 1] = -90.0
     hu[_ellipsoid(p, heart_c, heart_a) < 1] = 40.0
     if lab["Coronary artery wall calcification"]:
-        for cx, cy, cz, r in chest.spots["coronary"]:
-            # on the heart's left border, where it meets the lung
-            centre = (heart_c[0] + 1.1 * heart_a[0] * cx, heart_c[1] + 1.1 * heart_a[1] * cy, cz)
-            hu[_ellipsoid(p, centre, (r * 1.2, r * 1.2, r * 1.2)) < 1] = 900.0
+        for az0, az1, el0, el1 in chest.spots["coronary"]:
+            # a calcified arc along the artery in the epicardial fat (LAD, circumflex, RCA)
+            t = np.linspace(0.0, 1.0, 24)
+            az, el = az0 + t * (az1 - az0), el0 + t * (el1 - el0)
+            unit = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], -1)
+            curve = np.asarray(heart_c) + 1.1 * heart_a * unit
+            hu[_near_curve(p, curve, 8.0)] = 1100.0  # dense calcium blooms well beyond the vessel wall
     aorta = _cylinder_z(p, 25, 50)
     if lab["Arterial wall calcification"]:
         hu[(aorta < 22) & (z > -120)] = 700.0
@@ -148,14 +175,35 @@ def chest_hu(points: np.ndarray, chest: Chest, rng: np.random.Generator | None =
     hu[arch] = 40.0
     hu[(_cylinder_z(p, 0, -5) < 9) & (z > 40)] = -1000.0  # trachea
     hu[_cylinder_z(p, 0, 82) < 17] = 400.0  # vertebral bodies
+    if lab["Lymphadenopathy"]:
+        for cx, cy, cz, r in chest.spots["lymph"]:
+            hu[_ellipsoid(p, (cx, cy, cz), (r, r, r)) < 1] = 45.0
     if lab["Hiatal hernia"]:
         hh = _ellipsoid(p, (8, 38, -105), (35, 28, 30)) < 1
         hu[hh] = -900.0
         hu[hh & (y > 42)] = 10.0
     if lab["Medical material"]:
-        for cx, cy, cz, r in chest.spots["port"]:
-            hu[_ellipsoid(p, (cx, cy, cz), (r, r, r)) < 1] = 2500.0
-            hu[lung & (np.sqrt((x - cx) ** 2 + (y - cy) ** 2) < 8) & (z > 0) & (z < cz)] = 2500.0  # its lead
+        for cx, _, cz, r in chest.spots["port"]:
+            # pacemaker: generator in the anterior chest-wall fat, lead along the chest wall and through the
+            # mediastinum (never across the lung) into the right heart; dark streaks radiate from the generator
+            wall_y = -chest.body[1] * np.sqrt(max(0.88 - (cx / chest.body[0]) ** 2, 0.05))
+            angle = np.arctan2(y - wall_y, x - cx)
+            streak = (np.abs(z - cz) < r) & (np.hypot(x - cx, y - wall_y) < 110) & (body < 1.0) & ~lung
+            hu[streak & (np.cos(6 * angle) > 0.6)] -= 500.0
+            hu[_ellipsoid(p, (cx, wall_y, cz), (r * 1.6, r * 0.6, r * 1.4)) < 1] = 2500.0
+            t = np.linspace(0.0, 1.0, 12)[:, None]
+            knots = [
+                np.array(k) for k in ((cx, wall_y, cz), (-25.0, -72.0, cz), (-18.0, -20.0, cz - 10), (-10, -30, -60))
+            ]
+            lead = np.concatenate([(1 - t) * k0 + t * k1 for k0, k1 in zip(knots, knots[1:])])
+            hu[_near_curve(p, lead, 4.0)] = 2500.0
+        # sternotomy wires (after cardiac surgery), each with its own streaks, all along the sternum
+        sternum_y = -chest.body[1] * 0.84
+        for wz in range(-70, 100, 34):
+            angle = np.arctan2(y - sternum_y, x)
+            streak = (np.abs(z - wz) < 8) & (np.hypot(x, y - sternum_y) < 90) & (body < 1.0) & ~lung
+            hu[streak & (np.cos(6 * angle) > 0.6)] -= 500.0
+            hu[_ellipsoid(p, (0.0, sternum_y, wz), (16.0, 7.0, 5.0)) < 1] = 2500.0
     hu[body >= 1.0] = -1000.0
     if rng is not None:
         hu = hu + rng.normal(0.0, 20.0, hu.shape)
