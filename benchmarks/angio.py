@@ -16,7 +16,6 @@ Times, in one run on the same machine:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -28,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import autocast, sync  # noqa: E402
 from medml.config import load_config  # noqa: E402
 from medml.pipelines.angio.config import AngioConfig  # noqa: E402
 from medml.pipelines.angio.module import AngioModule  # noqa: E402
@@ -40,17 +40,6 @@ def paper_module(method: str = "rnpll", overrides: list[str] | None = None) -> A
     module = AngioModule(cfg)
     module._total_steps = 1000
     return module
-
-
-def _autocast(device: torch.device, bf16: bool):
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def random_batch(cfg: AngioConfig, device: torch.device) -> dict[str, Any]:
@@ -75,7 +64,7 @@ def time_training(method: str, iters: int, device: torch.device, bf16: bool) -> 
     batch = random_batch(module.config, device)
 
     def step() -> None:
-        with _autocast(device, bf16):
+        with autocast(device, bf16):
             loss = module.training_step(batch, 0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -84,11 +73,11 @@ def time_training(method: str, iters: int, device: torch.device, bf16: bool) -> 
             module.teacher.update_parameters(module.net)
 
     step()  # warm-up (allocations, cuDNN autotune)
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(iters):
         step()
-    _sync(device)
+    sync(device)
     seconds = (time.perf_counter() - start) / iters
     return {"iters_per_s": 1.0 / seconds, "s_per_iter": seconds}
 
@@ -109,13 +98,13 @@ def time_inference(
     old = module.sample_steps
     module.sample_steps = steps or old
     try:
-        with _autocast(device, bf16):
+        with autocast(device, bf16):
             module.predict_logits(x, refine=refine)
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             for _ in range(iters):
                 module.predict_logits(x, refine=refine)
-            _sync(device)
+            sync(device)
     finally:
         module.sample_steps = old
     return frames * iters / (time.perf_counter() - start)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,9 +25,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from medml.pipelines.ecg.config import EcgConfig
-from medml.pipelines.ecg.data import branch_label_indices
-from medml.pipelines.ecg.module import EcgModule
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import autocast, sync  # noqa: E402
+from medml.pipelines.ecg.config import EcgConfig  # noqa: E402
+from medml.pipelines.ecg.data import branch_label_indices  # noqa: E402
+from medml.pipelines.ecg.module import EcgModule  # noqa: E402
 
 PTBXL_TRAIN_RECORDS = 17_418  # folds 1-8 of PTB-XL v1.0.3 (21,799 records); one epoch at paper size
 
@@ -42,17 +46,6 @@ def paper_module(codes: list[str] | None = None) -> EcgModule:
     rng = np.random.default_rng(0)
     fake_labels = (rng.random((512, len(codes))) < 0.1).astype(np.uint8)  # class weights / Jaccard for the loss
     return EcgModule(config, branch_label_indices(codes), fake_labels)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _autocast(device: torch.device, bf16: bool):
-    if bf16:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
 
 
 def time_training_step(
@@ -75,14 +68,14 @@ def time_training_step(
     data = {"signal": x, "target": y}
     for i in range(warmup + steps):
         if i == warmup:
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
-        with _autocast(device, bf16):
+        with autocast(device, bf16):
             loss = module._losses(data)["loss"]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    _sync(device)
+    sync(device)
     seconds = (time.perf_counter() - start) / steps
     return {"step_s": seconds, "samples_per_s": batch / seconds}
 
@@ -95,11 +88,11 @@ def time_inference(
     x = torch.randn(batch, 12, 1000, device=device)
     for i in range(warmup + steps):
         if i == warmup:
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
-        with _autocast(device, bf16):
+        with autocast(device, bf16):
             module(x)
-    _sync(device)
+    sync(device)
     seconds = (time.perf_counter() - start) / steps
     return {"batch_s": seconds, "ecgs_per_s": batch / seconds}
 

@@ -17,7 +17,6 @@ Networks are randomly initialised (speed does not depend on the weights), so the
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -30,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import autocast, sync  # noqa: E402
 from medml.config import load_config  # noqa: E402
 from medml.data.synthetic_refuge import draw_fundus  # noqa: E402
 from medml.pipelines.fundus.config import FundusConfig  # noqa: E402
@@ -50,31 +50,20 @@ def photograph(size: int = SIZE) -> tuple[np.ndarray, tuple[float, float, float]
     return rgb, (xs.mean() * scale, ys.mean() * scale, 2.5 * (ys.max() - ys.min() + 1) * scale)
 
 
-def _autocast(device: torch.device, bf16: bool):
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time(fn, iters: int, device: torch.device) -> float:
     fn()  # warm-up
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(iters):
         fn()
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - start) / iters
 
 
 def inference_table(module: FundusModule, device: torch.device, iters: int, bf16: bool) -> dict[str, float]:
     rgb, box = photograph()
     roi = torch.rand(1, 3, module.config.data.roi_size, module.config.data.roi_size, device=device)
-    with module.evaluating(device), _autocast(device, bf16):
+    with module.evaluating(device), autocast(device, bf16):
         whole = _time(lambda: module.analyse(rgb, box=box), iters, device)
         seg = _time(lambda: module.segmenter(roi), iters, device)
     return {"s_per_image": whole, "segmenter_s_per_roi": seg, "ratio_to_segmenter": whole / seg}
