@@ -72,7 +72,7 @@ def check_memory(nbytes: int | float, what: str, path: str | Path | None) -> Non
     if nbytes > budget:
         raise TooLargeError(
             f"{what} needs {format_bytes(nbytes)} in memory, above the budget of {format_bytes(budget)} "
-            f"(raise it with {BUDGET_ENV} or medml.io.set_memory_budget)",
+            f"(raise it with --max-case-bytes, {BUDGET_ENV} or medml.io.set_memory_budget)",
             path,
         )
 
