@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 
-matplotlib.use("Agg")  # headless: prediction runs on servers and in CI; notebooks still show figures inline
+# Headless for prediction on servers and in CI, unless a backend was chosen: Jupyter's kernel sets MPLBACKEND to
+# its inline backend, and forcing Agg there would stop notebooks showing figures.
+if not os.environ.get("MPLBACKEND"):
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
