@@ -43,6 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.memory import peak_mb, reset_peak, rss_mb  # noqa: E402
+
 OUTCOMES = ("ok", "refused", "crash", "memory", "slow", "died")
 BAD = ("crash", "memory", "slow", "died")
 
@@ -365,19 +369,6 @@ def _alarm(signum: int, frame: object) -> None:
     raise Slow()
 
 
-def _peak_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _reset_peak() -> None:
-    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-
-
 def write_mutant(folder: Path, files: dict[str, bytes]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
@@ -470,7 +461,7 @@ def worker(args: argparse.Namespace) -> None:
         write_mutant(work / f"seed{i}", dict(seed.files))
         run_one(work / f"seed{i}", 60)
         shutil.rmtree(work / f"seed{i}")
-    baseline = _rss_mb()
+    baseline = rss_mb()
     _cap_address_space(args.budget_mb)
     out = open(args.jsonl, "a")  # noqa: SIM115 - one line per mutant, flushed, so a dying worker loses nothing
     counter = {"i": -1}
@@ -495,10 +486,10 @@ def worker(args: argparse.Namespace) -> None:
         started = {"i": i, "outcome": "started", "seed": seed.name, "ops": _show(ops), "folder": str(folder)}
         out.write(json.dumps({**started, "t": time.time()}) + "\n")
         out.flush()
-        _reset_peak()
+        reset_peak()
         start = time.perf_counter()
         outcome, reasons = run_one(folder, args.timeout)
-        peak = _peak_mb() - baseline
+        peak = peak_mb() - baseline
         if outcome not in ("memory", "slow") and peak > args.budget_mb:
             outcome, reasons = "memory", [f"peak {peak:.0f} MiB over the baseline"]
         row = {
@@ -531,11 +522,6 @@ def worker(args: argparse.Namespace) -> None:
 
 def _show(ops: tuple) -> str:
     return repr(ops) if len(repr(ops)) < 300 else repr(ops)[:297] + "..."
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _cap_address_space(budget_mb: float) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,29 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_mb() -> float:
-    """Peak resident set size since the last `_reset_peak` (VmHWM), else since the process started."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _reset_peak() -> bool:
-    """Reset the kernel's peak-RSS counter so import-time peaks do not count (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
+from benchmarks.memory import peak_mb, reset_peak, rss_mb  # noqa: E402
 
 
 def load(method: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -87,8 +66,8 @@ def worker(method: str, folder: Path, repeats: int, out: Path) -> None:
     else:
         import monai.data  # noqa: F401
         import monai.transforms  # noqa: F401
-    _reset_peak()
-    before = _rss_mb()
+    reset_peak()
+    before = rss_mb()
     peak_before = before
     times = []
     array = affine = None
@@ -98,7 +77,7 @@ def worker(method: str, folder: Path, repeats: int, out: Path) -> None:
         array, affine = load(method, folder)
         times.append(time.perf_counter() - start)
         if len(times) == 1:
-            peak_first = _peak_mb()
+            peak_first = peak_mb()
     np.save(out.with_suffix(".npy"), array)
     result = {
         "method": method,
