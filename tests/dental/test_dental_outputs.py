@@ -138,3 +138,15 @@ def test_overlay_and_case_outputs(clinical, tmp_path):
     assert row["SOPInstanceUID"] and row["n_findings"] == n
     assert row["findings"].count(";") == row["n_findings"] - 1
     assert sum(row[f"n_{n.lower().replace(' ', '_')}"] for n in outputs.DIAGNOSIS_CODES) == row["n_findings"]
+
+
+def test_no_detections(clinical, tmp_path):
+    folder, _ = clinical
+    grey, meta = read_panoramic(folder / "pano_px_window.dcm")
+    empty = {"boxes": np.zeros((0, 4)), "labels": np.zeros((0, 3), int), "scores": np.zeros(0)}
+    sample = {"grey": grey, "kind": "dicom_image", "source": folder / "pano_px_window.dcm", "meta": meta}
+    row = outputs.write_case_outputs(None, SimpleNamespace(case_id="px"), sample, empty, tmp_path)
+    assert row["n_findings"] == 0 and row["findings"] == ""
+    assert json.loads((tmp_path / "detections.json").read_text()) == []
+    assert json.loads((tmp_path / "submission.json").read_text())["boxes"] == []
+    assert (tmp_path / "findings_sr.dcm").is_file() and (tmp_path / "overlay.png").is_file()

@@ -121,3 +121,21 @@ def test_collate_pads_to_multiple_of_32():
     assert "image" not in targets[0] and targets[0]["boxes"].shape == (4, 4)
     with pytest.raises(ValueError):
         to_image_tensor(np.zeros((2, 2, 2, 2)))
+
+
+def test_flipped_panoramic_keeps_quadrants_where_fdi_puts_them():
+    """On a synthetic panoramic (quadrant 1 on the viewer's left), the flipped image with remapped labels again has
+    quadrant 1 left of 2 and 4 left of 3, which is what the model must learn."""
+    from medml.data.synthetic_dentex import draw_panoramic
+
+    pano = draw_panoramic(np.random.default_rng(2), 128, 256)
+    sample = {
+        "image": to_image_tensor(pano.image),
+        "boxes": np.array([t.box for t in pano.teeth], np.float32),
+        "labels": np.array([[t.quadrant, t.position, -1] for t in pano.teeth]),
+    }
+    out = HorizontalFlip(1.0, flip_quadrant_labels)(sample)
+    cx = (out["boxes"][:, 0] + out["boxes"][:, 2]) / 2
+    q = torch.as_tensor(out["labels"])[:, 0]
+    assert cx[q == 0].max() < cx[q == 1].min() and cx[q == 3].max() < cx[q == 2].min()
+    assert torch.equal(torch.as_tensor(out["labels"])[:, 1], torch.as_tensor(sample["labels"])[:, 1])
