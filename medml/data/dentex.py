@@ -641,6 +641,8 @@ def read_panoramic(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     from medml.io import read_image
 
     image = read_image(path, voi=True)
+    if image.meta.get("mode") == "P":  # a palette image stores indices: read its colours instead
+        image = read_image(path, rgb=True)
     array = np.asarray(image.array)
     if array.ndim == 3:
         array = array[..., :3].astype(np.float32).mean(axis=-1) if array.shape[-1] >= 3 else array[..., 0]
