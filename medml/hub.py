@@ -92,15 +92,11 @@ def fetch_url(source: str) -> Path:
         name = "model"
     folder = cache_root() / "models" / hashlib.sha256(url.encode()).hexdigest()[:16]
     target = folder / name
-    if target.is_file():
-        if expected is None or sha256_file(target) == expected:
-            log.info("using the cached %s for %s", target, url)
-            return target
-        target.unlink()  # a stale or damaged copy: fetch it again
+    if target.is_file() and (expected is None or sha256_file(target) == expected):
+        log.debug("using the cached %s for %s", target, url)
+        return target
     if expected is None:
         expected = _sidecar_sha(url)
-        if expected is None:
-            log.warning("%s: no #sha256= suffix and no %s.sha256 sidecar; the download is not verified", url, url)
     log.info("downloading %s", url)
     try:
         with urllib.request.urlopen(url, timeout=60) as response, atomic_path(target) as tmp:  # noqa: S310
@@ -114,6 +110,8 @@ def fetch_url(source: str) -> Path:
         raise CheckpointError(
             f"cannot download ({reason}); download it yourself and pass the local file to --checkpoint", url
         ) from None
+    if expected is None:
+        log.warning("%s: no #sha256= suffix and no .sha256 sidecar, so the download was not verified", url)
     return target
 
 

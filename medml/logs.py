@@ -1,7 +1,8 @@
 """Logging of one ``medml`` command: to stderr at the chosen verbosity, and to a log file in the folder it writes.
 
-``-v`` shows debug detail, ``-q`` only warnings and errors. ``train``, ``predict`` and ``evaluate`` also write every
-message of medml, Lightning and Python warnings (at debug detail with ``-v``) to ``train.log`` / ``predict.log`` /
+stderr shows warnings (and the results on stdout); ``-v`` adds progress messages (downloads, stages, Lightning's
+notes), ``-vv`` debug detail, ``-q`` only errors. ``train``, ``predict`` and ``evaluate`` also write every message of
+medml, Lightning and Python warnings (debug detail with ``-vv``) to ``train.log`` / ``predict.log`` /
 ``evaluate.log`` in their folder. That file is only opened once the command has made its folder (a marker file
 appears), so a refused command never creates one: until then the records wait in memory.
 """
@@ -70,14 +71,15 @@ def command_logging(verbosity: int, target: tuple[Path, Path] | None, command: s
     """Console and folder logging for one command; everything is restored afterwards (in-process callers)."""
     root, medml_logger = logging.getLogger(), logging.getLogger("medml")
     console = logging.StreamHandler()
-    console.setLevel(logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO)
-    console.setFormatter(logging.Formatter("medml: %(message)s" if verbosity <= 0 else FORMAT))
+    console.setLevel({-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(min(max(verbosity, -1), 2), 10))
+    console.setFormatter(logging.Formatter("medml: %(message)s" if verbosity <= 1 else FORMAT))
     console.addFilter(_NotResults())
+    detail = logging.DEBUG if verbosity > 1 else logging.INFO
     handlers: list[logging.Handler] = [console]
     if target is not None:
-        handlers.append(FolderLog(*target, level=logging.DEBUG if verbosity > 0 else logging.INFO))
+        handlers.append(FolderLog(*target, level=detail))
     saved_level = medml_logger.level
-    medml_logger.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
+    medml_logger.setLevel(detail)
     for handler in handlers:
         root.addHandler(handler)
     # Lightning keeps its own stderr handler and does not propagate when it was imported before any handler
