@@ -21,6 +21,7 @@ import ast
 import functools
 import importlib
 import importlib.util
+import logging
 import pkgutil
 from importlib import metadata
 from pathlib import Path
@@ -31,6 +32,8 @@ from medml.errors import ConfigError
 
 if TYPE_CHECKING:
     from medml.pipelines.base import Pipeline
+
+log = logging.getLogger(__name__)
 
 _PIPELINES: dict[str, type[Pipeline]] = {}
 
@@ -141,7 +144,10 @@ def list_pipelines() -> list[str]:
     external = _external()
     for name, (ep, summary) in external.items():
         if summary is None and name not in _PIPELINES:
-            _load_entry_point(ep)  # its real name(s) are registered now
+            try:
+                _load_entry_point(ep)  # its real name(s) are registered now
+            except ConfigError as exc:  # one broken plugin must not hide the others
+                log.warning("%s", exc)
     names = set(_builtin()[0]) | set(_PIPELINES)
     names |= {name for name, (_, summary) in external.items() if summary is not None}
     return sorted(names)
