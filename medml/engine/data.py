@@ -6,9 +6,10 @@ uninterrupted run would have, and N processes with batch b see the same global b
 
 Cross-validation (``medml train NAME --fold K``, nnU-Net's scheme): the engine sets ``datamodule.fold`` before
 ``setup``. A dataset with official folds (PTB-XL's ``strat_fold``) lists them in ``official_folds`` and applies
-``self.fold`` itself in `build_datasets`; for every other dataset the engine splits the training dataset into
-``num_folds`` deterministic folds (`kfold_indices`; cases of one group, e.g. the frames of one video, stay in one
-fold when the pipeline gives `fold_groups`) and validates on fold K.
+``self.fold`` itself in `build_datasets`; a pipeline whose config already has a fold key names it in ``fold_key``
+(the engine sets it, so config.yaml says which fold was trained); for every other dataset the engine splits the
+training dataset into ``num_folds`` deterministic folds (`kfold_indices`; cases of one group, e.g. the frames of one
+video, stay in one fold when the pipeline gives `fold_groups`) and validates on fold K.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ class MedmlDataModule(L.LightningDataModule):
     collate_fn: Callable | None = None
     #: Official fold numbers of the dataset; a subclass that sets them applies ``self.fold`` in `build_datasets`.
     official_folds: ClassVar[tuple[int, ...] | None] = None
+    #: The config key of a pipeline whose config already chooses its fold (ct: ``data.fold``): ``--fold K`` sets it.
+    fold_key: ClassVar[str | None] = None
 
     def __init__(self, data_dir: str | Path, config: PipelineConfig):
         super().__init__()
@@ -137,6 +140,8 @@ class MedmlDataModule(L.LightningDataModule):
 
     def fold_scheme(self) -> dict[str, Any]:
         """What ``--fold`` means for this dataset (for run.json and the error on a wrong K)."""
+        if self.fold_key is not None:
+            return {"scheme": "config", "key": self.fold_key}
         if self.official_folds is not None:
             return {"scheme": "official", "folds": list(self.official_folds)}
         return {"scheme": "generated", "folds": list(range(self.num_folds)), "seed": FOLD_SEED}
@@ -145,13 +150,13 @@ class MedmlDataModule(L.LightningDataModule):
         if self.train_dataset is not None:
             return
         scheme = self.fold_scheme()
-        if self.fold is not None and self.fold not in scheme["folds"]:
+        if self.fold is not None and "folds" in scheme and self.fold not in scheme["folds"]:
             folds = scheme["folds"]
             raise ConfigError(
                 f"--fold {self.fold}: this dataset's {scheme['scheme']} folds are {folds[0]}..{folds[-1]}"
             )
         train, val = self.build_datasets()
-        if self.fold is not None and self.official_folds is None:
+        if self.fold is not None and self.official_folds is None and self.fold_key is None:
             train_idx, val_idx = kfold_indices(len(train), self.fold, self.num_folds, self.fold_groups(train))
             train, val = Subset(train, train_idx), self.fold_validation(train, val_idx)
             self.split_summary = {

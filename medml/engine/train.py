@@ -27,7 +27,7 @@ import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from medml.config import StageConfig, TrainConfig, dump_config
+from medml.config import StageConfig, TrainConfig, dump_config, load_config
 from medml.engine.callbacks import EMAWeights, RandomStateCallback
 from medml.engine.checkpoint import save_model
 from medml.engine.record import base_record, now
@@ -332,6 +332,13 @@ def train(
     if fold is not None:
         if not hasattr(datamodule, "fold_scheme"):
             raise ConfigError(f"--fold: the {pipeline.name} pipeline's data module has no fold mechanism")
+        key = getattr(datamodule, "fold_key", None)
+        if key is not None:  # the config chooses the fold: set it there, so config.yaml records it
+            pipeline.config = load_config(type(cfg), cfg.model_dump(mode="python"), [f"{key}={fold}"])
+            cfg = pipeline.config
+            if resume:
+                check_resume_config(pipeline, run_dir)
+            datamodule = pipeline.datamodule(data_dir)
         datamodule.fold, datamodule.num_folds = fold, num_folds
     datamodule.setup("fit")
     module = pipeline.build_module(datamodule)
