@@ -55,9 +55,7 @@ class StageConfig(Strict):
     """
 
     name: str  # the stage folder name (stages/NN-name) and what --resume keys on
-    kind: Literal["fit", "run"] = (
-        "fit"  # fit: trained by the Lightning Trainer; run: one call of the module's run_stage
-    )
+    kind: Literal["fit", "run"] = "fit"  # fit: trained by the Lightning Trainer; run: one run_stage call
     enabled: bool = True  # false skips the stage
     epochs: PositiveInt | None = None  # None: train.max_epochs
     trainable: list[str] = []  # parameter-name prefixes; empty means every parameter
