@@ -36,11 +36,11 @@ class Strict(BaseModel):
 class OptimConfig(Strict):
     """Optimiser and learning-rate schedule of one training stage."""
 
-    name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: PositiveFloat = 1e-4
-    weight_decay: NonNegativeFloat = 0.0
+    name: Literal["adam", "adamw", "sgd"] = "adam"  # optimiser
+    lr: PositiveFloat = 1e-4  # learning rate (peak, after any warm-up)
+    weight_decay: NonNegativeFloat = 0.0  # L2 penalty (decoupled for adamw)
     momentum: Fraction = 0.9  # sgd only
-    schedule: Literal["none", "cosine", "step", "poly"] = "cosine"
+    schedule: Literal["none", "cosine", "step", "poly"] = "cosine"  # learning-rate schedule, stepped every batch
     warmup_epochs: NonNegativeFloat = 0.0  # linear warm-up from lr/100, counted in epochs (fractions allowed)
     step_size: PositiveInt = 30  # "step": epochs between decays
     gamma: Annotated[float, Field(gt=0, le=1)] = 0.1  # "step": decay factor
@@ -54,14 +54,14 @@ class StageConfig(Strict):
     (for steps with no optimisation, such as pushing prototypes onto training data).
     """
 
-    name: str
-    kind: Literal["fit", "run"] = "fit"
-    enabled: bool = True
+    name: str  # the stage folder name (stages/NN-name) and what --resume keys on
+    kind: Literal["fit", "run"] = "fit"  # fit: trained by the Lightning Trainer; run: one run_stage call
+    enabled: bool = True  # false skips the stage
     epochs: PositiveInt | None = None  # None: train.max_epochs
     trainable: list[str] = []  # parameter-name prefixes; empty means every parameter
     optim: OptimConfig | None = None  # None: train.optim
     monitor: str | None = None  # None: train.monitor
-    monitor_mode: Literal["min", "max"] | None = None
+    monitor_mode: Literal["min", "max"] | None = None  # None: train.monitor_mode
     patience: NonNegativeInt | None = None  # None: train.patience
 
 
@@ -70,27 +70,30 @@ class TrainConfig(Strict):
 
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 42  # numpy's seed range
     batch_size: PositiveInt = 32  # per device; the global batch is batch_size x devices x nodes
-    num_workers: NonNegativeInt = 2
+    num_workers: NonNegativeInt = 2  # DataLoader worker processes per device
     accelerator: str = "auto"  # auto | cpu | gpu | cuda | mps
     devices: int | str = "auto"  # "auto" or a count
-    num_nodes: PositiveInt = 1
+    num_nodes: PositiveInt = 1  # machines of a multi-node (DDP) run
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16-mixed on CUDA, else 32
-    max_epochs: PositiveInt = 100
-    optim: OptimConfig = OptimConfig()
-    monitor: str | None = "val_loss"
-    monitor_mode: Literal["min", "max"] = "min"
+    max_epochs: PositiveInt = 100  # epochs of a fit stage without its own epochs
+    optim: OptimConfig = OptimConfig()  # optimiser and schedule of stages without their own
+    monitor: str | None = "val_loss"  # logged value choosing the best checkpoint (and early stopping); None: the last
+    monitor_mode: Literal["min", "max"] = "min"  # whether a lower or higher monitor is better
     patience: NonNegativeInt | None = None  # early-stopping patience in validation rounds; None disables
     save_top_k: Annotated[int, Field(ge=-1)] = 1  # -1: keep all
-    grad_clip: PositiveFloat | None = None
-    accumulate_grad_batches: PositiveInt = 1
+    grad_clip: PositiveFloat | None = None  # clip the gradient norm to this value; None: no clipping
+    accumulate_grad_batches: PositiveInt = 1  # batches whose gradients add up before an optimiser step
     ema_decay: Fraction | None = None  # keep an exponential moving average of the weights; validate and export it
-    sync_batchnorm: bool = False
-    deterministic: bool = False
-    check_val_every_n_epoch: PositiveInt = 1
+    sync_batchnorm: bool = False  # synchronise BatchNorm statistics across DDP processes
+    deterministic: bool = False  # deterministic CUDA kernels (slower; bit-identical reruns)
+    check_val_every_n_epoch: PositiveInt = 1  # validate every N epochs
     limit_train_batches: float | int = 1.0  # Lightning's meaning: a fraction (float) or a number of batches (int)
-    limit_val_batches: float | int = 1.0
-    log_every_n_steps: PositiveInt = 50
-    progress: bool = True
+    limit_val_batches: float | int = 1.0  # as limit_train_batches, for validation
+    log_every_n_steps: PositiveInt = 50  # training steps between logged values
+    progress: bool = True  # show progress bars
+    # experiment trackers logged to besides CSV and TensorBoard (pip install 'medml[trackers]'); none by default
+    trackers: list[Literal["mlflow", "wandb"]] = []
+    experiment: str | None = None  # tracker experiment (MLflow) / project (W&B) name; None: medml-<run folder>
 
     @field_validator("devices")
     @classmethod

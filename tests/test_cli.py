@@ -212,3 +212,54 @@ def test_max_case_bytes_refuses_a_large_case_and_is_reset_after(capsys, tmp_path
     assert memory_budget() == default
     assert main(["inspect", str(tmp_path / "big.png"), "--max-case-bytes", "1G"]) == 0
     assert "budget" not in capsys.readouterr().out.lower()
+
+
+def test_trackers_off_by_default_and_a_missing_one_is_one_line(capsys, toy_data, tmp_path, monkeypatch):
+    from medml.engine.train import tracker_loggers
+
+    cfg = tests.engine.toy_pipeline.ToyConfig().train
+    assert cfg.trackers == [] and tracker_loggers(cfg, tmp_path, "fit") == []
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed, whatever this machine has
+    argv = ["train", "toy", "--data", str(toy_data), "--out", str(tmp_path / "r"), "--set", "train.trackers=[wandb]"]
+    _one_line_error(capsys, argv, "train.trackers", "wandb is enabled but", "pip install")
+    assert not (tmp_path / "r").exists()
+
+
+def test_auto_accelerator_prefers_cuda_then_mps(monkeypatch):
+    from medml.engine import train as engine_train
+
+    cfg = tests.engine.toy_pipeline.ToyConfig().train
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert engine_train.resolve_devices(cfg)["accelerator"] == "mps"
+    assert engine_train.resolve_precision(cfg, "mps") == "32-true"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert engine_train.resolve_devices(cfg)["accelerator"] == "cpu"
+
+
+def test_log_files_and_quiet(capsys, toy_run, tmp_path):
+    clinical = tests.engine.toy_pipeline.ToyPipeline().synthesize_clinical(tmp_path / "in")
+    out = tmp_path / "pred"
+    argv = ["predict", "toy", "-q", "--input", str(clinical), "--checkpoint", str(toy_run.checkpoint)]
+    assert main([*argv, "--output", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "5 predicted" in captured.out and captured.err == ""  # -q: no progress bar, no messages
+    log = (out / "predict.log").read_text()
+    assert "medml predict toy" in log and "5 predicted" in log
+    # a refused command leaves no folder and no log behind
+    assert (
+        main(
+            [
+                "predict",
+                "toy",
+                "--input",
+                str(clinical),
+                "--checkpoint",
+                str(toy_run.checkpoint),
+                "--output",
+                str(clinical / "inside"),
+            ]
+        )
+        == 2
+    )
+    assert not (clinical / "inside").exists()

@@ -1,9 +1,14 @@
 """Saving and loading medml checkpoints. A checkpoint is untrusted input: it is only ever read with
-``torch.load(..., weights_only=True)``, so a pickle that would run code is refused, not executed."""
+``torch.load(..., weights_only=True)``, so a pickle that would run code is refused, not executed, or it is an
+exported model (`medml.engine.export`): safetensors weights with the medml record as JSON metadata, no pickle at all.
+A checkpoint may be named by a URL or a hub id (`medml.hub`), fetched once into a cache.
+"""
 
 from __future__ import annotations
 
+import json
 import pickle
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +17,7 @@ import torch
 import medml
 from medml.config import load_config
 from medml.errors import CheckpointError, ConfigError, MedmlError
+from medml.hub import resolve_source
 from medml.registry import get_pipeline
 from medml.utils.files import atomic_path
 
@@ -53,11 +59,51 @@ def save_model(path: str | Path, pipeline: Any, module: torch.nn.Module) -> Path
     return path
 
 
+def is_safetensors(path: Path) -> bool:
+    """A safetensors file starts with the little-endian length of its JSON header, then the header's ``{``."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 0 < struct.unpack("<Q", head[:8])[0] < path.stat().st_size
+
+
+def read_exported(path: str | Path) -> dict[str, Any]:
+    """An exported model: ``{"medml": record, "state_dict": tensors}`` (and ``card`` when present)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            metadata = fh.metadata() or {}
+            state = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - safe_open has no iteration
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"not a readable safetensors file ({str(exc).splitlines()[0]})", path) from None
+    try:
+        meta = json.loads(metadata["medml"])
+    except (KeyError, ValueError):
+        raise CheckpointError(
+            "a safetensors file without medml's record (not exported by medml export)", path
+        ) from None
+    ckpt = {"medml": meta, "state_dict": state}
+    if "card" in metadata:
+        try:
+            ckpt["card"] = json.loads(metadata["card"])
+        except ValueError:
+            pass
+    return ckpt
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True``; every failure becomes a one-line `CheckpointError`."""
+    """``torch.load`` with ``weights_only=True`` (or safetensors); every failure is a one-line `CheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError("checkpoint file not found", path)
+    if is_safetensors(path):
+        ckpt = read_exported(path)
+        if not isinstance(ckpt.get("medml"), dict) or "pipeline" not in ckpt["medml"]:
+            raise CheckpointError("not a medml model (no record of pipeline and config)", path)
+        return ckpt
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -98,14 +144,17 @@ def load_checkpoint(
     expect_pipeline: str | None = None,
     device: str | torch.device = "cpu",
     final_only: bool = False,
+    overrides: list[str] | None = None,
 ):
-    """Rebuild ``(pipeline, module)`` from a medml checkpoint (``model.ckpt`` or a Lightning stage checkpoint).
+    """Rebuild ``(pipeline, module)`` from a medml checkpoint (``model.ckpt``, a Lightning stage checkpoint, an
+    exported ``.safetensors``, or a URL / hub id of one: see `medml.hub`).
 
     The module is in eval mode on ``device``. With ``final_only`` (``medml predict`` and ``evaluate``), a checkpoint
     that is not a finished run's model (an intermediate stage of a multi-stage run, weights before the EMA or a
-    run stage) is refused with an error naming the run's ``model.ckpt``.
+    run stage) is refused with an error naming the run's ``model.ckpt``. ``overrides`` (``--set key=value``) change
+    the stored config before the model is built: inference options such as explanations or test-time augmentation.
     """
-    path = Path(path)
+    path = resolve_source(path)
     ckpt = read_checkpoint(path)
     meta = ckpt["medml"]
     if expect_pipeline and meta["pipeline"] != expect_pipeline:
@@ -117,6 +166,8 @@ def load_checkpoint(
         config = load_config(pipeline_cls.Config, meta["config"])
     except MedmlError as exc:
         raise CheckpointError(f"its config does not fit this medml version: {exc}", path) from None
+    if overrides:
+        config = load_config(pipeline_cls.Config, config.model_dump(mode="python"), overrides)
     pipeline = pipeline_cls(config)
     module = pipeline.build_module(None)
     try:
@@ -124,4 +175,5 @@ def load_checkpoint(
     except RuntimeError as exc:
         raise CheckpointError(f"weights do not fit the model: {str(exc).splitlines()[0]}", path) from None
     module.pipeline_name = pipeline.name
+    module.model_card = ckpt.get("card")  # an exported model's card (data fingerprint, metrics), else None
     return pipeline, module.to(device).eval()

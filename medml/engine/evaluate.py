@@ -18,11 +18,14 @@ def evaluate(
     out_dir: str | Path,
     split: str = "test",
     device: str = "cpu",
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if not data_dir.is_dir():
         raise ConfigError("data folder not found", data_dir)
-    pipeline, module = load_checkpoint(checkpoint, expect_pipeline=name, device=device, final_only=True)
+    pipeline, module = load_checkpoint(
+        checkpoint, expect_pipeline=name, device=device, final_only=True, overrides=overrides
+    )
     pipeline.check_layout(data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = base_record(

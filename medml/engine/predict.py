@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
@@ -94,7 +95,7 @@ def predict_folder(
     num_parts: int = 1,
     part_id: int = 0,
     progress: bool = True,
-    checkpoint: str | Path | None = None,
+    checkpoint: str | Path | list[str | Path] | None = None,
     anonymize_paths: bool = True,
 ) -> PredictSummary:
     """Predict every case under ``input_dir`` that belongs to shard ``part_id`` of ``num_parts``.
@@ -121,8 +122,8 @@ def predict_folder(
         pipeline.name,
         input_dir=None if anonymize_paths else str(input_dir.resolve()),
         input_fingerprint=_input_fingerprint(input_dir),
-        checkpoint=str(checkpoint) if checkpoint else None,
-        checkpoint_sha256=_sha256(checkpoint) if checkpoint else None,
+        checkpoint=_each(checkpoint, str),
+        checkpoint_sha256=_each(checkpoint, _sha256),
         model_sha256=fingerprint,
         config=pipeline.config.model_dump(mode="json"),
         num_parts=num_parts,
@@ -304,13 +305,112 @@ def _input_fingerprint(input_dir: Path) -> str | None:
         return None
 
 
+def _each(checkpoint: Any, fn: Any) -> Any:
+    """``fn`` of one checkpoint, or the list of ``fn`` of an ensemble's checkpoints (None for none)."""
+    if not checkpoint:
+        return None
+    if isinstance(checkpoint, list | tuple):
+        return [fn(c) for c in checkpoint] if len(checkpoint) > 1 else fn(checkpoint[0])
+    return fn(checkpoint)
+
+
+class Ensemble(torch.nn.ModuleList):
+    """Several trained models of one pipeline (e.g. the folds of a cross-validation), predicted as one.
+
+    Each member runs the pipeline's ``predict_batch``; the outputs of a case are combined by the pipeline's
+    ``ensemble_outputs(outputs)`` when it defines one, else by `average_outputs`.
+    """
+
+
+def load_models(
+    checkpoints: list[str | Path],
+    expect_pipeline: str | None = None,
+    device: str | torch.device = "cpu",
+    overrides: list[str] | None = None,
+) -> tuple[Any, torch.nn.Module]:
+    """``(pipeline, module)`` of one checkpoint, or of several as an `Ensemble` (the first one's pipeline and
+    config write the outputs, so all must be of one pipeline with the same labels)."""
+    from medml.engine.checkpoint import load_checkpoint
+
+    loaded = [
+        load_checkpoint(c, expect_pipeline=expect_pipeline, device=device, final_only=True, overrides=overrides)
+        for c in checkpoints
+    ]
+    pipeline, module = loaded[0]
+    if len(loaded) == 1:
+        return pipeline, module
+    labels = _labels(pipeline)
+    for source, (other, _) in zip(checkpoints[1:], loaded[1:]):
+        if other.name != pipeline.name:
+            raise ConfigError(f"an ensemble is of one pipeline: '{other.name}' is not '{pipeline.name}'", source)
+        if _labels(other) != labels:
+            raise ConfigError(
+                "its labels differ from the first checkpoint's; an ensemble averages like with like", source
+            )
+    return pipeline, Ensemble([m for _, m in loaded]).eval()
+
+
+def _labels(pipeline: Any) -> Any:
+    model = getattr(pipeline.config, "model", None)
+    return getattr(model, "labels", None)
+
+
+#: Output keys `average_outputs` averages unless the pipeline names its own in ``ensemble_average``.
+AVERAGED = ("probs", "probabilities", "probability", "prob", "thresholds")
+
+
+def average_outputs(outputs: list[Any], keys: tuple[str, ...] = AVERAGED) -> Any:
+    """The generic ensemble rule: the mean of each floating-point output named in ``keys`` over the members; a
+    ``decision`` beside ``probs`` and ``thresholds`` is recomputed from the means; every other value (masks,
+    explanations) is the first member's. A pipeline whose outputs need another rule defines ``ensemble_outputs``."""
+    first = outputs[0]
+    bad = next((o for o in outputs if isinstance(o, BaseException)), None)
+    if bad is not None:
+        return bad
+    if not isinstance(first, dict):
+        return first
+    combined, averaged = dict(first), []
+    for key in keys:
+        values = [o.get(key) for o in outputs]
+        arrays = [np.asarray(v.float().cpu() if isinstance(v, torch.Tensor) else v) for v in values]
+        if all(a.dtype.kind == "f" and a.shape == arrays[0].shape for a in arrays):
+            mean = np.mean(arrays, axis=0).astype(arrays[0].dtype)
+            combined[key] = float(mean) if isinstance(values[0], float) else mean
+            averaged.append(key)
+    if not averaged:
+        raise MedmlError(
+            "this pipeline's outputs have no probabilities to average; predict with one --checkpoint "
+            "(or give the pipeline an ensemble_outputs rule)"
+        )
+    if {"probs", "thresholds", "decision"} <= set(combined):
+        combined["decision"] = np.asarray(combined["probs"]) >= np.asarray(combined["thresholds"])
+    return combined
+
+
+def _predict_members(pipeline: Any, module: torch.nn.Module, samples: list[dict]) -> list:
+    if not isinstance(module, Ensemble):
+        return pipeline.predict_batch(module, samples)
+    per_member = [pipeline.predict_batch(member, samples) for member in module]
+    rule = getattr(pipeline, "ensemble_outputs", None)
+    keys = tuple(getattr(pipeline, "ensemble_average", AVERAGED))
+    combined = []
+    for case_outputs in zip(*per_member):
+        try:
+            combined.append(rule(list(case_outputs)) if rule else average_outputs(list(case_outputs), keys))
+        except FATAL:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the runner makes it this case's failures.csv row
+            combined.append(exc)
+    return combined
+
+
 @torch.no_grad()
 def _predict(pipeline: Any, module: torch.nn.Module, samples: list[dict], device: torch.device) -> list:
     """One batch; if the batch fails, each sample alone, so a single bad case fails only itself."""
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     try:
         with autocast:
-            return pipeline.predict_batch(module, samples)
+            return _predict_members(pipeline, module, samples)
     except FATAL:
         raise
     except BaseException as exc:  # noqa: BLE001

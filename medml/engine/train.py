@@ -13,7 +13,9 @@ A run folder looks like::
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +27,14 @@ import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from medml.config import StageConfig, TrainConfig, dump_config
+from medml.config import StageConfig, TrainConfig, dump_config, load_config
 from medml.engine.callbacks import EMAWeights, RandomStateCallback
 from medml.engine.checkpoint import save_model
 from medml.engine.record import base_record, now
 from medml.errors import ConfigError
 from medml.utils.files import atomic_path, write_json, write_text
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,11 +51,21 @@ def is_rank_zero() -> bool:
     )
 
 
+def auto_accelerator() -> str:
+    """CUDA where present, else Apple's MPS (ops without an MPS kernel fall back to the CPU when
+    ``PYTORCH_ENABLE_MPS_FALLBACK=1``, which ``medml`` sets on macOS), else the CPU."""
+    if torch.cuda.is_available():
+        return "gpu"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def resolve_devices(cfg: TrainConfig) -> dict[str, Any]:
     """Accelerator, devices, nodes and strategy, honouring a ``torchrun`` or SLURM launch."""
     accelerator = cfg.accelerator
     if accelerator == "auto":
-        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+        accelerator = auto_accelerator()
     if "LOCAL_WORLD_SIZE" in os.environ and "WORLD_SIZE" in os.environ:  # launched by torchrun
         local = int(os.environ["LOCAL_WORLD_SIZE"])
         world = int(os.environ["WORLD_SIZE"])
@@ -90,6 +104,40 @@ def resolve_precision(cfg: TrainConfig, accelerator: str) -> str:
     return "32-true"
 
 
+TRACKER_PACKAGES = {"mlflow": "mlflow", "wandb": "wandb"}
+
+
+def check_trackers(cfg: TrainConfig) -> None:
+    """An enabled tracker whose package is absent is a one-line error before anything is written."""
+    for name in cfg.trackers:
+        if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
+            raise ConfigError(
+                f"config key 'train.trackers': {name} is enabled but the {TRACKER_PACKAGES[name]} package is not "
+                f"installed (pip install {TRACKER_PACKAGES[name]}, or pip install 'medml[trackers]')"
+            )
+
+
+def tracker_loggers(cfg: TrainConfig, run_dir: Path, stage_name: str) -> list[Any]:
+    """Lightning's MLflow / Weights & Biases loggers for the trackers the config enables (none by default).
+
+    MLflow logs to ``$MLFLOW_TRACKING_URI`` or, without it, to ``RUN/mlruns``; W&B follows its own environment
+    (``WANDB_MODE=offline`` keeps it local). Each stage is a run in the experiment ``train.experiment``.
+    """
+    from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
+
+    check_trackers(cfg)
+    experiment = cfg.experiment or f"medml-{run_dir.resolve().name}"
+    loggers: list[Any] = []
+    for name in cfg.trackers:
+        run_name = f"{run_dir.resolve().name}/{stage_name}"
+        if name == "mlflow":
+            uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir.resolve() / "mlruns").as_uri()
+            loggers.append(MLFlowLogger(experiment_name=experiment, run_name=run_name, tracking_uri=uri))
+        elif name == "wandb":
+            loggers.append(WandbLogger(project=experiment, name=run_name, save_dir=str(run_dir)))
+    return loggers
+
+
 def build_trainer(
     cfg: TrainConfig, stage: StageConfig, stage_dir: Path, run_dir: Path, manual_optimization: bool = False
 ) -> tuple[L.Trainer, ModelCheckpoint]:
@@ -115,6 +163,7 @@ def build_trainer(
     loggers = [
         CSVLogger(save_dir=stage_dir, name="logs", version=f"attempt{attempt}"),
         TensorBoardLogger(save_dir=run_dir / "tensorboard", name=stage_dir.name, version=""),
+        *tracker_loggers(cfg, run_dir, stage_dir.name),
     ]
     trainer = L.Trainer(
         **devices,
@@ -188,7 +237,7 @@ def _last_values(stage_dir: Path) -> dict[str, float]:
 
 
 # Keys that may differ between a run and its --resume: they change how it runs, not what it computes.
-RESUME_MAY_CHANGE = {"train.progress", "train.num_workers"}
+RESUME_MAY_CHANGE = {"train.progress", "train.num_workers", "train.trackers", "train.experiment"}
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -230,12 +279,33 @@ def _save_stage(stage_dir: Path, module: torch.nn.Module, summary: dict[str, Any
     write_json(stage_dir / "done.json", {**summary, "finished": now()})
 
 
-def train(pipeline: Any, data_dir: str | Path, run_dir: str | Path, resume: bool = False) -> TrainResult:
+def _resume_fold(run_dir: Path, fold: int | None, num_folds: int) -> tuple[int | None, int]:
+    """A resumed run keeps its fold: taken from its run.json when not given, refused when given differently."""
+    record = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    saved = record.get("fold")
+    saved_fold = saved.get("fold") if isinstance(saved, dict) else None
+    saved_n = saved.get("num_folds", num_folds) if isinstance(saved, dict) else num_folds
+    if fold is None:
+        return saved_fold, saved_n
+    if saved_fold != fold or saved_n != num_folds:
+        raise ConfigError(f"--fold {fold}: the run being resumed trained fold {saved_fold}; omit --fold", run_dir)
+    return fold, num_folds
+
+
+def train(
+    pipeline: Any,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    resume: bool = False,
+    fold: int | None = None,
+    num_folds: int = 5,
+) -> TrainResult:
     """Train ``pipeline`` on the dataset in ``data_dir`` into the run folder ``run_dir``.
 
     With ``resume``, finished stages are skipped (their end state restored) and the unfinished stage continues
     from its ``last.ckpt``; the config must equal the run's ``config.yaml`` (``--resume`` on the command line
-    loads it).
+    loads it). With ``fold``, train on one fold of the dataset's cross-validation (official folds where the
+    dataset has them, else fold ``fold`` of a generated ``num_folds``-fold split; `medml.engine.data`).
     """
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     if not data_dir.is_dir():
@@ -248,13 +318,28 @@ def train(pipeline: Any, data_dir: str | Path, run_dir: str | Path, resume: bool
         )
     if resume and not stages_root.exists():
         raise ConfigError("nothing to resume: the run folder has no stages/", run_dir)
+    if num_folds < 2:
+        raise ConfigError(f"--folds {num_folds}: a cross-validation needs at least 2 folds")
     if resume:
         check_resume_config(pipeline, run_dir)
+        fold, num_folds = _resume_fold(run_dir, fold, num_folds)
     cfg = pipeline.config
+    check_trackers(cfg.train)
     pipeline.check_layout(data_dir)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
 
     datamodule = pipeline.datamodule(data_dir)
+    if fold is not None:
+        if not hasattr(datamodule, "fold_scheme"):
+            raise ConfigError(f"--fold: the {pipeline.name} pipeline's data module has no fold mechanism")
+        key = getattr(datamodule, "fold_key", None)
+        if key is not None:  # the config chooses the fold: set it there, so config.yaml records it
+            pipeline.config = load_config(type(cfg), cfg.model_dump(mode="python"), [f"{key}={fold}"])
+            cfg = pipeline.config
+            if resume:
+                check_resume_config(pipeline, run_dir)
+            datamodule = pipeline.datamodule(data_dir)
+        datamodule.fold, datamodule.num_folds = fold, num_folds
     datamodule.setup("fit")
     module = pipeline.build_module(datamodule)
     module.pipeline_name = pipeline.name
@@ -272,6 +357,7 @@ def train(pipeline: Any, data_dir: str | Path, run_dir: str | Path, resume: bool
         split=pipeline.split_summary(datamodule),
         stages=[s.name for s in stages],
         devices=resolve_devices(cfg.train),
+        fold=None if fold is None else {"fold": fold, "num_folds": num_folds, **datamodule.fold_scheme()},
     )
     if resume and (run_dir / "run.json").is_file():  # keep the original record; note each resume
         first = json.loads((run_dir / "run.json").read_text())
@@ -285,6 +371,7 @@ def train(pipeline: Any, data_dir: str | Path, run_dir: str | Path, resume: bool
     if rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", dump_config(cfg))
+        log.info("training %s into %s (stages: %s)", pipeline.name, run_dir, ", ".join(s.name for s in stages))
         write_json(run_dir / "run.json", record)
 
     stage_dirs = [(s.name, stages_root / f"{i:02d}-{s.name}") for i, s in enumerate(stages)]

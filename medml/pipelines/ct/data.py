@@ -58,6 +58,7 @@ class CtRateData(MedmlDataModule):
     """Training folds and the validation fold of CT-RATE train (the official ``valid`` split is the test set)."""
 
     config: CtConfig
+    fold_key = "data.fold"  # ``--fold K`` sets the patient-level fold of the paper's 5-fold CV
 
     def build_datasets(self):
         train, val = fold_datasets(self.data_dir, self.config)

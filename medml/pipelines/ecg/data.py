@@ -156,18 +156,23 @@ class EcgDataModule(MedmlDataModule):
     """PTB-XL folds 1-8 / 9 (71-label 'all' targets, every record kept) from the memory-mapped cache."""
 
     config: EcgConfig
+    official_folds = tuple(range(1, 10))  # ``--fold K``: validate on strat_fold K, train on the rest of 1-9
 
     def build_datasets(self) -> tuple[Dataset, Dataset]:
         self.ptbxl = open_ptbxl(self.data_dir, self.config)
         self.train_index = self.ptbxl.split_indices("train")
         self.val_index = self.ptbxl.split_indices("val")
+        if self.fold is not None:  # fold 10 stays the test set; --fold 9 is the default split
+            pool = np.union1d(self.train_index, self.val_index)
+            self.train_index = pool[self.ptbxl.folds[pool] != self.fold]
+            self.val_index = pool[self.ptbxl.folds[pool] == self.fold]
         # Standardisation lives in the module (buffers in the checkpoint), so datasets return raw mV.
         self.mean = self.std = None
         if self.config.data.standardize:
             self.mean, self.std = fit_standardizer(self.ptbxl.signals, self.train_index)
         self.split_summary = {
-            "train_folds": list(range(1, 9)),
-            "val_folds": [9],
+            "train_folds": [f for f in range(1, 10) if f != (self.fold or 9)],
+            "val_folds": [self.fold or 9],
             "test_folds": [10],
             "n_train": int(len(self.train_index)),
             "n_val": int(len(self.val_index)),
