@@ -73,6 +73,8 @@ def to_display(arr: np.ndarray, ds: Dataset, *, voi: bool) -> np.ndarray:
     rescale_params(ds)  # refuses a non-numeric, infinite or zero slope before pydicom's LUT code meets it
     out = apply_modality_lut(arr, ds) if ("RescaleSlope" in ds or "ModalityLUTSequence" in ds) else arr
     if voi and ("WindowCenter" in ds or "VOILUTSequence" in ds):
+        if out.dtype.kind == "f" and "VOILUTSequence" in ds and np.array_equal(out, np.round(out)):
+            out = out.astype(np.int64)  # an identity rescale returns floats; a LUT is indexed by integers
         out = apply_voi_lut(out, ds, prefer_lut=True)
     if photometric == "MONOCHROME1":
         # Invert about the output range so the ordering of intensities flips but the range is kept. pydicom's
