@@ -112,8 +112,10 @@ def set_loss(
         n_sel += len(sel_idx)
         for k in levels:
             onehot = torch.zeros_like(logits_i[k])
-            if len(sel_idx):
-                onehot[sel_idx, tgt["labels"][gidx, k]] = 1.0
+            lab = tgt["labels"][gidx, k]
+            ok = lab >= 0  # a box without this level's label is no positive of it (and no negative either)
+            if ok.any():
+                onehot[sel_idx[ok], lab[ok]] = 1.0
             ce[k] = ce[k] + sigmoid_focal_loss(
                 logits_i[k].float(), onehot.float(), cfg.focal_alpha, cfg.focal_gamma, reduction="sum"
             )

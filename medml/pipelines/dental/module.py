@@ -10,6 +10,7 @@ Validation runs DDIM sampling on the stage tier's val split and logs COCO AP per
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,9 +20,9 @@ import torch
 from medml.config import StageConfig
 from medml.pipelines.base import MedmlModule
 from medml.pipelines.dental.baselines import TorchvisionBaseline
-from medml.pipelines.dental.config import TIER_LEVELS, DentalConfig, DentalStage
+from medml.pipelines.dental.config import LEVELS, TIER_LEVELS, DentalConfig, DentalStage
 from medml.pipelines.dental.data import DATA_TIER, DentexDetection, collate
-from medml.pipelines.dental.evaluate import level_metrics
+from medml.pipelines.dental.evaluate import all_levels
 from medml.pipelines.dental.losses import detection_loss
 from medml.pipelines.dental.model import HierarchicalDiffusionDet
 
@@ -132,12 +133,13 @@ class DentalModule(MedmlModule):
             return
         images = dm.datasets[DATA_TIER[self.stage.tier]][1].images
         dets = dict(self._val)
+        result = all_levels(images, dets)
         aps, ap50s = [], []
-        for level in range(self.stage_level() + 1):
-            m = level_metrics(images, dets, level)
-            aps.append(m["AP"])
-            ap50s.append(m["AP50"])
-            self.log(f"val_ap_{level}", m["AP"], sync_dist=True)
+        for level in LEVELS[: self.stage_level() + 1]:  # the levels this stage supervises
+            m = result[level]
+            aps.append(0.0 if math.isnan(m["AP"]) else m["AP"])
+            ap50s.append(0.0 if math.isnan(m["AP50"]) else m["AP50"])
+            self.log(f"val_ap_{level}", aps[-1], sync_dist=True)
         self.log("val_ap", float(np.mean(aps)), prog_bar=True, sync_dist=True)
         self.log("val_ap50", float(np.mean(ap50s)), sync_dist=True)
         self._val = []

@@ -11,7 +11,6 @@ import torch
 from medml.data import dentex
 from medml.errors import AbsurdSizeError, UnsupportedFormatError
 from medml.pipelines.base import MedmlModule, Pipeline
-from medml.pipelines.dental import outputs
 from medml.pipelines.dental.config import DentalConfig
 from medml.pipelines.dental.data import DentexData, collate, to_network
 from medml.pipelines.dental.evaluate import evaluate_split
@@ -94,6 +93,8 @@ class DentalPipeline(Pipeline):
         return module.detect_batch(batch, level=2)
 
     def write_case(self, case: Any, sample: dict[str, Any], output: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+        from medml.pipelines.dental import outputs  # the output writers (COCO results, submission, SR, overlay)
+
         return outputs.write_case_outputs(self.config, case, sample, output, out_dir)
 
     # ----- evaluation -----------------------------------------------------------------------------------------------
