@@ -81,6 +81,16 @@ def fdi_indices(code: int) -> tuple[int, int]:
     return quadrant - 1, tooth - 1
 
 
+def flip_quadrant_labels(labels: Any) -> Any:
+    """Labels of a left-right mirrored panoramic: quadrants 1<->2 and 3<->4 swap (column 0 of (N, 3) labels, torch or
+    numpy; -1 stays), tooth positions and diagnoses do not. The hook for `medml.transforms.detection.HorizontalFlip`."""
+    out = labels.clone() if hasattr(labels, "clone") else np.array(labels, copy=True)
+    quadrant = out[..., 0]
+    flipped = quadrant ^ 1  # 0<->1, 2<->3
+    out[..., 0] = flipped * (quadrant >= 0) + quadrant * (quadrant < 0)
+    return out
+
+
 @dataclass
 class DentexImage:
     """One panoramic of a tier with its boxes; ``labels`` columns are (quadrant, tooth, diagnosis), -1 = not
@@ -631,6 +641,8 @@ def read_panoramic(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     from medml.io import read_image
 
     image = read_image(path, voi=True)
+    if image.meta.get("mode") == "P":  # a palette image stores indices: read its colours instead
+        image = read_image(path, rgb=True)
     array = np.asarray(image.array)
     if array.ndim == 3:
         array = array[..., :3].astype(np.float32).mean(axis=-1) if array.shape[-1] >= 3 else array[..., 0]

@@ -199,3 +199,15 @@ def test_clinical_panoramics_read_display_correct(clinical, name):
     assert np.corrcoef(image.ravel(), truth.ravel())[0, 1] > 0.99
     if name.endswith(".dcm"):
         assert meta["Modality"] in ("DX", "PX", "IO")
+
+
+def test_palette_and_rgba_pngs_read_as_grey(tmp_path):
+    from PIL import Image
+
+    grey = (np.arange(48 * 96).reshape(48, 96) % 251).astype(np.uint8)
+    Image.fromarray(grey).convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(tmp_path / "p.png")
+    Image.fromarray(np.stack([grey, grey, grey, np.full_like(grey, 255)], -1)).save(tmp_path / "rgba.png")
+    for name in ("p.png", "rgba.png"):
+        image, _ = read_panoramic(tmp_path / name)
+        assert image.shape == grey.shape
+        np.testing.assert_allclose(image, grey / 255.0, atol=2 / 255)
