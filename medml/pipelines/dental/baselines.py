@@ -46,12 +46,17 @@ class TorchvisionBaseline(nn.Module):
             "image_std": [1.0, 1.0, 1.0],
         }
         if cfg.arch == "fasterrcnn":
-            self.net = FasterRCNN(backbone, num_classes=N_JOINT + 1, box_detections_per_img=cfg.max_detections, **common)
+            self.net = FasterRCNN(
+                backbone, num_classes=N_JOINT + 1, box_detections_per_img=cfg.max_detections, **common
+            )
         else:
             sizes = tuple((s, int(s * 2 ** (1 / 3)), int(s * 2 ** (2 / 3))) for s in (32, 64, 128, 256, 512))
             anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 5)
             self.net = RetinaNet(
-                backbone, num_classes=N_JOINT + 1, anchor_generator=anchors, detections_per_img=cfg.max_detections,
+                backbone,
+                num_classes=N_JOINT + 1,
+                anchor_generator=anchors,
+                detections_per_img=cfg.max_detections,
                 **common,
             )
 

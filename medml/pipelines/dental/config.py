@@ -56,8 +56,22 @@ class DentalData(Strict):
     # HierarchicalDet beyond the inherited detectron2 defaults).
     min_size: Annotated[int, Field(ge=32, le=2048)] = 800
     max_size: Annotated[int, Field(ge=32, le=4096)] = 1333
-    train_min_sizes: list[Annotated[int, Field(ge=32, le=2048)]] = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
-    size_divisor: PositiveInt = 32
+    train_min_sizes: list[Annotated[int, Field(ge=32, le=2048)]] = [
+        480,
+        512,
+        544,
+        576,
+        608,
+        640,
+        672,
+        704,
+        736,
+        768,
+        800,
+    ]
+    # detectron2's "absolute range" crop of the HierarchicalDet config (p 0.5, window 384..600 px after resizing the
+    # short side to 400/500/600); null disables it
+    crop: tuple[Annotated[int, Field(ge=16)], Annotated[int, Field(ge=16)]] | None = (384, 600)
     hflip_p: Probability = 0.5  # with quadrant remapping 1<->2, 3<->4
     val_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1  # held-out share of the quadrant/enumeration tiers
     split_seed: NonNegativeInt = 0

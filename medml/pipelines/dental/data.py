@@ -1,9 +1,9 @@
 """DENTEX tiers as detection datasets: one per hierarchy stage, chosen by the stage the module is in.
 
-Each sample is the panoramic resized so its short side is ``data.min_size`` (a random ``train_min_sizes`` entry when
-training, long side capped at ``max_size``), flipped left-right with quadrant remapping (1<->2, 3<->4; the released
-code flips without it, spec §2.8), as three identical channels normalised with detectron2's pixel statistics;
-boxes (and any prior boxes of the previous stage) follow the same resize and flip.
+Samples go through `medml.transforms.detection.DetectionTransform` (DiffusionDet's input pipeline, spec §1.1):
+short side drawn from ``data.train_min_sizes`` (``data.min_size`` at test), long side capped at ``max_size``, the
+optional absolute-range crop, a left-right flip that remaps quadrants (1<->2, 3<->4; the released code flips without
+it, spec §2.8) and detectron2's pixel normalisation; the previous stage's prior boxes move with the GT boxes.
 """
 
 from __future__ import annotations
@@ -13,41 +13,29 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from medml.data import dentex
 from medml.engine.data import MedmlDataModule, eval_loader, train_loader
-from medml.pipelines.dental.config import TIER_LEVELS, DentalConfig, DentalStage
-from medml.pipelines.dental.model import PIXEL_MEAN, PIXEL_STD
+from medml.pipelines.dental.config import TIER_LEVELS, DentalConfig, DentalData, DentalStage
+from medml.transforms.detection import DetectionTransform, detection_collate, to_image_tensor
 
 #: stage tier -> DENTEX tier folder of the data adapter
 DATA_TIER = {"quadrant": "quadrant", "enumeration": "enumeration", "diagnosis": "disease"}
-FLIP_QUADRANT = np.array([1, 0, 3, 2])  # quadrant index after a left-right flip (1<->2, 3<->4)
 
 
-def resize_shape(h: int, w: int, short: int, max_size: int) -> tuple[int, int, float]:
-    scale = short / min(h, w)
-    if max(h, w) * scale > max_size:
-        scale = max_size / max(h, w)
-    return max(1, round(h * scale)), max(1, round(w * scale)), scale
-
-
-def to_network(grey: np.ndarray, short: int, max_size: int) -> tuple[torch.Tensor, float]:
-    """Grey [0, 1] (H, W) -> normalised (3, h, w) at the recipe's scale, and that scale."""
-    h, w = grey.shape
-    nh, nw, scale = resize_shape(h, w, short, max_size)
-    x = torch.from_numpy(np.ascontiguousarray(grey, np.float32))[None, None] * 255.0
-    x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
-    mean = torch.tensor(PIXEL_MEAN)[:, None, None]
-    std = torch.tensor(PIXEL_STD)[:, None, None]
-    return (x.expand(3, -1, -1) - mean) / std, scale
-
-
-def flip_boxes(boxes: np.ndarray, width: float) -> np.ndarray:
-    out = boxes.copy()
-    out[:, 0], out[:, 2] = width - boxes[:, 2], width - boxes[:, 0]
-    return out
+def transform(cfg: DentalData, train: bool) -> DetectionTransform:
+    return DetectionTransform(
+        train=train,
+        short_sizes=cfg.train_min_sizes,
+        max_size=cfg.max_size,
+        test_size=cfg.min_size,
+        flip_p=cfg.hflip_p,
+        label_remap=dentex.flip_quadrant_labels,
+        crop=tuple(cfg.crop) if cfg.crop else None,
+        box_keys=("boxes", "priors"),
+        row_keys=("labels",),
+    )
 
 
 def level_mask(image: dentex.DentexImage) -> torch.Tensor:
@@ -56,14 +44,27 @@ def level_mask(image: dentex.DentexImage) -> torch.Tensor:
     return torch.tensor([lv in levels for lv in dentex.LEVELS])
 
 
+def network_sample(grey: np.ndarray, cfg: DentalData, **extra: Any) -> dict[str, Any]:
+    """A panoramic (grey HxW in [0, 1]) as a test-time network sample (no boxes)."""
+    sample = {
+        "image": to_image_tensor(grey),
+        "boxes": torch.zeros(0, 4),
+        "labels": torch.zeros(0, 3, dtype=torch.long),
+        "priors": torch.zeros(0, 4),
+        "levels": torch.ones(3, dtype=torch.bool),
+        **extra,
+    }
+    return transform(cfg, train=False)(sample)
+
+
 class DentexDetection(Dataset):
     """Samples of one tier's split. ``priors`` (case id -> (K, 4) xyxy pixels of the source image) are the
     previous stage's detections, set by the module before a stage that injects them."""
 
     def __init__(self, images: list[dentex.DentexImage], config: DentalConfig, train: bool):
-        self.images, self.cfg, self.train = list(images), config.data, train
+        self.images, self.train = list(images), train
+        self.transform = transform(config.data, train)
         self.priors: dict[str, np.ndarray] = {}
-        self.epoch_seed = config.train.seed
 
     def __len__(self) -> int:
         return len(self.images)
@@ -71,50 +72,24 @@ class DentexDetection(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         im = self.images[index]
         grey, _ = dentex.read_panoramic(im.image_path)
-        rng = np.random.default_rng() if self.train else None
-        short = int(rng.choice(self.cfg.train_min_sizes)) if rng is not None else self.cfg.min_size
-        image, scale = to_network(grey, short, self.cfg.max_size)
-        boxes = np.asarray(im.boxes, np.float32).reshape(-1, 4)
-        labels = np.asarray(im.labels, np.int64).reshape(-1, 3).copy()
         prior = np.asarray(self.priors.get(im.case_id, np.zeros((0, 4))), np.float32).reshape(-1, 4)
-        width = grey.shape[1]
-        if rng is not None and rng.random() < self.cfg.hflip_p:
-            image = image.flip(-1)
-            boxes, prior = flip_boxes(boxes, width), flip_boxes(prior, width)
-            has_q = labels[:, 0] >= 0
-            labels[has_q, 0] = FLIP_QUADRANT[labels[has_q, 0]]
-        return {
-            "image": image,
-            "boxes": torch.from_numpy(boxes * scale),
-            "labels": torch.from_numpy(labels),
+        sample = {
+            "image": to_image_tensor(grey),
+            "boxes": torch.as_tensor(np.asarray(im.boxes, np.float32).reshape(-1, 4)),
+            "labels": torch.as_tensor(np.asarray(im.labels, np.int64).reshape(-1, 3)),
+            "priors": torch.as_tensor(prior),
             "levels": level_mask(im),
-            "priors": torch.from_numpy(prior * scale),
-            "scale": scale,
             "case_id": im.case_id,
-            "index": index,
         }
-
-
-def pad_batch(images: list[torch.Tensor], divisor: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-pad (the normalised mean) to a common size divisible by ``divisor``; (B, 3, H, W) and (B, 2) sizes."""
-    sizes = torch.tensor([im.shape[-2:] for im in images])
-    h, w = (int(-(-int(v) // divisor) * divisor) for v in sizes.max(0).values)
-    batch = images[0].new_zeros(len(images), images[0].shape[0], h, w)
-    for i, im in enumerate(images):
-        batch[i, :, : im.shape[1], : im.shape[2]] = im
-    return batch, sizes
+        return self.transform(sample)
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    images, sizes = pad_batch([s["image"] for s in samples])
-    targets = [{k: s[k] for k in ("boxes", "labels", "levels", "priors")} for s in samples]
-    return {
-        "images": images,
-        "image_sizes": sizes,
-        "targets": targets,
-        "scales": [s["scale"] for s in samples],
-        "case_ids": [s["case_id"] for s in samples],
-    }
+    """`detection_collate` (images padded to a multiple of 32, image sizes, per-image targets) as a dict."""
+    images, sizes, targets = detection_collate(samples)
+    for t in targets:
+        t["priors"] = torch.as_tensor(t.get("priors", torch.zeros(0, 4)), dtype=torch.float32).reshape(-1, 4)
+    return {"images": images, "image_sizes": sizes, "targets": targets, "case_ids": [t.get("case_id") for t in targets]}
 
 
 class DentexData(MedmlDataModule):
@@ -165,4 +140,4 @@ def split_images(data_dir: Path, config: DentalConfig, split: str) -> list[dente
     return parts[split]
 
 
-__all__ = ["TIER_LEVELS", "DentexData", "DentexDetection", "collate", "split_images", "to_network"]
+__all__ = ["TIER_LEVELS", "DentexData", "DentexDetection", "collate", "network_sample", "split_images"]

@@ -53,7 +53,9 @@ def evaluate_split(config, module, data_dir: Path, split: str, out_dir: Path) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", result)
     write_json(out_dir / "detections.json", coco_results(images, dets))
-    per_class_figure(result, out_dir / "ap_per_class.png", title=f"HierarchicalDet, DENTEX {split} ({len(images)} images)")
+    per_class_figure(
+        result, out_dir / "ap_per_class.png", title=f"HierarchicalDet, DENTEX {split} ({len(images)} images)"
+    )
     headline = {f"{lv}_{k}": result["levels"][lv][k] for lv in LEVELS for k in ("AP", "AP50", "AP75", "AR")}
     headline.update({f"mean_{k}": v for k, v in result["mean"].items()})
     return headline

@@ -34,7 +34,12 @@ PIXEL_MEAN = (123.675, 116.280, 103.530)
 PIXEL_STD = (58.395, 57.120, 57.375)
 BBOX_WEIGHTS = (2.0, 2.0, 1.0, 1.0)
 SCALE_CLAMP = math.log(100000.0 / 16)
-IMAGENET = {"resnet50": "IMAGENET1K_V1", "resnet101": "IMAGENET1K_V1", "swin_b": "IMAGENET1K_V1", "resnet18": "IMAGENET1K_V1"}
+IMAGENET = {
+    "resnet50": "IMAGENET1K_V1",
+    "resnet101": "IMAGENET1K_V1",
+    "swin_b": "IMAGENET1K_V1",
+    "resnet18": "IMAGENET1K_V1",
+}
 
 
 # ----- backbone -------------------------------------------------------------------------------------------------------
@@ -134,10 +139,16 @@ def build_backbone(cfg: DentalModel, pretrained: bool) -> nn.Module:
 
 def _narrow_resnet(width: int) -> nn.Module:
     """A ResNet-10 (one BasicBlock per stage) whose stages are ``width, 2w, 4w, 8w`` wide (tiny recipes)."""
-    net = models.resnet.ResNet(models.resnet.BasicBlock, [1, 1, 1, 1], norm_layer=nn.BatchNorm2d)
+
+    # GroupNorm: tiny batches of 2-4 images give BatchNorm running statistics that lag the weights for hundreds of
+    # iterations, so evaluation early in a short run would see another network than training did.
+    def norm(c: int) -> nn.Module:
+        return nn.GroupNorm(min(8, c // 2), c)
+
+    net = models.resnet.ResNet(models.resnet.BasicBlock, [1, 1, 1, 1], norm_layer=norm)
     net.inplanes = width
     net.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
-    net.bn1 = nn.BatchNorm2d(width)
+    net.bn1 = norm(width)
     net.layer1 = net._make_layer(models.resnet.BasicBlock, width, 1)
     net.layer2 = net._make_layer(models.resnet.BasicBlock, width * 2, 1, stride=2)
     net.layer3 = net._make_layer(models.resnet.BasicBlock, width * 4, 1, stride=2)

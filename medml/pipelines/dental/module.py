@@ -25,6 +25,7 @@ from medml.pipelines.dental.data import DATA_TIER, DentexDetection, collate
 from medml.pipelines.dental.evaluate import all_levels
 from medml.pipelines.dental.losses import detection_loss
 from medml.pipelines.dental.model import HierarchicalDiffusionDet
+from medml.transforms.detection import boxes_to_original
 
 
 def build_model(config: DentalConfig, pretrained: bool = False) -> torch.nn.Module:
@@ -62,12 +63,23 @@ class DentalModule(MedmlModule):
 
     def start_stage(self, stage: DentalStage) -> None:
         super().start_stage(stage)
+        self._prior_count: float | None = None
         dm = self.datamodule_ref
         prev = self.previous_stage(stage)
-        if dm is None or prev is None or self.config.hierarchy.inject == "none" or self.config.model.arch != "diffusiondet":
+        if (
+            dm is None
+            or prev is None
+            or self.config.hierarchy.inject == "none"
+            or self.config.model.arch != "diffusiondet"
+        ):
             return
         train_set: DentexDetection = dm.datasets[DATA_TIER[stage.tier]][0]
         train_set.priors = self.prior_boxes(train_set, self.stage_level(prev))
+        self._prior_count = float(np.mean([len(b) for b in train_set.priors.values()])) if train_set.priors else 0.0
+
+    def on_train_epoch_end(self) -> None:
+        if getattr(self, "_prior_count", None) is not None:  # recorded so a run shows what was injected
+            self.log("prior_boxes_per_image", self._prior_count)
 
     def prior_boxes(self, dataset: DentexDetection, level: int) -> dict[str, np.ndarray]:
         """The current model's detections (score >= hierarchy.prior_score) per image, in source pixels."""
@@ -101,11 +113,18 @@ class DentalModule(MedmlModule):
         level = self.stage_level() if level is None else level
         images, sizes = batch["images"].to(self.device), batch["image_sizes"].to(self.device)
         out = []
-        for det, scale in zip(self.model.detect(images, sizes, level=level, steps=steps, **kw), batch["scales"]):
-            item = {k: v.float().cpu().numpy() if k != "labels" else v.cpu().numpy() for k, v in det.items() if k != "steps"}
-            item["boxes"] = item["boxes"] / scale
+        for det, target in zip(self.model.detect(images, sizes, level=level, steps=steps, **kw), batch["targets"]):
+            item = {k: v.cpu().numpy() for k, v in det.items() if k != "steps"}
+            item["boxes"] = boxes_to_original(det["boxes"].float().cpu(), target).numpy()
             if "steps" in det:
-                item["steps"] = det["steps"]
+                item["steps"] = [
+                    {
+                        **s,
+                        "proposals": boxes_to_original(s["proposals"], target),
+                        "boxes": boxes_to_original(s["boxes"], target),
+                    }
+                    for s in det["steps"]
+                ]
             out.append(item)
         return out
 

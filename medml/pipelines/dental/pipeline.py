@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from medml.data import dentex
 from medml.errors import AbsurdSizeError, UnsupportedFormatError
 from medml.pipelines.base import MedmlModule, Pipeline
 from medml.pipelines.dental.config import DentalConfig
-from medml.pipelines.dental.data import DentexData, collate, to_network
+from medml.pipelines.dental.data import DentexData, collate, network_sample
 from medml.pipelines.dental.evaluate import evaluate_split
 from medml.pipelines.dental.module import DentalModule
 from medml.registry import register_pipeline
@@ -71,26 +70,11 @@ class DentalPipeline(Pipeline):
         modality = str(meta.get("Modality") or "")
         if case.kind == "dicom_image" and modality and modality not in ("PX", "DX", "IO", "CR", "OT"):
             raise UnsupportedFormatError(f"modality {modality}, not a dental radiograph (PX, DX, IO)", path)
-        image, scale = to_network(grey, self.config.data.min_size, self.config.data.max_size)
-        return {"image": image, "scale": scale, "grey": grey, "kind": case.kind, "source": path, "meta": meta}
+        sample = network_sample(grey, self.config.data, case_id=str(path))
+        return {"network": sample, "grey": grey, "kind": case.kind, "source": path, "meta": meta}
 
     def predict_batch(self, module: DentalModule, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        batch = collate(
-            [
-                {
-                    "image": s["image"],
-                    "boxes": torch.zeros(0, 4),
-                    "labels": torch.zeros(0, 3, dtype=torch.long),
-                    "levels": torch.ones(3, dtype=torch.bool),
-                    "priors": torch.zeros(0, 4),
-                    "scale": s["scale"],
-                    "case_id": str(s["source"]),
-                    "index": i,
-                }
-                for i, s in enumerate(samples)
-            ]
-        )
-        return module.detect_batch(batch, level=2)
+        return module.detect_batch(collate([s["network"] for s in samples]), level=2)
 
     def write_case(self, case: Any, sample: dict[str, Any], output: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         from medml.pipelines.dental import outputs  # the output writers (COCO results, submission, SR, overlay)
