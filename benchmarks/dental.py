@@ -1,0 +1,153 @@
+"""HierarchicalDet speed against torchvision Faster R-CNN in the same run: training iterations/s and inference
+seconds per panoramic at 1 and 4 DDIM steps.
+
+Usage::
+
+    python benchmarks/dental.py                    # CPU, tiny recipe sizes (128 x 256 input, 100 proposals)
+    python benchmarks/dental.py --size paper       # CPU, paper sizes (800 x 1536 input, 1000 proposals): slow
+    python benchmarks/dental.py --device cuda      # = gpu_benchmark
+
+``gpu_benchmark(device)`` is the entry point for ``benchmarks/gpu.py``: paper size (R50-FPN, 1000 proposals, 6 head
+stages, 800 x 1536 input = a 2872 x 1504 panoramic at short side 800), bf16 autocast, batch 2 training with AdamW and
+gradient clipping, inference batch 1; peak memory. The issue's goal: < 0.2 s per panoramic at 1 step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from medml.config import load_config, resolve_recipe
+from medml.pipelines.dental.config import DentalConfig
+from medml.pipelines.dental.losses import detection_loss
+from medml.pipelines.dental.module import build_model
+
+
+def config(size: str, arch: str = "diffusiondet") -> DentalConfig:
+    cfg = load_config(DentalConfig, resolve_recipe("dental", "tiny" if size == "tiny" else "paper"))
+    update: dict[str, Any] = {"arch": arch}
+    if arch != "diffusiondet":
+        cfg = cfg.model_copy(update={"stages": [s for s in cfg.stages if s.tier == "diagnosis"]})
+    cfg.model = cfg.model.model_copy(update=update)
+    return cfg
+
+
+def batch(cfg: DentalConfig, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    h = cfg.data.min_size
+    w = min(cfg.data.max_size, int(h * 1.91)) // 32 * 32  # 2872 x 1504 panoramic at short side h
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(n, 3, h, w, generator=g).to(device)
+    targets = []
+    for _ in range(n):
+        x = torch.rand(30, generator=g) * (w - 40)
+        y = torch.rand(30, generator=g) * (h - 120)
+        boxes = torch.stack([x, y, x + 30, y + 110], 1)
+        labels = torch.stack([torch.randint(0, k, (30,), generator=g) for k in (4, 8, 4)], 1)
+        targets.append(
+            {"boxes": boxes.to(device), "labels": labels.to(device), "levels": torch.ones(3, dtype=torch.bool)}
+        )
+    return images, torch.tensor([[h, w]] * n, device=device), targets
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(cfg: DentalConfig, device: torch.device, iters: int, bf16: bool, train_batch: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = build_model(cfg, pretrained=False).to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2.5e-5, weight_decay=1e-4)
+    images, sizes, targets = batch(cfg, train_batch, device)
+
+    def train_step():
+        with autocast:
+            if cfg.model.arch == "diffusiondet":
+                proposals, t = model.noised_proposals([x["boxes"] for x in targets], sizes)
+                levels, boxes = model(images, proposals, t)
+                loss, _ = detection_loss(levels, boxes, targets, model.whwh(sizes), cfg.loss)
+            else:
+                loss, _ = model.loss(images, sizes, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    model.train()
+    train_step()  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        train_step()
+    _sync(device)
+    out = {"train_it_per_s": iters / (time.perf_counter() - t0), "train_batch": train_batch}
+    model.eval()
+    one = (images[:1], sizes[:1])
+    for steps in (1, 4) if cfg.model.arch == "diffusiondet" else (None,):
+        with torch.no_grad(), autocast:
+            model.detect(*one, level=2, steps=steps)
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                model.detect(*one, level=2, steps=steps)
+            _sync(device)
+        key = f"infer_s_per_image_{steps}step" if steps else "infer_s_per_image"
+        out[key] = (time.perf_counter() - t0) / iters
+    return out
+
+
+def compare(size: str, device: torch.device, iters: int, bf16: bool, train_batch: int) -> dict[str, Any]:
+    ours = measure(config(size), device, iters, bf16, train_batch)
+    frcnn = measure(config(size, "fasterrcnn"), device, iters, bf16, train_batch)
+    cfg = config(size)
+    return {
+        "size": size,
+        "input": f"{cfg.data.min_size}x{min(cfg.data.max_size, int(cfg.data.min_size * 1.91)) // 32 * 32}",
+        "proposals": cfg.model.num_proposals,
+        "hierarchicaldet": ours,
+        "fasterrcnn": frcnn,
+        "train_speed_ratio_vs_fasterrcnn": ours["train_it_per_s"] / frcnn["train_it_per_s"],
+        "infer_time_ratio_1step_vs_fasterrcnn": ours["infer_s_per_image_1step"] / frcnn["infer_s_per_image"],
+    }
+
+
+def gpu_benchmark(device: str | torch.device = "cuda", iters: int = 10) -> dict[str, Any]:
+    """Paper size, bf16 autocast: training it/s (batch 2) and inference s/panoramic at 1 and 4 steps, against
+    torchvision Faster R-CNN on the same backbone; peak memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        torch.backends.cudnn.benchmark = True
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": "bf16-mixed",
+        **compare("paper", device, iters, bf16=True, train_batch=2),
+    }
+    if device.type == "cuda":
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", choices=("tiny", "paper"), default="tiny")
+    parser.add_argument("--iters", type=int, default=3)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        print(json.dumps(gpu_benchmark(device, args.iters), indent=2))
+        return
+    result = compare(args.size, device, args.iters, bf16=False, train_batch=4 if args.size == "tiny" else 2)
+    print(f"dental, {args.size} size, CPU ({torch.get_num_threads()} threads)")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
