@@ -41,20 +41,22 @@ def random_chest(rng: np.random.Generator, labels: np.ndarray) -> Chest:
         heart_scale=rng.uniform(1.3, 1.4) if labels[LABELS.index("Cardiomegaly")] else rng.uniform(0.9, 1.02),
         shift=(rng.uniform(-6, 6), rng.uniform(-6, 6), rng.uniform(-10, 10)),
     )
-    # Sizes are chosen to be visible on the tiny recipe's 8 mm grid while staying plausible: a cluster of 2.5-3.5 cm
-    # nodules in the left lung lateral to the hilum, lymph nodes of 4-5 cm in the hila and below the carina, a heavily
-    # calcified coronary tree (calcium blooms on CT), a pacemaker whose metal throws streaks. Each finding keeps its own
-    # region, so that the tiny model does not have to untangle overlapping ones.
+    # Sizes are chosen to be visible on the tiny recipe's 8 mm grid while staying plausible: 10-14 nodules of 2.5-3.2 cm
+    # (metastases) in the lateral left mid-lung, lymph nodes of 4-5 cm in the hila and below the carina, a heavily
+    # calcified coronary tree (calcium blooms on CT), a port whose metal throws streaks. Each finding keeps its own
+    # region, so that the tiny model does not have to untangle overlapping ones: nodules stay clear of the hilum and
+    # the upper-lobe bronchiectasis, the port's catheter ends in the superior vena cava above the heart and the sternal
+    # wires' streaks spare the heart, so the coronary calcium is the only bright structure on the heart.
     chest.spots = {
         "nodule": [
-            (rng.uniform(50, 95), rng.uniform(-35, 15), rng.uniform(25, 85), rng.uniform(13, 16))
-            for _ in range(rng.integers(6, 10))
+            (rng.uniform(62, 100), rng.uniform(-45, 20), rng.uniform(15, 55), rng.uniform(13, 16))
+            for _ in range(rng.integers(10, 15))
         ],
         "lymph": [
             (s * rng.uniform(34, 38), rng.uniform(-8, 4), rng.uniform(15, 25), rng.uniform(22, 26)) for s in (-1.0, 1.0)
         ]
         + [(rng.uniform(-4, 4), rng.uniform(12, 18), rng.uniform(18, 26), rng.uniform(16, 19))],
-        "opacity": [(-rng.uniform(70, 80), rng.uniform(-10, 10), rng.uniform(30, 50), 38.0)],
+        "opacity": [(-rng.uniform(70, 80), rng.uniform(30, 40), rng.uniform(35, 45), 36.0)],
         "consolidation": [(rng.uniform(68, 78), rng.uniform(0, 10), rng.uniform(-55, -40), 40.0)],
         "atelectasis": [(-70.0, -35.0, rng.uniform(-40, -30), 30.0)],
         # (azimuth from, to; elevation from, to) on the heart surface, radians: LAD, circumflex, right coronary
@@ -106,7 +108,7 @@ def chest_hu(points: np.ndarray, chest: Chest, rng: np.random.Generator | None =
     hu[lung] = parenchyma
     if lab["Mosaic attenuation pattern"]:
         checker = (np.floor(x / 30) + np.floor(y / 30) + np.floor(z / 30)) % 2 == 0
-        band = lung & (z > -20) & (z < 80) & (x < 0)
+        band = lung & (z > -20) & (z < 80) & (x < 0) & (y < 0)  # anterior: the posterior lung holds the opacity
         hu[band & checker] = -620.0
         hu[band & ~checker] = -930.0
     if lab["Interlobular septal thickening"]:
@@ -148,13 +150,14 @@ def chest_hu(points: np.ndarray, chest: Chest, rng: np.random.Generator | None =
         for cx in (-55, 55):
             tube = (_cylinder_z(p, cx, -5) < 22) & (z > 70) & (z < 130)
             hu[tube] = 40.0
-            hu[tube & (_cylinder_z(p, cx, -5) < 15)] = airway
+            hu[tube & (_cylinder_z(p, cx, -5) < 12)] = airway
     # Mediastinum: heart in pericardial fat, aorta, trachea, spine (drawn over the lungs where they meet).
     hs = chest.heart_scale
     heart_c, heart_a = (15.0, -25.0, -50.0), np.array([50.0, 42.0, 46.0]) * hs
     if lab["Pericardial effusion"]:
-        hu[_ellipsoid(p, heart_c, heart_a * 1.5) < 1] = 10.0  # fluid, thickest where it is dependent (posterior)
-        hu[_ellipsoid(p, (heart_c[0], heart_c[1] - 6.0, heart_c[2]), heart_a * 1.12) < 1] = -90.0  # epicardial fat
+        # a 2.5 cm band of fluid, thickest where it is dependent (posterior), inside a thin rim of epicardial fat
+        hu[_ellipsoid(p, (heart_c[0], heart_c[1] + 6.0, heart_c[2]), heart_a + 25.0) < 1] = 10.0
+        hu[_ellipsoid(p, heart_c, heart_a * 1.12) < 1] = -90.0
     else:
         hu[_ellipsoid(p, heart_c, heart_a * 1.15) < 1] = -90.0
     hu[_ellipsoid(p, heart_c, heart_a) < 1] = 40.0
@@ -165,7 +168,7 @@ def chest_hu(points: np.ndarray, chest: Chest, rng: np.random.Generator | None =
             az, el = az0 + t * (az1 - az0), el0 + t * (el1 - el0)
             unit = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], -1)
             curve = np.asarray(heart_c) + 1.1 * heart_a * unit
-            hu[_near_curve(p, curve, 8.0)] = 1100.0  # dense calcium blooms well beyond the vessel wall
+            hu[_near_curve(p, curve, 10.0)] = 1100.0  # dense calcium blooms well beyond the vessel wall
     aorta = _cylinder_z(p, 25, 50)
     if lab["Arterial wall calcification"]:
         hu[(aorta < 22) & (z > -120)] = 700.0
@@ -184,8 +187,9 @@ def chest_hu(points: np.ndarray, chest: Chest, rng: np.random.Generator | None =
         hu[hh & (y > 42)] = 10.0
     if lab["Medical material"]:
         for cx, _, cz, r in chest.spots["port"]:
-            # pacemaker: generator in the anterior chest-wall fat, lead along the chest wall and through the
-            # mediastinum (never across the lung) into the right heart; dark streaks radiate from the generator
+            # port: reservoir in the anterior chest-wall fat, catheter along the chest wall and through the upper
+            # mediastinum (never across the lung) into the superior vena cava, its tip above the heart; dark streaks
+            # radiate from the reservoir (high above the heart)
             wall_y = -chest.body[1] * np.sqrt(max(0.88 - (cx / chest.body[0]) ** 2, 0.05))
             angle = np.arctan2(y - wall_y, x - cx)
             streak = (np.abs(z - cz) < r) & (np.hypot(x - cx, y - wall_y) < 110) & (body < 1.0) & ~lung
@@ -193,15 +197,17 @@ def chest_hu(points: np.ndarray, chest: Chest, rng: np.random.Generator | None =
             hu[_ellipsoid(p, (cx, wall_y, cz), (r * 1.6, r * 0.6, r * 1.4)) < 1] = 2500.0
             t = np.linspace(0.0, 1.0, 12)[:, None]
             knots = [
-                np.array(k) for k in ((cx, wall_y, cz), (-25.0, -72.0, cz), (-18.0, -20.0, cz - 10), (-10, -30, -60))
+                np.array(k) for k in ((cx, wall_y, cz), (-25.0, -72.0, cz), (-18.0, -20.0, cz - 10), (-15, -15, 35))
             ]
             lead = np.concatenate([(1 - t) * k0 + t * k1 for k0, k1 in zip(knots, knots[1:])])
             hu[_near_curve(p, lead, 4.0)] = 2500.0
-        # sternotomy wires (after cardiac surgery), each with its own streaks, all along the sternum
+        # sternotomy wires (after cardiac surgery) all along the sternum, each with its own streaks, which spare the
+        # heart and its pericardium (where the coronary calcium is)
         sternum_y = -chest.body[1] * 0.84
+        spared = _ellipsoid(p, heart_c, heart_a + 30.0) < 1
         for wz in range(-70, 100, 34):
             angle = np.arctan2(y - sternum_y, x)
-            streak = (np.abs(z - wz) < 8) & (np.hypot(x, y - sternum_y) < 90) & (body < 1.0) & ~lung
+            streak = (np.abs(z - wz) < 8) & (np.hypot(x, y - sternum_y) < 90) & (body < 1.0) & ~lung & ~spared
             hu[streak & (np.cos(6 * angle) > 0.6)] -= 500.0
             hu[_ellipsoid(p, (0.0, sternum_y, wz), (16.0, 7.0, 5.0)) < 1] = 2500.0
     hu[body >= 1.0] = -1000.0

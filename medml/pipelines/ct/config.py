@@ -12,6 +12,29 @@ from pydantic import Field, field_validator, model_validator
 
 from medml.config import NonNegativeInt, OptimConfig, PipelineConfig, StageConfig, Strict, TrainConfig
 from medml.data.ctrate import LABELS
+from medml.transforms.ct import axcodes_directions
+
+
+class CtRadChest(Strict):
+    """How RAD-ChestCT archives map to patient space (no header exists). Defaults: the public release as the authors'
+    preprocessing wrote it (``rachellea/ct-volume-preprocessing``); the spec (§2.7) has no geometry for it."""
+
+    spacing: tuple[float, float, float] = (0.8, 0.8, 0.8)  # mm along the array axes (slices, rows, columns)
+    axcodes: str = Field("IPL", pattern=r"^[LRAPSIlrapsi]{3}$")  # slices superior->inferior, rows A->P, columns R->L
+    key: str = Field("ct", min_length=1, max_length=64)  # array name inside each .npz
+
+    @field_validator("spacing")
+    @classmethod
+    def _positive_spacing(cls, v):
+        if not all(0.05 <= s <= 50 for s in v):
+            raise ValueError("spacing values must lie in [0.05, 50] mm")
+        return v
+
+    @field_validator("axcodes")
+    @classmethod
+    def _axcodes(cls, v):
+        axcodes_directions(v)  # one letter per axis, no axis twice
+        return v.upper()
 
 
 class CtData(Strict):
@@ -27,6 +50,10 @@ class CtData(Strict):
     split_seed: NonNegativeInt = 0  # seed of the patient-level fold assignment
     # Not found: where the release's header directions are blank, assume the voxel axes point this way.
     fallback_axcodes: str = Field("LPS", pattern=r"^[LRAPSIlrapsi]{3}$")
+    # Which layout ``--data`` holds: "auto" tells a RAD-ChestCT release (its labels CSVs) from CT-RATE. RAD-ChestCT
+    # is for external evaluation only (``medml evaluate ct``), on the 16 labels it shares with CT-RATE.
+    dataset: Literal["auto", "ct-rate", "rad-chestct"] = "auto"
+    radchest: CtRadChest = CtRadChest()
 
     @field_validator("spacing")
     @classmethod

@@ -1,4 +1,5 @@
-"""CT-RATE for CT-SSG: the cached datasets of one patient-level fold, and the one preprocessing chain."""
+"""CT-RATE for CT-SSG: the cached datasets of one patient-level fold, and the one preprocessing chain; RAD-ChestCT
+(external evaluation) through the same chain."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from pathlib import Path
 
 from monai.transforms import Compose
 
-from medml.data import ctrate
+from medml.data import ctrate, radchestct
 from medml.engine.data import MedmlDataModule
-from medml.errors import ConfigError
+from medml.errors import ConfigError, DataLayoutError
 from medml.pipelines.ct.config import CtConfig, CtData
 from medml.transforms.ct import ct_preprocess
 
@@ -73,3 +74,37 @@ class CtRateData(MedmlDataModule):
             "test": "official valid split",
         }
         return train, val
+
+
+def dataset_kind(data_dir: Path, config: CtConfig) -> str:
+    """``ct-rate`` or ``rad-chestct``: ``data.dataset``, or under ``auto`` RAD-ChestCT where the folder has the
+    release's labels CSVs and no CT-RATE labels folder."""
+    kind = config.data.dataset
+    if kind != "auto":
+        return kind
+    has_ctrate = (ctrate.dataset_root(data_dir) / "multi_abnormality_labels").is_dir()
+    return "rad-chestct" if not has_ctrate and radchestct.is_layout(data_dir) else "ct-rate"
+
+
+def radchest_settings(config: CtConfig) -> radchestct.RadChestSettings:
+    r = config.data.radchest
+    return radchestct.RadChestSettings(tuple(r.spacing), r.axcodes.upper(), r.key)
+
+
+def radchest_split(
+    data_dir: Path, split: str, config: CtConfig, progress: bool = False
+) -> tuple[radchestct.RadChestDataset, radchestct.SplitListing]:
+    """RAD-ChestCT ``test`` (default), ``valid``/``val``, ``train`` or ``all``, preprocessed once into the cache
+    exactly as CT-RATE is (the model sees the same grid, orientation and window)."""
+    listing = radchestct.read_split(data_dir, split)
+    cfg = config.data
+    cache = radchestct.build_cache(
+        data_dir, listing.volumes, preprocess_transform(cfg), cfg.preprocessing(), radchest_settings(config), progress
+    )
+    return radchestct.RadChestDataset(listing.volumes, cache), listing
+
+
+def refuse_radchest_training(data_dir: Path) -> None:
+    raise DataLayoutError(
+        "a RAD-ChestCT folder: it is for external evaluation (medml evaluate ct), training needs CT-RATE", data_dir
+    )

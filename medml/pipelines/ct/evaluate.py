@@ -31,6 +31,15 @@ PUBLISHED_CTRATE = (
     ("CT-SSG (paper)", None, None, None, "absolute values not retrieved; '+8% AUROC over ResNet3D'"),
 )
 
+#: Published RAD-ChestCT external results on the 16 labels shared with CT-RATE (published-results.md §2.3).
+PUBLISHED_RADCHEST = (
+    ("CT-Net (trained on CT-RATE)", 0.544, 0.564, 0.517, "V2, EXACT README Suppl. Table 4"),
+    ("CT-CLIP ClassFine", 0.643, 0.644, 0.599, "V2, EXACT README Suppl. Table 4"),
+    ("MedVista3D zero-shot", 0.710, 0.681, 0.668, "V2, EXACT README Suppl. Table 4"),
+    ("EXACT fine-tuned", 0.734, 0.737, 0.682, "V1, EXACT README Suppl. Table 4"),
+    ("Li et al. 2025 zero-shot", 0.773, None, None, "V1, arXiv 2509.13175 abstract"),
+)
+
 
 def binary_scores(targets: np.ndarray, probs: np.ndarray, thresholds: np.ndarray) -> dict[str, np.ndarray]:
     """Per-label F1, precision, recall, accuracy at ``probs >= thresholds`` (0 where undefined, as sklearn's
@@ -77,7 +86,9 @@ def score(
     }
 
 
-def write_evaluation(result: dict[str, Any], out_dir: Path, split: str, title: str, rule: str) -> dict[str, float]:
+def write_evaluation(
+    result: dict[str, Any], out_dir: Path, split: str, title: str, rule: str, published=PUBLISHED_CTRATE
+) -> dict[str, float]:
     """metrics.json, per_label.csv, comparison.md and per_label_auroc.png; returns the headline numbers."""
     out_dir.mkdir(parents=True, exist_ok=True)
     auroc = result.pop("_auroc")
@@ -89,7 +100,7 @@ def write_evaluation(result: dict[str, Any], out_dir: Path, split: str, title: s
         out_dir / "per_label.csv",
         columns=columns,
     )
-    write_text(out_dir / "comparison.md", comparison_table(result, split))
+    write_text(out_dir / "comparison.md", comparison_table(result, split, published))
     per_label_auroc_figure(auroc, out_dir / "per_label_auroc.png", title)
     keys = ("macro_auroc", "mAP", "macro_f1", "macro_precision", "macro_recall", "macro_accuracy")
     return {k: result[k] for k in keys}
@@ -99,15 +110,16 @@ def _fmt(value: Any) -> Any:
     return f"{value:.4f}" if isinstance(value, float) else value
 
 
-def comparison_table(result: dict[str, Any], split: str) -> str:
-    """Markdown: our numbers beside the published CT-RATE ones (only comparable on the real validation split)."""
+def comparison_table(result: dict[str, Any], split: str, published=PUBLISHED_CTRATE) -> str:
+    """Markdown: our numbers beside the published ones (CT-RATE: only comparable on the real validation split;
+    RAD-ChestCT: on the 16 shared labels)."""
     lines = [
         "| model | AUROC | F1 | accuracy | source |",
         "|---|---|---|---|---|",
         f"| medml CT-SSG, this run ({split}, n={result['n']}) | {result['macro_auroc']:.3f} | {result['macro_f1']:.3f}"
         f" | {result['macro_accuracy']:.3f} | this evaluation; threshold rule: {result.get('threshold_rule')} |",
     ]
-    for name, auc, f1, acc, source in PUBLISHED_CTRATE:
+    for name, auc, f1, acc, source in published:
         cells = ["—" if v is None else f"{v:.3f}" for v in (auc, f1, acc)]
         lines.append(f"| {name} | {' | '.join(cells)} | {source} |")
     return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medml.data import ctrate
+from medml.data import ctrate, radchestct
 from medml.data.ctrate import LABELS
 from medml.data.synthetic_ctrate import chest_hu, grid_points, random_chest, synthesize_ctrate
 from medml.errors import GeometryError, UnsupportedFormatError
@@ -17,8 +17,16 @@ from medml.io.synthetic import write_ct_series
 from medml.io.types import Volume
 from medml.pipelines.base import MedmlModule, Pipeline
 from medml.pipelines.ct.config import CtConfig
-from medml.pipelines.ct.data import CtRateData, cached_split, preprocess_transform, split_dataset
-from medml.pipelines.ct.evaluate import score, write_evaluation, z_profile_figure
+from medml.pipelines.ct.data import (
+    CtRateData,
+    cached_split,
+    dataset_kind,
+    preprocess_transform,
+    radchest_split,
+    refuse_radchest_training,
+    split_dataset,
+)
+from medml.pipelines.ct.evaluate import PUBLISHED_RADCHEST, score, write_evaluation, z_profile_figure
 from medml.pipelines.ct.module import CtModule
 from medml.registry import register_pipeline
 
@@ -45,11 +53,25 @@ class CtPipeline(Pipeline):
 
     # ----- dataset ------------------------------------------------------------------------------------------------
     def check_layout(self, data_dir: Path) -> None:
-        ctrate.check_layout(data_dir)
+        if dataset_kind(Path(data_dir), self.config) == "rad-chestct":
+            radchestct.check_layout(data_dir)
+        else:
+            ctrate.check_layout(data_dir)
 
     def prepare(self, data_dir: Path) -> dict[str, Any]:
         """Check the layout and preprocess every volume of both splits into the cache (once)."""
         summary: dict[str, Any] = {}
+        if dataset_kind(Path(data_dir), self.config) == "rad-chestct":
+            ds, listing = radchest_split(Path(data_dir), "all", self.config, progress=True)
+            targets = ds.targets()
+            return {
+                "rad-chestct": {
+                    "volumes": len(ds),
+                    "label_rows_without_volume": len(listing.missing),
+                    "positives": {LABELS[j]: int(np.nansum(targets[:, j])) for j in radchestct.SHARED_INDEX},
+                    "cache": str(ds.cache),
+                }
+            }
         for split in ("train", "valid"):
             ds = cached_split(Path(data_dir), split, self.config, progress=True)
             summary[split] = {
@@ -61,6 +83,8 @@ class CtPipeline(Pipeline):
         return summary
 
     def datamodule(self, data_dir: Path) -> CtRateData:
+        if dataset_kind(Path(data_dir), self.config) == "rad-chestct":
+            refuse_radchest_training(Path(data_dir))
         return CtRateData(data_dir, self.config)
 
     def synthesize(self, out_dir: Path, seed: int = 0) -> Path:
@@ -172,12 +196,33 @@ class CtPipeline(Pipeline):
 
     # ----- evaluation -----------------------------------------------------------------------------------------------
     def evaluate(self, module: CtModule, data_dir: Path, split: str, out_dir: Path) -> dict[str, float]:
+        if dataset_kind(Path(data_dir), self.config) == "rad-chestct":
+            return self.evaluate_radchest(module, Path(data_dir), split, Path(out_dir))
         dataset = split_dataset(Path(data_dir), split, self.config)
         targets, probs = module.predict_probs(dataset)
         labels = list(self.config.model.labels)
         result = score(targets, probs, module.thresholds.cpu().numpy(), labels, self.config.evaluate.n_bootstrap)
         title = f"CT-SSG, CT-RATE {split} split ({len(targets)} volumes)"
         return write_evaluation(result, Path(out_dir), split, title, self.config.evaluate.threshold_rule)
+
+    def evaluate_radchest(self, module: CtModule, data_dir: Path, split: str, out_dir: Path) -> dict[str, float]:
+        """External test on RAD-ChestCT: the 16 labels it shares with CT-RATE (spec §2.7), same metrics and rule."""
+        dataset, listing = radchest_split(data_dir, "valid" if split == "val" else split, self.config)
+        targets, probs = module.predict_probs(dataset)
+        keep = list(radchestct.SHARED_INDEX)
+        labels = [self.config.model.labels[j] for j in keep]
+        thresholds = module.thresholds.cpu().numpy()[keep]
+        result = score(targets[:, keep], probs[:, keep], thresholds, labels, self.config.evaluate.n_bootstrap)
+        result.update(
+            dataset="rad-chestct",
+            labels_left_out=[LABELS[j] for j in range(len(LABELS)) if j not in keep],
+            label_rows=listing.label_rows,
+            label_rows_without_volume=len(listing.missing),
+        )
+        title = f"CT-SSG on RAD-ChestCT {split} ({len(targets)} volumes, 16 shared labels)"
+        return write_evaluation(
+            result, out_dir, split, title, self.config.evaluate.threshold_rule, published=PUBLISHED_RADCHEST
+        )
 
     def report_figures(self, run_dir: Path, eval_dir: Path, pred_dir: Path) -> list[Path]:
         return sorted(Path(eval_dir).glob("*.png")) + sorted(Path(pred_dir).glob("*/z_profile.png"))[:3]
