@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from medml.config import StageConfig, TrainConfig, dump_config
 from medml.engine.callbacks import EMAWeights, RandomStateCallback
 from medml.engine.checkpoint import save_model
+from medml.engine.data import per_device_batch
 from medml.engine.record import base_record, now
 from medml.errors import ConfigError
 from medml.utils.files import atomic_path, write_json, write_text
@@ -79,6 +81,18 @@ def resolve_devices(cfg: TrainConfig) -> dict[str, Any]:
         "devices": devices,
         "num_nodes": cfg.num_nodes,
         "strategy": "ddp" if many else "auto",
+    }
+
+
+def effective_global_batch(cfg: TrainConfig, devices: dict[str, Any]) -> dict[str, int]:
+    """Samples per optimiser step over all processes (checks that ``train.global_batch_size`` divides)."""
+    processes = int(devices["devices"]) * int(devices["num_nodes"])
+    per_device = per_device_batch(cfg, processes)
+    return {
+        "per_device": per_device,
+        "processes": processes,
+        "accumulate": cfg.accumulate_grad_batches,
+        "global": per_device * processes * cfg.accumulate_grad_batches,
     }
 
 
@@ -273,6 +287,7 @@ def train(pipeline: Any, data_dir: str | Path, run_dir: str | Path, resume: bool
         stages=[s.name for s in stages],
         devices=resolve_devices(cfg.train),
     )
+    record["global_batch"] = effective_global_batch(cfg.train, record["devices"])
     if resume and (run_dir / "run.json").is_file():  # keep the original record; note each resume
         first = json.loads((run_dir / "run.json").read_text())
         record = {
@@ -283,6 +298,13 @@ def train(pipeline: Any, data_dir: str | Path, run_dir: str | Path, resume: bool
             ],
         }
     if rank0:
+        gb = record["global_batch"]
+        print(
+            f"medml: effective global batch {gb['global']} = {gb['per_device']} per device x {gb['processes']} "
+            f"process(es) x {gb['accumulate']} accumulation step(s); lr {cfg.train.optim.lr:g}",
+            file=sys.stderr,
+            flush=True,
+        )
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", dump_config(cfg))
         write_json(run_dir / "run.json", record)
@@ -317,6 +339,8 @@ def train(pipeline: Any, data_dir: str | Path, run_dir: str | Path, resume: bool
                 weights_only=True,
             )
             best = checkpoint.best_model_path or checkpoint.last_model_path
+            if stage.keep == "last" and checkpoint.last_model_path:
+                best = checkpoint.last_model_path
             if best:
                 module.load_state_dict(_stage_weights(best, use_ema=bool(cfg.train.ema_decay)))
             summary.update(
