@@ -261,7 +261,9 @@ def explanation_figure(
     ``segments`` (from `prototype_segments`) come from the checkpoint's ``projection_segment`` buffers, so the
     figure needs no access to the training data.
     """
-    entries = [(lab, p) for lab in explanation["labels"] for p in lab["prototypes"] + lab["other_label_prototypes"]]
+    # round-robin over the explained labels: each label's strongest own prototype first, then the next ones
+    lists = [[(lab, p) for p in lab["prototypes"] + lab["other_label_prototypes"]] for lab in explanation["labels"]]
+    entries = [x[rank] for rank in range(max((len(x) for x in lists), default=0)) for x in lists if rank < len(x)]
     entries = entries[:max_prototypes]
     seconds = signal.shape[1] / fs
     paper_h = ROW_MM * (len(LAYOUT) + 1) + 6
@@ -277,7 +279,10 @@ def explanation_figure(
     def axes(x: float, y: float, w: float, h: float):
         return fig.add_axes([x / width, 1 - (y + h) / height, w / width, h / height])
 
-    first = explanation["labels"][0] if explanation["labels"] else None
+    # the windows shaded on the rhythm strip: of the label whose morphology branch contributes most
+    first = max(
+        explanation["labels"], key=lambda lab: abs(lab["branch_contributions"].get("morphology", 0.0)), default=None
+    )
     strip = []
     if first is not None and first["windows"]:
         values = np.array([w["contribution"] for w in first["windows"]])
