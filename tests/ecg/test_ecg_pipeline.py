@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -511,6 +513,10 @@ def test_contradictory_positives_are_flagged_and_dicom_inputs_get_an_sr(ecg_run)
         assert {code for code, value in findings.items() if value == "Present"} == positives(row)
         assert "Electrocardiographic procedure" in str(sr)
         hd.sr.srread(sr_path)  # highdicom reads it back as an SR
+        if shutil.which("dciodvfy"):  # dicom3tools' validator, where installed
+            checked = subprocess.run(["dciodvfy", str(sr_path)], capture_output=True, text=True)
+            errors = [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
+            assert not errors, errors[:3]
 
 
 def positives(row: dict[str, str]) -> set[str]:
@@ -527,7 +533,6 @@ def _coded_findings(dataset):
 
 
 def test_explain_module_never_switches_the_matplotlib_backend():
-    import subprocess
     import sys
 
     code = (

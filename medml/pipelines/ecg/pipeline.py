@@ -236,10 +236,11 @@ class EcgPipeline(Pipeline):
 ECG_PROCEDURE = ("29303009", "SCT", "Electrocardiographic procedure")
 
 
-def scp_concept(code: str) -> tuple[str, str, str]:
-    """An SCP-ECG statement as a DICOM coded concept: coding scheme ``SCPECG`` (PS3.16), meaning from PTB-XL's table."""
+def scp_concept(code: str) -> tuple[str, str, str, str]:
+    """An SCP-ECG statement as a DICOM coded concept: coding scheme ``SCPECG`` version 1.3 (PS3.16 names that
+    revision, and the scheme needs its version), meaning from PTB-XL's table."""
     descriptions = _scp_descriptions()
-    return (code, "SCPECG", descriptions.get(code, code))
+    return (code, "SCPECG", descriptions.get(code, code), "1.3")
 
 
 @functools.cache
