@@ -71,7 +71,8 @@ class TrainConfig(Strict):
 
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 42  # numpy's seed range
     batch_size: PositiveInt = 32  # per device; the global batch is batch_size x devices x nodes
-    # set: the global batch is kept whatever the device count (per-device batch = global / (devices x nodes))
+    # set: the global batch is kept whatever the device count (per-device training batch = global / (devices x
+    # nodes), refused if it does not divide; batch_size then sizes evaluation batches only); lr is never rescaled
     global_batch_size: PositiveInt | None = None
     num_workers: NonNegativeInt = 2
     accelerator: str = "auto"  # auto | cpu | gpu | cuda | mps
