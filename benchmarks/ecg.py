@@ -43,6 +43,7 @@ def paper_module(codes: list[str] | None = None) -> EcgModule:
         codes = list(SCP_CODES)
     config = EcgConfig()
     config.model.labels = list(codes)
+    config.model.imagenet_weights = None  # timing only: random weights, no download
     rng = np.random.default_rng(0)
     fake_labels = (rng.random((512, len(codes))) < 0.1).astype(np.uint8)  # class weights / Jaccard for the loss
     return EcgModule(config, branch_label_indices(codes), fake_labels)

@@ -63,6 +63,7 @@ class StageConfig(Strict):
     monitor: str | None = None  # None: train.monitor
     monitor_mode: Literal["min", "max"] | None = None  # None: train.monitor_mode
     patience: NonNegativeInt | None = None  # None: train.patience
+    keep: Literal["best", "last"] = "best"  # weights a fit stage ends with: best monitored checkpoint, or the last
 
 
 class TrainConfig(Strict):
@@ -70,6 +71,9 @@ class TrainConfig(Strict):
 
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 42  # numpy's seed range
     batch_size: PositiveInt = 32  # per device; the global batch is batch_size x devices x nodes
+    # set: the global batch is kept whatever the device count (per-device training batch = global / (devices x
+    # nodes), refused if it does not divide; batch_size then sizes evaluation batches only); lr is never rescaled
+    global_batch_size: PositiveInt | None = None
     num_workers: NonNegativeInt = 2  # DataLoader worker processes per device
     accelerator: str = "auto"  # auto | cpu | gpu | cuda | mps
     devices: int | str = "auto"  # "auto" or a count

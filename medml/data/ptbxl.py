@@ -48,7 +48,9 @@ __all__ = [
     "PTBXL_LEAD_NAMES",
     "SCP_CODES",
     "SCP_STATEMENTS_CSV",
+    "SYNTHETIC_MARKER",
     "ECGDataset",
+    "dataset_title",
     "check_ptbxl_layout",
     "find_ptbxl_root",
     "fit_standardizer",
@@ -655,6 +657,20 @@ class PTBXL:
     def record_path(self, i: int) -> Path:
         """The WFDB record (path without extension, as ``wfdb.rdsamp`` takes it) of row ``i``."""
         return self.root / self._filenames[int(i)]
+
+    @property
+    def title(self) -> str:
+        """What the data is, for titles and model cards: never "PTB-XL" for medml's synthetic stand-in."""
+        return dataset_title(self.root)
+
+
+#: File `medml.data.synthetic_ptbxl` writes beside the tables, so results on simulated ECGs are never titled PTB-XL.
+SYNTHETIC_MARKER = "MEDML_SYNTHETIC.txt"
+
+
+def dataset_title(root: str | Path) -> str:
+    """``"synthetic PTB-XL layout (simulated ECGs)"`` for a folder medml's generator wrote, else ``"PTB-XL"``."""
+    return "synthetic PTB-XL layout (simulated ECGs)" if (Path(root) / SYNTHETIC_MARKER).is_file() else "PTB-XL"
 
 
 def fit_standardizer(

@@ -44,7 +44,7 @@ import pandas as pd
 from scipy.signal import resample_poly
 
 # The statement table is a PTB-XL fact that production code needs too, so it lives in the adapter.
-from medml.data.ptbxl import PTBXL_LEAD_NAMES, SCP_STATEMENTS_CSV, scp_statements_frame
+from medml.data.ptbxl import PTBXL_LEAD_NAMES, SCP_STATEMENTS_CSV, SYNTHETIC_MARKER, scp_statements_frame
 
 __all__ = ["LEARNABLE_CODES", "SCP_STATEMENTS_CSV", "scp_statements_frame", "simulate_ecg", "write_synthetic_ptbxl"]
 
@@ -366,6 +366,10 @@ def write_synthetic_ptbxl(
             _write_records((root, c, seed, rates))
     listing = [f"records{r}/{_record_stem(e, 'lr' if r == 100 else 'hr')}" for r in rates for e, _ in jobs]
     (root / "RECORDS").write_text("\n".join(listing) + "\n")
+    (root / SYNTHETIC_MARKER).write_text(
+        f"Written by medml.data.synthetic_ptbxl (seed {seed}, {n_records} records): simulated ECGs in PTB-XL's layout, "
+        "not PTB-XL. Results on this folder are titled 'synthetic'.\n"
+    )
     return root
 
 

@@ -37,6 +37,19 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def per_device_batch(cfg: TrainConfig, world_size: int | None = None) -> int:
+    """Training batch of one process: ``global_batch_size / world`` when the global batch is fixed, else
+    ``batch_size`` (the learning rate is never rescaled: a recipe that fixes the global batch keeps the paper's)."""
+    size = world()[1] if world_size is None else world_size
+    if cfg.global_batch_size is None:
+        return cfg.batch_size
+    if cfg.global_batch_size % size:
+        raise ConfigError(
+            f"config key 'train.global_batch_size': {cfg.global_batch_size} does not divide over {size} processes"
+        )
+    return cfg.global_batch_size // size
+
+
 def train_loader(
     dataset: Dataset,
     cfg: TrainConfig,
@@ -50,7 +63,7 @@ def train_loader(
     )
     return DataLoader(
         dataset,
-        batch_size=batch_size or cfg.batch_size,
+        batch_size=batch_size or per_device_batch(cfg),
         sampler=sampler,
         num_workers=cfg.num_workers,
         collate_fn=collate_fn,

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from medml.config import StageConfig, TrainConfig, dump_config, load_config
 from medml.engine.callbacks import EMAWeights, RandomStateCallback
 from medml.engine.checkpoint import save_model
+from medml.engine.data import per_device_batch
 from medml.engine.record import base_record, now
 from medml.errors import ConfigError
 from medml.utils.files import atomic_path, write_json, write_text
@@ -93,6 +95,18 @@ def resolve_devices(cfg: TrainConfig) -> dict[str, Any]:
         "devices": devices,
         "num_nodes": cfg.num_nodes,
         "strategy": "ddp" if many else "auto",
+    }
+
+
+def effective_global_batch(cfg: TrainConfig, devices: dict[str, Any]) -> dict[str, int]:
+    """Samples per optimiser step over all processes (checks that ``train.global_batch_size`` divides)."""
+    processes = int(devices["devices"]) * int(devices["num_nodes"])
+    per_device = per_device_batch(cfg, processes)
+    return {
+        "per_device": per_device,
+        "processes": processes,
+        "accumulate": cfg.accumulate_grad_batches,
+        "global": per_device * processes * cfg.accumulate_grad_batches,
     }
 
 
@@ -359,6 +373,7 @@ def train(
         devices=resolve_devices(cfg.train),
         fold=None if fold is None else {"fold": fold, "num_folds": num_folds, **datamodule.fold_scheme()},
     )
+    record["global_batch"] = effective_global_batch(cfg.train, record["devices"])
     if resume and (run_dir / "run.json").is_file():  # keep the original record; note each resume
         first = json.loads((run_dir / "run.json").read_text())
         record = {
@@ -369,6 +384,13 @@ def train(
             ],
         }
     if rank0:
+        gb = record["global_batch"]
+        print(
+            f"medml: effective global batch {gb['global']} = {gb['per_device']} per device x {gb['processes']} "
+            f"process(es) x {gb['accumulate']} accumulation step(s); lr {cfg.train.optim.lr:g}",
+            file=sys.stderr,
+            flush=True,
+        )
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", dump_config(cfg))
         log.info("training %s into %s (stages: %s)", pipeline.name, run_dir, ", ".join(s.name for s in stages))
@@ -404,6 +426,8 @@ def train(
                 weights_only=True,
             )
             best = checkpoint.best_model_path or checkpoint.last_model_path
+            if stage.keep == "last" and checkpoint.last_model_path:
+                best = checkpoint.last_model_path
             if best:
                 module.load_state_dict(_stage_weights(best, use_ema=bool(cfg.train.ema_decay)))
             summary.update(

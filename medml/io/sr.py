@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from medml.io.codes import MEDML_MANUFACTURER, CodeTuple, coded, medml_version
@@ -23,6 +24,13 @@ class Finding:
     concept: CodeTuple
     present: bool
     probability: float | None = None
+
+
+def _concept(code: CodeTuple | tuple[str, str, str, str]):
+    """A coded concept; a 4th element is the Coding Scheme Version, which schemes such as ``SCPECG`` require."""
+    if len(code) == 4:
+        return Code(code[0], code[1], code[2], scheme_version=code[3])
+    return coded(code)
 
 
 PRESENT: CodeTuple = ("52101004", "SCT", "Present")
@@ -69,13 +77,13 @@ def write_dicom_sr(
     for finding in findings:
         qualitative.append(
             hd.sr.QualitativeEvaluation(
-                name=coded(finding.concept), value=coded(PRESENT if finding.present else ABSENT)
+                name=_concept(finding.concept), value=coded(PRESENT if finding.present else ABSENT)
             )
         )
         if finding.probability is not None:
             measurements.append(
                 hd.sr.Measurement(
-                    name=coded(finding.concept),
+                    name=_concept(finding.concept),
                     value=float(finding.probability),
                     unit=coded(("1", "UCUM", "no units")),
                     algorithm_id=hd.sr.AlgorithmIdentification(name=algorithm_name, version=version),

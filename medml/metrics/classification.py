@@ -1,13 +1,14 @@
-"""Multi-label classification metrics: per-label and macro AUROC with bootstrap CIs (scikit-learn), and Fmax."""
+"""Multi-label classification metrics: per-label, macro and weighted AUROC with bootstrap CIs (checked against
+scikit-learn), Fmax, sensitivity/specificity with Wilson intervals, and a generic record bootstrap."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import binomtest, rankdata
 
 
 def _check(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,9 +55,12 @@ def multilabel_auroc(
     label correlations are kept; a resample in which a label loses its positives leaves that label out of that
     replicate's mean.
 
+    ``weighted`` is scikit-learn's ``average="weighted"``: the per-label AUROCs weighted by their positives
+    (labels without both classes left out), with a CI from the same replicates.
+
     Returns:
-        ``{"macro", "macro_ci": (lo, hi), "per_label": {name: {"auroc", "ci_lo", "ci_hi", "n_pos"}},
-        "skipped": [names], "n": n_samples}``.
+        ``{"macro", "macro_ci": (lo, hi), "weighted", "weighted_ci": (lo, hi), "per_label": {name: {"auroc",
+        "ci_lo", "ci_hi", "n_pos"}}, "skipped": [names], "n": n_samples}``.
     """
     y_true, y_score = _check(y_true, y_score)
     n, k = y_true.shape
@@ -67,9 +71,11 @@ def multilabel_auroc(
 
     rng = np.random.default_rng(seed)
     boot = np.full((n_bootstrap, k), np.nan)
+    boot_pos = np.zeros((n_bootstrap, k))
     for b in range(n_bootstrap):
         idx = rng.integers(0, n, n)
         boot[b] = _auroc_columns(y_true[idx], y_score[idx])
+        boot_pos[b] = y_true[idx].sum(0)
     alpha = (1.0 - ci) / 2.0
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a replicate with no scorable label is NaN, then dropped
@@ -81,9 +87,17 @@ def multilabel_auroc(
         per_label[names[j]] = {"auroc": float(aucs[j]), "ci_lo": float(lo), "ci_hi": float(hi), "n_pos": int(pos[j])}
     finite = macro_boot[np.isfinite(macro_boot)]
     macro_ci = tuple(float(v) for v in np.quantile(finite, [alpha, 1 - alpha])) if len(finite) else (np.nan, np.nan)
+    sub, w = boot[:, valid], np.where(np.isfinite(boot[:, valid]), boot_pos[:, valid], 0.0)
+    with np.errstate(all="ignore"):
+        weighted_boot = (np.nan_to_num(sub) * w).sum(1) / w.sum(1)
+    finite = weighted_boot[np.isfinite(weighted_boot)]
+    weighted_ci = tuple(float(v) for v in np.quantile(finite, [alpha, 1 - alpha])) if len(finite) else (np.nan, np.nan)
+    weighted = float(np.average(aucs[valid], weights=pos[valid])) if len(valid) else float("nan")
     return {
         "macro": float(np.mean(aucs[valid])) if len(valid) else float("nan"),
         "macro_ci": macro_ci,
+        "weighted": weighted,
+        "weighted_ci": weighted_ci,
         "per_label": per_label,
         "skipped": [names[j] for j in range(k) if j not in set(valid.tolist())],
         "n": int(n),
@@ -117,15 +131,54 @@ def fmax(y_true: np.ndarray, y_score: np.ndarray, thresholds: np.ndarray | None 
     return best, best_t
 
 
-def per_label_f1_thresholds(y_true: np.ndarray, y_score: np.ndarray, fallback: float) -> np.ndarray:
+def per_label_f1_thresholds(
+    y_true: np.ndarray, y_score: np.ndarray, fallback: float, min_positives: int = 1
+) -> np.ndarray:
     """Each label's F1-optimal decision threshold in 0.01..0.99 (`fmax` on that label's column: micro-F1 over one
-    column is the label's F1); ``fallback`` for labels without a positive, which have no F1 to maximise.
+    column is the label's F1); ``fallback`` for labels with fewer than ``min_positives`` positives, whose own
+    optimum would be fitted to a handful of records (none at all: no F1 to maximise).
 
     0 and 1 are excluded: they mean "always" and "never" positive.
     """
     y_true, y_score = _check(y_true, y_score)
     thresholds = np.full(y_true.shape[1], fallback, dtype=np.float32)
     grid = np.round(np.arange(0.01, 1.0, 0.01), 2)
-    for c in np.flatnonzero((y_true > 0.5).any(axis=0)):
+    for c in np.flatnonzero((y_true > 0.5).sum(axis=0) >= max(1, min_positives)):
         thresholds[c] = fmax(y_true[:, c], y_score[:, c], thresholds=grid)[1]
     return thresholds
+
+
+def bootstrap_ci(
+    statistic: Callable[..., float], *arrays: np.ndarray, n_bootstrap: int = 1000, seed: int = 0, ci: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``statistic(*arrays)`` resampling rows (records) of every array together."""
+    n = len(arrays[0])
+    if n == 0 or n_bootstrap == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_bootstrap):
+        idx = rng.integers(0, n, n)
+        values.append(statistic(*(a[idx] for a in arrays)))
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return (float("nan"), float("nan"))
+    alpha = (1.0 - ci) / 2.0
+    lo, hi = np.quantile(values, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def sensitivity_specificity(y_true: np.ndarray, decision: np.ndarray, ci: float = 0.95) -> dict[str, Any]:
+    """Sensitivity and specificity of binary decisions with Wilson score intervals (scipy's binomtest)."""
+    y = np.asarray(y_true) > 0.5
+    d = np.asarray(decision).astype(bool)
+    out: dict[str, Any] = {"n_pos": int(y.sum()), "n_neg": int((~y).sum())}
+    for name, hits, total in (("sensitivity", (d & y).sum(), y.sum()), ("specificity", (~d & ~y).sum(), (~y).sum())):
+        if total == 0:
+            out[name], out[f"{name}_ci"] = float("nan"), (float("nan"), float("nan"))
+            continue
+        interval = binomtest(int(hits), int(total)).proportion_ci(confidence_level=ci, method="wilson")
+        out[name] = float(hits / total)
+        out[f"{name}_ci"] = (float(interval.low), float(interval.high))
+    return out

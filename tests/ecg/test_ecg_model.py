@@ -270,6 +270,7 @@ def _tiny_module(stages: list[str]):
     from medml.pipelines.ecg.module import EcgModule
 
     config = EcgConfig()
+    config.model.imagenet_weights = None  # narrow test networks: random initialisation
     for name in ("branch_rhythm", "branch_morphology", "branch_global"):
         block = getattr(config.model, name)
         block.widths, block.prototypes_per_class, block.prototype_dim = [8, 8, 16, 16], 2, 8

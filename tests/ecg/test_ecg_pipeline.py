@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -54,13 +56,12 @@ def test_tiny_recipe_learns_synthetic_ptbxl(ecg_run, ptbxl):
     assert lo <= all_set["macro"] <= hi
     for name in ("diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm", "branch_rhythm"):
         assert name in metrics["label_sets"]
-    assert 0.0 < metrics["fmax"] <= 1.0
     rows = list(csv.DictReader((out / "per_label_auroc.csv").open()))
     assert {r["label_set"] for r in rows} >= {"all", "superdiagnostic"}
     assert (out / "per_label_auroc.png").stat().st_size > 0
     assert "| all (71" in (out / "benchmark_table.md").read_text()
     # the saved per-record outputs reproduce the headline number
-    from medml.metrics import multilabel_auroc
+    from medml.metrics import fmax, multilabel_auroc
 
     saved = list(csv.DictReader((out / "predictions_test.csv").open()))
     codes = ecg_run.module.label_names
@@ -68,6 +69,9 @@ def test_tiny_recipe_learns_synthetic_ptbxl(ecg_run, ptbxl):
     labels = np.array([[int(r[f"label_{c}"]) for c in codes] for r in saved])
     assert sorted(int(r["ecg_id"]) for r in saved) == sorted(ptbxl.ecg_ids[ptbxl.split_indices("test")].tolist())
     assert multilabel_auroc(labels, probs, n_bootstrap=0)["macro"] == pytest.approx(headline["macro_auroc"], abs=1e-4)
+    # Fmax (labelled optimistic) is the saved outputs' Fmax, not just a number in (0, 1]
+    assert (metrics["fmax"], metrics["fmax_threshold"]) == pytest.approx(fmax(labels, probs), abs=1e-6)
+    assert "optimistic" in metrics["fmax_note"] and "optimistic" in (out / "benchmark_table.md").read_text()
 
 
 def test_training_logged_stage_monitors(ecg_run):
@@ -321,7 +325,7 @@ def test_rebuilding_from_a_checkpoint_needs_no_imagenet_file(tmp_path):
     from medml.pipelines.ecg.data import SCP_BRANCH
 
     config = EcgConfig()  # no labels yet: PTB-XL's 71 statements in scp_statements.csv order
-    config.model.imagenet_weights = tmp_path / "trained-elsewhere.pth"  # absent on the prediction machine
+    config.model.imagenet_weights = str(tmp_path / "trained-elsewhere.pth")  # absent on the prediction machine
     module = EcgPipeline(config).build_module(None)
     assert module.model.fusion.in_features == 1037 and module.model.fusion.out_features == 71
     assert module.label_names == scp_statements_frame().index.astype(str).tolist() == list(SCP_BRANCH)
@@ -329,3 +333,222 @@ def test_rebuilding_from_a_checkpoint_needs_no_imagenet_file(tmp_path):
     for branch in ("rhythm", "morphology", "global"):  # each branch's labels in statement row order
         index = module.model.label_index(branch).tolist()
         assert index == sorted(index) and all(SCP_BRANCH[module.label_names[i]] == branch for i in index)
+
+
+# ----- issue 13/14: scores, calibration, thresholds, explanations, SR ---------------------------------------------
+
+
+def _read_predictions(out: Path, codes: list[str]) -> dict[str, np.ndarray]:
+    saved = list(csv.DictReader((out / "predictions_test.csv").open()))
+    return {
+        key: np.array([[float(r[f"{key}_{c}"]) for c in codes] for r in saved]) for key in ("prob", "raw_prob", "label")
+    } | {"ecg_id": np.array([int(r["ecg_id"]) for r in saved])}
+
+
+def test_evaluation_reports_weighted_and_branch_logit_scores(ecg_run, ptbxl):
+    from medml.data.ptbxl import ECGDataset
+    from medml.metrics import multilabel_auroc
+
+    out = ecg_run.demo.eval_dir
+    metrics = json.loads((out / "metrics.json").read_text())
+    module = ecg_run.module
+    assert metrics["data"].startswith("synthetic")  # never titled PTB-XL
+    for sets in ("label_sets", "branch_logit_sets"):
+        for name in ("all", "diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm"):
+            res = metrics[sets][name]
+            assert res["weighted_ci"][0] <= res["weighted"] <= res["weighted_ci"][1], (sets, name)
+    # branch-logit scores are each label's own branch classifier, recomputed here from the branch outputs
+    rows = ptbxl.split_indices("test")
+    direct = module.predict_dataset(ECGDataset(ptbxl, rows, "all"), device=torch.device("cpu"))
+    with torch.no_grad():
+        signal = torch.as_tensor(np.array(ptbxl.signals[rows]))
+        outputs = module(signal)
+    for branch in ("rhythm", "morphology", "global"):
+        index = module.model.label_index(branch).numpy()
+        probs = torch.sigmoid(outputs[f"{branch}/logits"]).numpy()
+        expected = multilabel_auroc(direct["target"][:, index], probs, n_bootstrap=0)
+        assert metrics["branch_logit_sets"][f"branch_{branch}"]["macro"] == pytest.approx(expected["macro"], abs=1e-6)
+        assert metrics["branch_logit_sets"][f"branch_{branch}"]["weighted"] == pytest.approx(
+            expected["weighted"], abs=1e-6
+        )
+    table = (out / "benchmark_table.md").read_text()
+    assert "weighted (fused)" in table and "branch logits" in table and "synthetic" in table
+
+
+def test_calibrated_probabilities_with_raw_beside_them(ecg_run, ptbxl):
+    from medml.data.ptbxl import ECGDataset
+    from medml.metrics.calibration import calibration_summary
+
+    out = ecg_run.demo.eval_dir
+    module = ecg_run.module
+    saved = _read_predictions(out, module.label_names)
+    scale, shift = module.calibration_scale.numpy(), module.calibration_bias.numpy()
+    assert not np.allclose(scale, 1.0)  # fitted on fold 9
+    raw = np.clip(saved["raw_prob"], 1e-6, 1 - 1e-6)
+    expected = 1 / (1 + np.exp(-(scale * np.log(raw / (1 - raw)) + shift)))
+    np.testing.assert_allclose(saved["prob"], expected, atol=2e-4)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["calibration"]["raw"] == pytest.approx(
+        calibration_summary(saved["label"], saved["raw_prob"]), abs=1e-4
+    )
+    assert metrics["calibration"]["calibrated"] == pytest.approx(
+        calibration_summary(saved["label"], saved["prob"]), abs=1e-4
+    )
+    assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the fit lowers fold 9's negative log-likelihood (T = 1 is one of the candidates it searched)
+    val = module.predict_dataset(ECGDataset(ptbxl, ptbxl.split_indices("val"), "all"), device=torch.device("cpu"))
+
+    def nll(p):
+        p = np.clip(p, 1e-7, 1 - 1e-7)
+        return float(-(val["target"] * np.log(p) + (1 - val["target"]) * np.log(1 - p)).mean())
+
+    assert nll(val["probs"]) < nll(val["raw_probs"])
+    # prediction writes both, and decides on the calibrated one
+    probs = list(csv.DictReader((ecg_run.demo.pred_dir / "wfdb_lvh" / "probabilities.csv").open()))
+    assert {"probability", "raw_probability", "threshold", "decision"} <= set(probs[0])
+    assert all(int(r["decision"]) == (float(r["probability"]) >= float(r["threshold"]) - 0.005) for r in probs)
+
+
+def test_thresholds_have_minimum_positives_and_test_fold_sens_spec(ecg_run, ptbxl):
+    out = ecg_run.demo.eval_dir
+    module = ecg_run.module
+    rows = list(csv.DictReader((out / "thresholds_test.csv").open()))
+    assert [r["label"] for r in rows] == module.label_names
+    val_pos = ptbxl.labels[ptbxl.split_indices("val")].sum(0)
+    minimum = ecg_run.pipeline.config.model.threshold_min_positives
+    thresholds = module.thresholds.numpy()
+    fallback = {round(float(t), 2) for t, n in zip(thresholds, val_pos) if n < minimum}
+    assert len(fallback) == 1  # one documented rule (micro-Fmax) for every label with too few positives
+    for row, n in zip(rows, val_pos):
+        assert row["threshold_rule"].startswith("fallback") == (n < minimum), row
+        if row["sensitivity"] != "nan":
+            assert float(row["sensitivity_ci_lo"]) <= float(row["sensitivity"]) <= float(row["sensitivity_ci_hi"])
+    saved = _read_predictions(out, module.label_names)
+    c = module.label_names.index("SR")
+    y, d = saved["label"][:, c] > 0.5, saved["prob"][:, c] >= thresholds[c]
+    row = rows[c]
+    assert float(row["sensitivity"]) == pytest.approx((d & y).sum() / y.sum(), abs=1e-4)
+    assert float(row["specificity"]) == pytest.approx((~d & ~y).sum() / (~y).sum(), abs=1e-4)
+
+
+def test_explanation_contributions_add_up_to_the_logit(ecg_run):
+    out = ecg_run.demo.pred_dir
+    checked = 0
+    for path in out.glob("*/explanation.json"):
+        explanation = json.loads(path.read_text())
+        probs = {r["label"]: r for r in csv.DictReader((path.parent / "probabilities.csv").open())}
+        assert "synthetic" in explanation["model_note"]
+        for entry in explanation["labels"]:
+            parts = entry["bias"] + sum(entry["branch_contributions"].values())
+            assert parts == pytest.approx(entry["logit"], abs=1e-5)
+            raw = float(probs[entry["label"]]["raw_probability"])
+            assert entry["raw_probability"] == pytest.approx(raw, abs=1e-5)
+            windows = [w["contribution"] for w in entry["windows"] if w["branch"] == "morphology"]
+            assert len(windows) == ecg_run.module.model.branches["morphology"].latent_length - 2
+            assert sum(windows) == pytest.approx(entry["branch_contributions"]["morphology"], abs=1e-5)
+            for proto in entry["prototypes"]:
+                assert proto["own_label"] and proto["label"] == entry["label"]
+                if proto["window_contributions"] is not None:
+                    assert sum(proto["window_contributions"]) == pytest.approx(proto["contribution"], abs=1e-5)
+            for proto in entry["other_label_prototypes"]:
+                assert not proto["own_label"] and entry["label"] in proto["why"]
+            shown = entry["prototypes"] + entry["other_label_prototypes"]
+            assert entry["shown_contribution"] == pytest.approx(sum(p["contribution"] for p in shown), abs=1e-5)
+            checked += 1
+    assert checked >= 6
+
+
+def test_receptive_field_is_measured(ecg_run):
+    from medml.pipelines.ecg.explain import receptive_fields
+
+    module = ecg_run.module
+    branch = module.model.branches["morphology"]
+    before, after = receptive_fields(module)["morphology"]
+    assert before > 0 and after > 0  # a latent window sees far more than its nominal 0.93-s span
+    w = 14  # mid-record, so the field lies inside the 10 s
+    start, end = branch.raw_start(w), branch.raw_start(w) + branch.segment_length
+    x = torch.randn(1, 12, branch.signal_length)
+
+    def patch(signal):
+        with torch.no_grad():
+            return branch.latent(signal)[..., w : w + branch.prototype_length]
+
+    base = patch(x)
+    inside, outside = x.clone(), x.clone()
+    inside[..., start - before] += 50.0  # the first sample the field reaches changes the window
+    outside[..., start - before - 1] += 50.0  # one sample further does not
+    assert (patch(inside) - base).abs().max() > 0
+    torch.testing.assert_close(patch(outside), base, rtol=0, atol=1e-6)
+    far = x.clone()
+    far[..., end + after] += 50.0
+    torch.testing.assert_close(patch(far), base, rtol=0, atol=1e-6)
+    assert (before + branch.segment_length + after) / 100 > 2 * branch.segment_length / 100
+
+
+def test_contradictory_positives_are_flagged_and_dicom_inputs_get_an_sr(ecg_run):
+    import highdicom as hd
+    import pydicom
+
+    from medml.pipelines.ecg.explain import contradictions
+
+    assert contradictions({"STACH", "SBRAD", "LVH"}) == ["STACH+SBRAD: sinus tachycardia and sinus bradycardia"]
+    assert contradictions({"SR", "LVH"}) == []
+    out = ecg_run.demo.pred_dir
+    for row in csv.DictReader((out / "predictions.csv").open()):
+        assert row["contradictions"] == "; ".join(contradictions(positives(row)))
+        explanation = json.loads((out / row["case"] / "explanation.json").read_text())
+        assert explanation["contradictions"] == contradictions(positives(row))
+        sr_path = out / row["case"] / "findings_sr.dcm"
+        if not row["SOPInstanceUID"]:
+            assert not sr_path.exists()  # WFDB inputs: no DICOM to reference
+            continue
+        sr = pydicom.dcmread(sr_path)
+        source = pydicom.dcmread(ecg_run.demo.root / "clinical" / f"{row['case']}.dcm", stop_before_pixels=True)
+        assert sr.StudyInstanceUID == source.StudyInstanceUID == row["StudyInstanceUID"]
+        evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+        assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert evidence.ReferencedSOPSequence[0].ReferencedSOPClassUID == source.SOPClassUID
+        findings = dict(_coded_findings(sr))
+        assert len(findings) == 71  # every label: present or absent, coded SCPECG, beside its probability
+        assert {code for code, value in findings.items() if value == "Present"} == positives(row)
+        assert "Electrocardiographic procedure" in str(sr)
+        hd.sr.srread(sr_path)  # highdicom reads it back as an SR
+        if shutil.which("dciodvfy"):  # dicom3tools' validator, where installed
+            checked = subprocess.run(["dciodvfy", str(sr_path)], capture_output=True, text=True)
+            errors = [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
+            assert not errors, errors[:3]
+
+
+def positives(row: dict[str, str]) -> set[str]:
+    return set(row["positive_labels"].split(";")) - {""}
+
+
+def _coded_findings(dataset):
+    """(SCP code, Present/Absent) of every qualitative evaluation in an SR content tree."""
+    for item in getattr(dataset, "ContentSequence", []):
+        name = item.ConceptNameCodeSequence[0] if "ConceptNameCodeSequence" in item else None
+        if item.ValueType == "CODE" and name is not None and name.CodingSchemeDesignator == "SCPECG":
+            yield name.CodeValue, item.ConceptCodeSequence[0].CodeMeaning
+        yield from _coded_findings(item)
+
+
+def test_explain_module_never_switches_the_matplotlib_backend():
+    import sys
+
+    code = (
+        "import matplotlib; matplotlib.use('svg'); import medml.pipelines.ecg.explain, medml.pipelines.ecg.pipeline; "
+        "print(matplotlib.get_backend())"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MPLBACKEND"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert result.stdout.strip() == "svg"
+
+
+def test_run_records_the_global_batch_and_projects_from_last_weights(ecg_run):
+    record = json.loads((ecg_run.run_dir / "run.json").read_text())
+    assert record["global_batch"] == {"per_device": 32, "processes": 1, "accumulate": 1, "global": 32}
+    for branch in ("rhythm", "morphology", "global"):
+        done = json.loads(next((ecg_run.run_dir / "stages").glob(f"*-joint_{branch}/done.json")).read_text())
+        assert done["best_checkpoint"].endswith("last.ckpt")
+    fusion = json.loads(next((ecg_run.run_dir / "stages").glob("*-fusion/done.json")).read_text())
+    assert not fusion["best_checkpoint"].endswith("last.ckpt")

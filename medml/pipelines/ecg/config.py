@@ -6,7 +6,6 @@ The defaults are the paper's configuration (spec ``specs/ecg-protoecgnet-and-ct-
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, model_validator
@@ -30,6 +29,10 @@ class EcgDataConfig(Strict):
     crop: Literal["start", "center"] = "start"
     min_seconds: float = Field(8.0, gt=0)
     flat_lead_mv: float = Field(0.02, ge=0)  # peak-to-peak below this (before or after preprocessing): a flat lead
+    # Model selection in the branch stages: "official_sampling" = the official validation loader (fold 9 drawn with
+    # replacement, record weight = its branch labels' validation class weights, so records without a label of the
+    # branch are never drawn; one seeded draw per stage); "fold9" = every fold-9 record once.
+    branch_validation: Literal["official_sampling", "fold9"] = "official_sampling"
 
 
 class BranchConfig(Strict):
@@ -48,14 +51,22 @@ class EcgModelConfig(Strict):
     # the 71 SCP codes in scp_statements.csv row order, filled from the dataset at training and stored with the
     # model; None means PTB-XL's own 71 statements
     labels: list[str] | None = None
+    # what the model was trained on ("PTB-XL" or the synthetic stand-in), filled at training; titles figures
+    training_data: str | None = None
     branch_rhythm: BranchConfig = BranchConfig(prototypes_per_class=5)
     branch_morphology: BranchConfig = BranchConfig(prototypes_per_class=18, prototype_length=3)
     branch_global: BranchConfig = BranchConfig(prototypes_per_class=7, prototype_length=32)
     dropout: float = Field(
         0.35, ge=0, lt=1
     )  # before layer4 of the 2D backbones (unused by the 1D net, as in the official code)
-    imagenet_weights: Path | None = None  # local torchvision resnet18 state dict for the 2D backbones; never fetched
+    # 2D backbones' initialisation: "imagenet" (torchvision's ResNet weights API, downloaded once into torch's hub
+    # cache), a local torchvision state dict file (offline machines), or null (random; tiny recipes and tests)
+    imagenet_weights: str | None = "imagenet"
     threshold: Literal["per_label_f1", "fmax"] = "per_label_f1"  # decision threshold chosen on the val fold
+    # a label needs this many fold-9 positives for its own F1-optimal threshold; fewer: the micro-Fmax threshold
+    threshold_min_positives: int = Field(10, ge=1)
+    # probability calibration fitted on fold 9 after fusion: one temperature per label, Platt (a, b) per label, none
+    calibration: Literal["temperature", "platt", "none"] = "temperature"
     explain_top_k: int = Field(3, ge=1)  # prototypes listed per positive label
     explain_max_labels: int = Field(8, ge=1)  # positive labels explained per ECG (highest probability first)
 
@@ -147,7 +158,7 @@ def _branch_stages(branch: str) -> list[EcgStage]:
     monitor = {"monitor": f"val_auroc_{branch}", "monitor_mode": "max"}
     return [
         EcgStage(mode="warmup", branch=branch, enabled=False, **monitor),
-        EcgStage(mode="joint", branch=branch, **monitor),
+        EcgStage(mode="joint", branch=branch, keep="last", **monitor),  # the official push loads the last weights
         EcgStage(mode="project", branch=branch),
         EcgStage(mode="classifier", branch=branch, enabled=False, **monitor),
     ]
@@ -167,6 +178,8 @@ class EcgConfig(PipelineConfig):
 
     train: TrainConfig = TrainConfig(
         batch_size=32,
+        global_batch_size=32,  # kept on any number of devices, with the paper's lr
+        precision="32",  # fp32 as the official runs (TF32 matmuls allowed, see tf32); bf16-mixed is an option
         max_epochs=200,
         monitor="val_auroc",
         monitor_mode="max",
@@ -179,3 +192,4 @@ class EcgConfig(PipelineConfig):
     data: EcgDataConfig = EcgDataConfig()
     model: EcgModelConfig = EcgModelConfig()
     loss: EcgLossConfig = EcgLossConfig()
+    tf32: bool = True  # allow TF32 matmuls/convolutions on CUDA in fp32 runs (torch.set_float32_matmul_precision)

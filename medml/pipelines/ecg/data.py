@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from monai.transforms import CastToTyped, Compose, MapTransform
 from torch.utils.data import Dataset
 
 from medml.data.ptbxl import PTBXL, SCP_CODES, ECGDataset, fit_standardizer
-from medml.engine.data import MedmlDataModule
+from medml.engine.data import MedmlDataModule, eval_loader
 from medml.errors import DataLayoutError, SignalError
 from medml.io.ecg import check_signal
 from medml.pipelines.ecg.config import EcgConfig, EcgDataConfig
@@ -183,11 +184,59 @@ class EcgDataModule(MedmlDataModule):
     def codes(self) -> list[str]:
         return list(self.ptbxl.codes)
 
+    def val_dataloader(self):
+        """Fold 9; in a branch stage with ``data.branch_validation: official_sampling``, the official resampled
+        fold 9 of that branch (`branch_validation_draw`), on which the stage's model selection then runs."""
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        stage = getattr(module, "stage", None)
+        branch = getattr(stage, "branch", None)
+        if branch is None or self.config.data.branch_validation != "official_sampling":
+            return super().val_dataloader()
+        draw = branch_validation_draw(
+            np.asarray(self.ptbxl.labels[self.val_index]),
+            branch_label_indices(self.codes)[branch],
+            self.config.train.seed,
+        )
+        if draw is None:  # no fold-9 record has a label of this branch: nothing to weight, use the fold as it is
+            return super().val_dataloader()
+        return eval_loader(DrawnDataset(self.val_dataset, draw), self.config.train)
+
     def train_labels(self) -> np.ndarray:
         return np.asarray(self.ptbxl.labels[self.train_index])
 
     def record_path(self, index: int) -> Path:
         return self.ptbxl.record_path(int(index))
+
+
+def branch_validation_draw(labels: np.ndarray, branch_index: Sequence[int], seed: int) -> np.ndarray | None:
+    """The official branch validation loader's sample: ``len(labels)`` draws with replacement, a record weighted by
+    the summed validation class weights ``(sum_k n_k - n_c) / n_c`` of its branch labels (spec 1.9), so records
+    without a label of the branch are never drawn. One seeded draw per stage (the official loader draws anew each
+    epoch), so every epoch of a stage is selected on the same sample. ``None`` when no record can be drawn."""
+    y = (np.asarray(labels)[:, list(branch_index)] > 0.5).astype(np.float64)
+    n = y.sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weight = np.where(n > 0, (n.sum() - n) / n, 0.0)
+    record_weight = y @ weight
+    if not (record_weight > 0).any():
+        return None
+    generator = torch.Generator().manual_seed(int(seed))
+    draw = torch.multinomial(torch.as_tensor(record_weight), len(y), replacement=True, generator=generator)
+    return draw.numpy()
+
+
+class DrawnDataset(Dataset):
+    """``dataset`` at the drawn positions; each item's ``draw`` (its position in the draw) tells repeated records
+    apart, so a whole-fold metric counts a record as often as it was drawn."""
+
+    def __init__(self, dataset: Dataset, draw: np.ndarray):
+        self.dataset, self.draw = dataset, np.asarray(draw)
+
+    def __len__(self) -> int:
+        return len(self.draw)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**self.dataset[int(self.draw[i])], "draw": i}
 
 
 def ptbxl_statement_codes() -> list[str]:

@@ -139,7 +139,7 @@ class ResNet2D(nn.Module):
             raise ConfigError("config key 'model.imagenet_weights': ImageNet weights need the standard widths 64..512")
         net = _narrow_resnet(depth, widths) if narrow else (resnet18 if depth == 18 else resnet34)(weights=None)
         if imagenet_weights is not None:
-            load_imagenet_weights(net, imagenet_weights)
+            load_imagenet_weights(net, imagenet_weights, depth)
         first = net.layer1[0].conv1.in_channels
         self.conv1 = nn.Conv2d(1, first, kernel_size=(leads, 7), stride=(1, 2), padding=(0, 3), bias=False)
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
@@ -170,10 +170,26 @@ def _narrow_resnet(depth: int, widths: Sequence[int]) -> nn.Module:
     return net
 
 
-def load_imagenet_weights(net: nn.Module, path: str | Path) -> None:
-    """Load a local torchvision ImageNet state dict into ``net`` (never downloads); conv1 and fc are skipped
-    because the ECG model replaces them."""
-    path = Path(path)
+IMAGENET_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet18_Weights.IMAGENET1K_V1 file name
+
+
+def imagenet_state_dict(weights: str | Path, depth: int = 18) -> dict[str, torch.Tensor]:
+    """ImageNet weights of a torchvision ResNet: ``"imagenet"`` through torchvision's weights API (downloaded once
+    into torch's hub cache with its checksum), or a local state dict file. Offline, one line names the config key."""
+    if str(weights) == "imagenet":
+        from torchvision.models import ResNet18_Weights, ResNet34_Weights
+
+        api = ResNet18_Weights.IMAGENET1K_V1 if depth == 18 else ResNet34_Weights.IMAGENET1K_V1
+        try:
+            return api.get_state_dict(progress=False, check_hash=True)
+        except Exception as exc:  # noqa: BLE001 - URLError, socket errors, hash mismatch: all mean "not available"
+            name = Path(api.url).name
+            raise ConfigError(
+                f"config key 'model.imagenet_weights': cannot fetch torchvision's ImageNet ResNet-{depth} weights "
+                f"({type(exc).__name__}); offline, download {name} elsewhere and set "
+                f"model.imagenet_weights=/path/to/{name} (or null for random initialisation)"
+            ) from None
+    path = Path(weights).expanduser()
     if not path.is_file():
         raise ConfigError("config key 'model.imagenet_weights': file not found", path)
     try:
@@ -182,12 +198,20 @@ def load_imagenet_weights(net: nn.Module, path: str | Path) -> None:
         raise CheckpointError(f"not a readable weights file ({type(exc).__name__})", path) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    return state
+
+
+def load_imagenet_weights(net: nn.Module, weights: str | Path, depth: int = 18) -> None:
+    """Load ImageNet weights (`imagenet_state_dict`) into ``net``; conv1 and fc are skipped because the ECG model
+    replaces them (as in the official backbone, whose conv1 is in effect trained from scratch)."""
+    state = imagenet_state_dict(weights, depth)
     keep = {k: v for k, v in state.items() if not k.startswith(("conv1.", "fc."))}
     missing, unexpected = net.load_state_dict(keep, strict=False)
     missing = [k for k in missing if not k.startswith(("conv1.", "fc."))]
     if missing or unexpected:
         raise CheckpointError(
-            f"not a ResNet state dict of this depth (missing {missing[:2]}, unexpected {unexpected[:2]})", path
+            f"not a ResNet state dict of this depth (missing {missing[:2]}, unexpected {unexpected[:2]})",
+            None if str(weights) == "imagenet" else Path(weights),
         )
 
 

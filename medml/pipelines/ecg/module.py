@@ -19,25 +19,29 @@ import torch.nn.functional as F
 from medml.engine.data import eval_loader
 from medml.errors import ConfigError
 from medml.metrics import fmax, macro_auroc, per_label_f1_thresholds
+from medml.metrics.calibration import calibration_summary, fit_platt, fit_temperature
 from medml.pipelines.base import MedmlModule
 from medml.pipelines.ecg.config import EcgStage, trained_prefixes
 from medml.pipelines.ecg.losses import ClassifierLoss, PrototypeLoss, class_pos_weight, label_jaccard
 from medml.pipelines.ecg.model import BRANCHES, ProtoECGNet, encode_path
 
 
-def choose_thresholds(targets: np.ndarray, probs: np.ndarray, policy: str = "per_label_f1") -> np.ndarray:
+def choose_thresholds(
+    targets: np.ndarray, probs: np.ndarray, policy: str = "per_label_f1", min_positives: int = 1
+) -> np.ndarray:
     """Decision thresholds from validation predictions.
 
     ``fmax``: the micro-Fmax threshold (`medml.metrics.fmax`) for every label. ``per_label_f1``: each label its own
     F1-optimal threshold in 0.01..0.99. That is `fmax` applied to the label's column alone (micro-F1 over one
     column is that label's F1), so it reuses the metric; it differs from the ``fmax`` policy only in choosing one
-    threshold per label instead of one shared threshold, which matters for PTB-XL's rare labels. Labels without a
-    validation positive have no F1 to maximise and fall back to the micro-Fmax threshold.
+    threshold per label instead of one shared threshold, which matters for PTB-XL's rare labels. A label with fewer
+    than ``min_positives`` validation positives (``model.threshold_min_positives``) would get a threshold fitted to a
+    handful of records: it falls back to the micro-Fmax threshold over all labels (the documented rule).
     """
     _, global_t = fmax(targets, probs)
     if policy == "fmax":
         return np.full(targets.shape[1], global_t, dtype=np.float32)
-    return per_label_f1_thresholds(targets, probs, fallback=global_t)
+    return per_label_f1_thresholds(targets, probs, fallback=global_t, min_positives=min_positives)
 
 
 def build_protoecgnet(config, branch_labels: dict[str, Sequence[int]], load_imagenet: bool = True) -> ProtoECGNet:
@@ -114,12 +118,31 @@ class EcgModule(MedmlModule):
         self.register_buffer("signal_mean", torch.zeros(12) if mean is None else torch.as_tensor(mean).float())
         self.register_buffer("signal_std", torch.ones(12) if std is None else torch.as_tensor(std).float())
         self.register_buffer("thresholds", torch.full((num_labels,), 0.5))
+        # calibrated logit = scale * logit + bias (temperature: scale 1/T, bias 0; Platt: a, b), fitted on fold 9
+        self.register_buffer("calibration_scale", torch.ones(num_labels))
+        self.register_buffer("calibration_bias", torch.zeros(num_labels))
         self._val_outputs: list[dict[str, torch.Tensor]] = []
 
     # ----- helpers -------------------------------------------------------------------------------------------------
     @property
     def label_names(self) -> list[str]:
         return list(self.config.model.labels)
+
+    def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated probabilities of fused logits (identity until the thresholds stage fits the calibration)."""
+        return torch.sigmoid(logits * self.calibration_scale + self.calibration_bias)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Checkpoints written before calibration existed load with the identity calibration."""
+        state = dict(state_dict)
+        state.setdefault("calibration_scale", torch.ones_like(self.calibration_scale))
+        state.setdefault("calibration_bias", torch.zeros_like(self.calibration_bias))
+        return super().load_state_dict(state, strict=strict, assign=assign)
+
+    def on_fit_start(self) -> None:
+        if self.config.tf32 and self.device.type == "cuda":  # fp32 weights and accumulation, TF32 matmuls
+            torch.set_float32_matmul_precision("high")
+            torch.backends.cudnn.allow_tf32 = True
 
     def standardize(self, signal: torch.Tensor) -> torch.Tensor:
         std = torch.where(self.signal_std > 0, self.signal_std, torch.ones_like(self.signal_std))
@@ -208,7 +231,8 @@ class EcgModule(MedmlModule):
         self.log(
             "val_loss", terms["loss"], on_step=False, on_epoch=True, batch_size=batch["signal"].shape[0], sync_dist=True
         )
-        record = {"index": batch["index"].long(), "target": batch["target"].float()}
+        # "draw": position in the official resampled fold 9 (a record drawn twice counts twice); else the record row
+        record = {"index": batch.get("draw", batch["index"]).long(), "target": batch["target"].float()}
         for key, probs in self._scores(batch["signal"]).items():
             record[f"probs/{key}"] = probs.float()
         self._val_outputs.append(record)
@@ -250,19 +274,36 @@ class EcgModule(MedmlModule):
         # Every process scans the whole set (no sharding) so each ends with identical prototypes/thresholds.
         return eval_loader(dataset, self.config.train, shard=False)
 
+    def branch_logits(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 71) logits of each label's own branch classifier (every label belongs to exactly one branch)."""
+        first = out[f"{self.model.branch_names[0]}/logits"]
+        logits = first.new_zeros(first.shape[0], len(self.label_names))
+        for name in self.model.branch_names:
+            logits[:, self.model.label_index(name)] = out[f"{name}/logits"].to(logits.dtype)
+        return logits
+
     def predict_dataset(self, dataset, device: torch.device | None = None) -> dict[str, np.ndarray]:
-        """Fused probabilities, targets and record rows of a dataset (eval mode, whole set).
+        """Fused probabilities (calibrated ``probs`` and ``raw_probs``), fused ``logits``, each label's own branch
+        probabilities (``branch_probs``), targets and record rows of a dataset (eval mode, whole set).
 
         Runs on ``device``, by default the module's own device (where ``load_checkpoint(..., device=)`` put it).
         """
-        probs, targets, index = [], [], []
+        logits, branch, targets, index = [], [], [], []
         with self.evaluating(device):
             for batch in self._loader(dataset):
-                probs.append(torch.sigmoid(self(batch["signal"].to(self.device))["logits"]).float().cpu())
+                out = self(batch["signal"].to(self.device))
+                logits.append(out["logits"].float())
+                branch.append(self.branch_logits(out).float().cpu())
                 targets.append(batch["target"].float())
                 index.append(batch["index"].long())
+            fused = torch.cat(logits)
+            calibrated = self.calibrate(fused).cpu()
+        fused = fused.cpu()
         return {
-            "probs": torch.cat(probs).numpy(),
+            "probs": calibrated.numpy(),
+            "raw_probs": torch.sigmoid(fused).numpy(),
+            "logits": fused.numpy(),
+            "branch_probs": torch.sigmoid(torch.cat(branch)).numpy(),
             "target": torch.cat(targets).numpy(),
             "index": torch.cat(index).numpy(),
         }
@@ -332,15 +373,40 @@ class EcgModule(MedmlModule):
             "mean_similarity": float(best_sim[found.to(device)].mean()) if found.any() else None,
         }
 
+    def fit_calibration(self, logits: np.ndarray, target: np.ndarray) -> None:
+        """Per-label temperature or Platt scaling of the fused logits on fold 9 (``model.calibration``)."""
+        method = self.config.model.calibration
+        scale, bias = np.ones(logits.shape[1]), np.zeros(logits.shape[1])
+        if method == "temperature":
+            scale = fit_temperature(logits, target)
+        elif method == "platt":
+            scale, bias = fit_platt(logits, target)
+        self.calibration_scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
+        self.calibration_bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+
     def select_thresholds(self, datamodule) -> dict[str, Any]:
-        """Choose the decision threshold of every label on the validation fold (whole fold)."""
+        """Fit the probability calibration, then choose every label's decision threshold on the calibrated
+        probabilities, both on the validation fold (whole fold, every record once)."""
+        cfg = self.config.model
+        self.calibration_scale.fill_(1.0)
+        self.calibration_bias.fill_(0.0)
         out = self.predict_dataset(datamodule.val_dataset, device=self.device)
-        thresholds = choose_thresholds(out["target"], out["probs"], self.config.model.threshold)
+        self.fit_calibration(out["logits"], out["target"])
+        probs = self.calibrate(torch.as_tensor(out["logits"]).to(self.calibration_scale.device)).cpu().numpy()
+        thresholds = choose_thresholds(out["target"], probs, cfg.threshold, cfg.threshold_min_positives)
         self.thresholds.copy_(torch.as_tensor(thresholds))
+        n_pos = (out["target"] > 0.5).sum(0)
         return {
-            "policy": self.config.model.threshold,
+            "policy": cfg.threshold,
+            "calibration": cfg.calibration,
+            "min_positives": cfg.threshold_min_positives,
+            "labels_on_fallback_threshold": [
+                name for name, n in zip(self.label_names, n_pos) if n < cfg.threshold_min_positives
+            ],
             "mean_threshold": float(thresholds.mean()),
             "val_macro_auroc": macro_auroc(out["target"], out["probs"]),
+            "val_calibration_before": calibration_summary(out["target"], out["raw_probs"]),
+            "val_calibration_after": calibration_summary(out["target"], probs),
         }
 
 

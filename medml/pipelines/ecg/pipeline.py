@@ -15,15 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import torch
 import wfdb
 from monai.transforms import Compose
 from pydicom.data import get_testdata_file
 
-from medml.data.ptbxl import check_ptbxl_layout
+from medml.data.ptbxl import check_ptbxl_layout, scp_statements_frame
 from medml.data.synthetic_ptbxl import simulate_ecg, write_synthetic_ptbxl
 from medml.errors import ConfigError
-from medml.io import read_ecg
+from medml.io import Finding, read_ecg, write_dicom_sr
 from medml.io.synthetic import write_dicom_ecg
 from medml.io.types import STANDARD_LEADS
 from medml.pipelines.base import Pipeline
@@ -119,6 +120,7 @@ class EcgPipeline(Pipeline):
             if cfg.model.labels is not None and list(cfg.model.labels) != codes:
                 raise ConfigError("config key 'model.labels': differs from the dataset's scp_statements.csv rows")
             cfg.model.labels = codes
+            cfg.model.training_data = datamodule.ptbxl.title
             return EcgModule(
                 cfg, branch_label_indices(codes), datamodule.train_labels(), datamodule.mean, datamodule.std
             )
@@ -133,19 +135,28 @@ class EcgPipeline(Pipeline):
         record = read_ecg(case)
         path = getattr(case, "path", case)
         sample = apply_transform(self.preprocessing, {"signal": record.signal, "fs": float(record.fs), "path": path})
+        header = None
+        if getattr(case, "kind", None) == "dicom_ecg":  # the SR's evidence; the waveform itself is not kept
+            header = pydicom.dcmread(case.paths[0], stop_before_pixels=True)
+            if "WaveformSequence" in header:
+                del header.WaveformSequence
+        seconds = float(record.signal.shape[1] / record.fs)
         return {
             "signal": sample["signal"],
             "fs": float(self.config.data.sampling_rate),
             "source_fs": float(record.fs),
-            "source_seconds": float(record.signal.shape[1] / record.fs),
+            "source_seconds": seconds,
+            "zero_padded_seconds": round(max(0.0, self.config.data.seconds - seconds), 3),
             "path": str(path),
+            "dicom_header": header,
         }
 
     @torch.no_grad()
     def predict_batch(self, module: EcgModule, samples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         signal = torch.as_tensor(np.stack([s["signal"] for s in samples]), dtype=torch.float32, device=module.device)
         out = module(signal)
-        probs = torch.sigmoid(out["logits"]).float().cpu().numpy()
+        probs = module.calibrate(out["logits"]).float().cpu().numpy()
+        raw = torch.sigmoid(out["logits"]).float().cpu().numpy()
         thresholds = module.thresholds.cpu().numpy()
         table = prototype_table(module)
         results = []
@@ -155,6 +166,7 @@ class EcgPipeline(Pipeline):
             results.append(
                 {
                     "probs": probs[i],
+                    "raw_probs": raw[i],
                     "thresholds": thresholds,
                     "decision": probs[i] >= thresholds,
                     "explanation": explanation,
@@ -165,28 +177,51 @@ class EcgPipeline(Pipeline):
 
     def write_case(self, case: Any, sample: dict[str, Any], output: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         labels = self.config.model.labels
-        lines = ["label,probability,threshold,decision"]
-        for name, p, t, d in zip(labels, output["probs"], output["thresholds"], output["decision"]):
-            lines.append(f"{name},{p:.6f},{t:.2f},{int(d)}")
+        lines = ["label,probability,raw_probability,threshold,decision"]
+        for name, p, r, t, d in zip(
+            labels, output["probs"], output["raw_probs"], output["thresholds"], output["decision"]
+        ):
+            lines.append(f"{name},{p:.6f},{r:.6f},{t:.2f},{int(d)}")
         write_text(out_dir / "probabilities.csv", "\n".join(lines) + "\n")
+        note = model_note(self.config)
         explanation = {
             "case_id": case.case_id,
             "source": case.meta.get("source", case.case_id),
             "source_fs": sample["source_fs"],
             "source_seconds": sample["source_seconds"],
+            "zero_padded_seconds": sample["zero_padded_seconds"],
+            "model_note": note,
+            "probability": f"calibrated ({self.config.model.calibration} scaling fitted on fold 9); raw beside it",
             **output["explanation"],
         }
         write_json(out_dir / "explanation.json", explanation)
         explanation_figure(sample["signal"], sample["fs"], explanation, out_dir / "explanation.png", output["segments"])
         order = np.argsort(-output["probs"])
         positive = [labels[j] for j in order if output["decision"][j]]
+        header = sample.get("dicom_header")
+        if header is not None:
+            write_dicom_sr(
+                header,
+                [
+                    Finding(scp_concept(name), bool(d), float(p))
+                    for name, d, p in zip(labels, output["decision"], output["probs"])
+                ],
+                out_dir / "findings_sr.dcm",
+                algorithm_name="medml ProtoECGNet",
+                procedure=ECG_PROCEDURE,
+            )
         return {
             "case_id": case.case_id,
+            "StudyInstanceUID": str(getattr(header, "StudyInstanceUID", "")) if header is not None else "",
+            "SeriesInstanceUID": str(getattr(header, "SeriesInstanceUID", "")) if header is not None else "",
+            "SOPInstanceUID": str(getattr(header, "SOPInstanceUID", "")) if header is not None else "",
             "n_positive": len(positive),
             "positive_labels": ";".join(positive),
+            "contradictions": "; ".join(output["explanation"].get("contradictions", [])),
             "top_label": labels[int(order[0])],
             "top_probability": round(float(output["probs"][order[0]]), 4),
             "top3": ";".join(f"{labels[j]}:{output['probs'][j]:.3f}" for j in order[:3]),
+            "zero_padded_seconds": sample["zero_padded_seconds"],
         }
 
     # ----- evaluation ----------------------------------------------------------------------------------------------
@@ -195,6 +230,29 @@ class EcgPipeline(Pipeline):
 
     def report_figures(self, run_dir: Path, eval_dir: Path, pred_dir: Path) -> list[Path]:
         return sorted(Path(eval_dir).glob("*.png")) + sorted(Path(pred_dir).glob("*/explanation.png"))[:4]
+
+
+#: SNOMED CT "Electrocardiographic procedure": the procedure an ECG SR reports.
+ECG_PROCEDURE = ("29303009", "SCT", "Electrocardiographic procedure")
+
+
+def scp_concept(code: str) -> tuple[str, str, str, str]:
+    """An SCP-ECG statement as a DICOM coded concept: coding scheme ``SCPECG`` version 1.3 (PS3.16 names that
+    revision, and the scheme needs its version), meaning from PTB-XL's table."""
+    descriptions = _scp_descriptions()
+    return (code, "SCPECG", descriptions.get(code, code), "1.3")
+
+
+@functools.cache
+def _scp_descriptions() -> dict[str, str]:
+    frame = scp_statements_frame()
+    return {str(k): str(v)[:64] for k, v in frame["description"].items()}
+
+
+def model_note(config: EcgConfig) -> str:
+    """What the model is, for figure titles: never calls a model trained on simulated ECGs a PTB-XL model."""
+    data = config.model.training_data or "PTB-XL"
+    return f"ProtoECGNet trained on {data}; research use, not a diagnosis"
 
 
 def _write_wfdb(wfdb, stem: Path, signal: np.ndarray, fs: int, leads: Sequence[str], order: Sequence[str]) -> None:
