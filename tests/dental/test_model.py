@@ -179,7 +179,7 @@ def test_zero_box_init_starts_every_stage_as_the_identity():
     """``model.box_init: zero`` (tiny): the first forward returns the proposals at every head stage; the released
     Xavier init moves them by random deltas of order one that compound over the stages (the tiny run's failure)."""
     torch.manual_seed(0)
-    images, sizes = torch.zeros(1, 3, 64, 128), torch.tensor([[64, 128]])
+    images = torch.zeros(1, 3, 64, 128)
     proposals = torch.tensor([[[10.0, 8.0, 30.0, 40.0], [60.0, 20.0, 90.0, 50.0]]]).repeat(1, 6, 1)
     t = torch.tensor([10])
     zero = HierarchicalDiffusionDet(tiny_model_cfg(box_init="zero", num_proposals=12))
