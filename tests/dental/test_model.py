@@ -173,3 +173,26 @@ def test_faster_rcnn_baseline_loss_and_detections_in_the_same_interface():
     assert len(dets) == 2 and all(d["labels"].shape[1] == 3 for d in dets)
     labels = torch.tensor([[0, 0, 0], [3, 7, 3], [2, 4, 1]])
     assert joint_label(labels).tolist() == [1, 128, 82] and torch.equal(split_label(joint_label(labels)), labels)
+
+
+def test_zero_box_init_starts_every_stage_as_the_identity():
+    """``model.box_init: zero`` (tiny): the first forward returns the proposals at every head stage; the released
+    Xavier init moves them by random deltas of order one that compound over the stages (the tiny run's failure)."""
+    torch.manual_seed(0)
+    images = torch.zeros(1, 3, 64, 128)
+    proposals = torch.tensor([[[10.0, 8.0, 30.0, 40.0], [60.0, 20.0, 90.0, 50.0]]]).repeat(1, 6, 1)
+    t = torch.tensor([10])
+    zero = HierarchicalDiffusionDet(tiny_model_cfg(box_init="zero", num_proposals=12))
+    _, boxes = zero(images, proposals, t)
+    assert torch.allclose(boxes, proposals.expand_as(boxes), atol=1e-4)
+    xavier = HierarchicalDiffusionDet(tiny_model_cfg(num_proposals=12))
+    _, boxes = xavier(images, proposals, t)
+    assert (boxes[-1] - proposals).abs().max() > 1.0
+
+
+def test_tiny_recipe_trains_the_whole_backbone():
+    """Random weights: no frozen stem or res2 (frozen random filters would be fixed noise), GroupNorm, not FrozenBN."""
+    cfg = load_config(DentalConfig, resolve_recipe("dental", "tiny"))
+    model = HierarchicalDiffusionDet(cfg.model)
+    assert all(p.requires_grad for p in model.parameters())
+    assert cfg.model.box_init == "zero"

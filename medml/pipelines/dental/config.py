@@ -100,6 +100,9 @@ class DentalModel(Strict):
     num_cls_layers: Annotated[int, Field(ge=0, le=4)] = 1
     num_reg_layers: Annotated[int, Field(ge=0, le=6)] = 3
     prior_prob: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.01
+    # box regressor init: "xavier" as released (random deltas of order 1 that move every box at the first forward and
+    # compound over the stages); "zero" starts each stage as the identity on its proposals (short runs: tiny recipe)
+    box_init: Literal["xavier", "zero"] = "xavier"
     timesteps: Annotated[int, Field(ge=10, le=10000)] = 1000
     snr_scale: Annotated[float, Field(gt=0.0, le=10.0)] = 2.0
     sample_steps: Annotated[int, Field(ge=1, le=50)] = 1  # DDIM steps at inference (the released code: 1)

@@ -279,6 +279,9 @@ class DynamicHead(nn.Module):
         for stage in self.stages:
             for head in stage.classifiers:
                 nn.init.constant_(head.bias, bias)
+            if cfg.box_init == "zero":
+                nn.init.zeros_(stage.box_delta.weight)
+                nn.init.zeros_(stage.box_delta.bias)
 
     def forward(self, features, boxes, t):
         time_emb = self.time_mlp(timestep_embedding(t, self.time_dim))
@@ -371,8 +374,9 @@ class HierarchicalDiffusionDet(nn.Module):
                 pad = torch.randn(n - len(start), 4, device=device) / 6.0 + 0.5
                 pad[:, 2:] = pad[:, 2:].clamp(min=1e-4)
                 start = torch.cat([start, pad])
-            elif len(start) > n:
-                start = start[torch.randperm(len(start), device=device)[:n]]
+            elif len(start) > n:  # the GT rows stay (they are what the loss supervises); priors fill the rest
+                extra = prior[torch.randperm(len(prior), device=device)[: max(0, n - len(gt))]]
+                start = torch.cat([gt[torch.randperm(len(gt), device=device)[:n]], extra])
             noise = torch.randn(n, 4, device=device)
             if inject == "released" and len(prior):
                 k = min(len(prior), n)
