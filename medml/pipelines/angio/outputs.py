@@ -4,12 +4,13 @@ segment table and the MOSXAV colours."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medml.data.mosxav import IGNORE_INDEX, PALETTE
-from medml.io import SegmentSpec
+from medml.io import SegmentSpec, write_nifti
 from medml.io.image import as_palette
 
 SPACING_PATIENT = "PixelSpacing"
@@ -89,6 +90,14 @@ SEGMENT_CODES = {
     "catheter": ("260787004", "SCT", "Physical object", "19923001", "SCT", "Catheter"),
     "balloon": ("260787004", "SCT", "Physical object", "49062001", "SCT", "Device"),
 }
+
+
+def write_labels_nifti(labels: np.ndarray, meta: dict[str, Any], path: Path) -> Path:
+    """(T, H, W) labels as the NIfTI that ``medml convert`` writes for the same cine: (x, y, frame), LPS axes in RAS
+    (x and y negated) and the reader's pixel spacing (``meta["pixel_spacing"]``, else 1 mm), so the two overlay in
+    3D Slicer and ITK-SNAP and medml reads the labels back as a volume."""
+    row_mm, col_mm = (meta.get("pixel_spacing") or (1.0, 1.0))[:2]
+    return write_nifti(np.ascontiguousarray(labels), np.diag([-float(col_mm), -float(row_mm), 1.0, 1.0]), path)
 
 
 def segment_table(names: Sequence[str]) -> list[SegmentSpec]:
