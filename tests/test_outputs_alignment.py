@@ -141,3 +141,22 @@ def test_predictions_carry_the_dicom_uids_of_their_sources(name, tiny_demo):
         header = (demo.pred_dir / "predictions.csv").read_text().splitlines()[0].split(",")
         present = [u for u in UIDS if u in header]
         assert header[1 : 1 + len(present)] == present and "SeriesInstanceUID" in present
+
+
+def test_angio_overlays_and_figures_name_the_classes_in_their_colours():
+    import matplotlib.pyplot as plt
+
+    from medml.data.mosxav import CLASS_NAMES, PALETTE
+    from medml.pipelines.angio.outputs import class_legend, with_legend
+
+    frames, labels = np.zeros((2, 64, 96), np.uint8), np.zeros((2, 64, 96), np.uint8)
+    labels[:, 10:20] = 2
+    shown, padded = with_legend(frames, labels, CLASS_NAMES[:5])
+    strip = shown[0, 64:]
+    assert shown.shape[1:3] == padded.shape[1:] and shown.shape[2] == 96 and not padded[:, 64:].any()
+    for colour in PALETTE[1:5]:
+        assert (strip == colour).all(axis=-1).sum() > 9, colour  # a swatch of every class
+    fig = plt.figure()
+    class_legend(fig, [labels, np.full((4, 4), 4, np.uint8)])
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["contrast_catheter", "balloon"]
+    plt.close(fig)

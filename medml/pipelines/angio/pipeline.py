@@ -29,7 +29,13 @@ from medml.pipelines.angio.config import AngioConfig
 from medml.pipelines.angio.data import AngioDataModule, labelled_pools
 from medml.pipelines.angio.evaluate import evaluate_split
 from medml.pipelines.angio.module import AngioModule
-from medml.pipelines.angio.outputs import class_areas, dicom_pixel_spacing, segment_table, write_labels_nifti
+from medml.pipelines.angio.outputs import (
+    class_areas,
+    dicom_pixel_spacing,
+    segment_table,
+    with_legend,
+    write_labels_nifti,
+)
 from medml.pipelines.base import Pipeline
 from medml.registry import register_pipeline
 from medml.transforms.angio import frame_preprocessing
@@ -132,7 +138,8 @@ class AngioPipeline(Pipeline):
             )
             wrote_seg = True
         display = np.round(sample["frames"] * 255).astype(np.uint8)
-        io.write_overlay_video(display, labels, palette, out_dir / "overlay.mp4", fps=sample["fps"] or 15.0)
+        display, shown = with_legend(display, labels, names)  # the classes named in their colours under the frames
+        io.write_overlay_video(display, shown, palette, out_dir / "overlay.mp4", fps=sample["fps"] or 15.0)
         areas = class_areas(labels, names, spacing, sample["frame_times_ms"], spacing_source)
         io.write_csv(areas, out_dir / "areas.csv")
         row: dict[str, Any] = {
