@@ -31,6 +31,7 @@ from medml.engine.checkpoint import save_model
 from medml.engine.record import base_record, now
 from medml.errors import ConfigError
 from medml.utils.files import atomic_path, write_json, write_text
+from medml.utils.threads import cap_cpu_threads
 
 
 @dataclass
@@ -253,6 +254,8 @@ def train(pipeline: Any, data_dir: str | Path, run_dir: str | Path, resume: bool
     cfg = pipeline.config
     pipeline.check_layout(data_dir)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    if resolve_devices(cfg.train)["accelerator"] == "cpu":
+        cap_cpu_threads()  # a core busy with another process must not stall every training step
 
     datamodule = pipeline.datamodule(data_dir)
     datamodule.setup("fit")
