@@ -28,6 +28,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from medml.config import StageConfig, TrainConfig, dump_config
 from medml.engine.callbacks import EMAWeights, RandomStateCallback
 from medml.engine.checkpoint import save_model
+from medml.engine.progress import StageProgress
 from medml.engine.record import base_record, now
 from medml.errors import ConfigError
 from medml.utils.files import atomic_path, write_json, write_text
@@ -111,6 +112,8 @@ def build_trainer(
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience))
     if cfg.ema_decay:
         callbacks.append(EMAWeights(cfg.ema_decay))
+    if cfg.progress:  # one bar per stage with its ETA, instead of Lightning's bar per epoch
+        callbacks.append(StageProgress(stage.name, monitor))
     devices = resolve_devices(cfg)
     attempt = len(list((stage_dir / "logs").glob("attempt*")))  # a resumed stage logs beside, not over, the first
     loggers = [
@@ -130,7 +133,7 @@ def build_trainer(
         limit_train_batches=cfg.limit_train_batches,
         limit_val_batches=cfg.limit_val_batches,
         log_every_n_steps=cfg.log_every_n_steps,
-        enable_progress_bar=cfg.progress,
+        enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,  # sanity runs would shift nothing but time; resume must equal the plain run
         use_distributed_sampler=False,  # medml.engine.data builds the samplers
