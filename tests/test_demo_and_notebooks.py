@@ -2,6 +2,7 @@
 against the finished tiny runs (as a user would open them after ``make demo``)."""
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -36,13 +37,31 @@ def test_demo_writes_a_report_for_every_pipeline(demos, demo_root):
     assert text.count("data:image/png;base64,") >= len(PIPELINES)
 
 
+# A cell that draws: what it draws must reach the notebook as an image (a library switching matplotlib to a
+# headless backend, or closing figures, makes them vanish without an error).
+DRAWS = re.compile(r"plt\.(subplots|figure|imshow|plot|show)\(|display\(Image\(|\.plot\(")
+
+
+def figure_cells_without_image(nb) -> list[str]:
+    """The first line of every code cell that draws but shows no image."""
+    missing = []
+    for cell in nb.cells:
+        if cell.cell_type == "code" and DRAWS.search(cell.source):
+            if not any("image/png" in out.get("data", {}) for out in cell.get("outputs", [])):
+                missing.append(cell.source.splitlines()[0])
+    return missing
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_executes(notebook, demos, demo_root, monkeypatch):
+def test_notebook_executes(notebook, demos, demo_root, monkeypatch, tmp_path):
     monkeypatch.setenv("MEDML_NOTEBOOK_QUICK", "1")  # notebooks read the shared tiny runs and train nothing more
+    monkeypatch.setenv("MEDML_DEMO_DIR", str(demo_root))  # the documented way to point notebooks at a demo
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel then picks Jupyter's inline backend, as for users
     nb = nbformat.read(notebook, as_version=4)
     # No cell timeout: a busy machine must not fail a correct notebook (pytest's own limits still apply).
-    NotebookClient(
-        nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(demo_root.parent)}}
-    ).execute()
+    NotebookClient(nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+    assert "using the finished" in "".join(o.get("text", "") for o in nb.cells[0].get("outputs", []))
+    assert sum(bool(DRAWS.search(c.source)) for c in nb.cells if c.cell_type == "code") >= 2
+    assert figure_cells_without_image(nb) == []
