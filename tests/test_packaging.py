@@ -1,6 +1,7 @@
 """A wheel install works like a checkout: recipes and model cards ship in the wheel and resolve from it."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -83,3 +84,21 @@ def test_installed_wheel_resolves_recipes(wheel, tmp_path):
 
 def test_checkout_resolves_recipes_from_pipelines_folder():
     assert recipes_dir() == ROOT / "pipelines"
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+@pytest.mark.parametrize(
+    "page", ["README.md", "docs/io.md", "docs/design.md", *(f"pipelines/{n}/README.md" for n in PIPELINES)]
+)
+def test_every_link_resolves_inside_the_project(page):
+    text = (ROOT / page).read_text()
+    for target in LINK.findall(text):
+        if target.startswith(("http://", "https://", "mailto:", "#")):
+            continue
+        path = (ROOT / page).parent / target.split("#")[0]
+        assert path.exists(), f"{page}: {target}"
+        assert path.resolve().is_relative_to(ROOT), f"{page}: {target} leaves the project"
+    if not page.startswith("pipelines/"):
+        assert "shared/" not in text, f"{page} points into the developers' shared folder, which users do not have"
