@@ -51,6 +51,8 @@ class StageProgress(L.Callback):
         self.bar: Any = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:  # one bar per run, not per DDP process
+            return
         per_epoch = trainer.num_training_batches
         per_epoch = int(per_epoch) if per_epoch != float("inf") else 0
         name = getattr(pl_module, "pipeline_name", "") or ""
