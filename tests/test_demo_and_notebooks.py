@@ -2,7 +2,10 @@
 against the finished tiny runs (as a user would open them after ``make demo``)."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -65,3 +68,24 @@ def test_notebook_executes(notebook, demos, demo_root, monkeypatch, tmp_path):
     assert "using the finished" in "".join(o.get("text", "") for o in nb.cells[0].get("outputs", []))
     assert sum(bool(DRAWS.search(c.source)) for c in nb.cells if c.cell_type == "code") >= 2
     assert figure_cells_without_image(nb) == []
+
+
+def test_training_shows_one_bar_per_stage_without_framework_noise(toy_data, tmp_path):
+    # A subprocess, as a user's terminal sees it: inside pytest, Lightning's info lines go to pytest's log capture.
+    # Without quiet_training the same run prints "GPU available", the litlogger tip and a LeafSpec deprecation.
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from medml.config import load_config; from medml.engine.progress import quiet_training;"
+        "from medml.engine.train import train; from tests.engine.toy_pipeline import ToyPipeline;"
+        "p = ToyPipeline(load_config(ToyPipeline.Config, None, ['train.progress=true', 'train.max_epochs=3']));"
+        "ctx = quiet_training(); ctx.__enter__(); train(p, sys.argv[2], sys.argv[3])"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    args = [sys.executable, "-c", script, root, str(toy_data), str(tmp_path / "run")]
+    done = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    shown = (done.stdout + done.stderr).replace("\r", "\n")
+    bars = {line.split(":")[0] for line in shown.splitlines() if "|" in line}
+    assert bars == {"toy train fit"}  # the run stage trains nothing, so it has no bar
+    assert "epoch=3/3" in shown and "Epoch 0" not in shown  # one bar over all epochs, not Lightning's per epoch
+    assert [n for n in ("GPU available", "Tip:", "LeafSpec", "Warning") if n in shown] == []
