@@ -11,7 +11,7 @@ def cap_cpu_threads() -> int:
     """Give torch no more threads than the cores other processes leave free (at least one); return the count.
 
     OpenMP threads spin at every barrier, so a thread whose core is busy with another process stalls all the
-    others: on 2 cores with one hogged, 2 threads trained a small CNN 8x slower than 1 thread. A user's
+    others: on 2 cores busy with other work, 2 threads trained 8-10x slower than 1 thread. A user's
     ``OMP_NUM_THREADS`` or ``MEDML_NUM_THREADS`` wins.
     """
     chosen = os.environ.get("MEDML_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
