@@ -9,7 +9,7 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
-RECIPES = sorted(p.name for p in Path("pipelines").iterdir() if p.is_dir())
+RECIPES = sorted(p.name for p in (Path(__file__).parent / "pipelines").iterdir() if p.is_dir())
 
 setup(
     packages=[*find_packages(include=["medml", "medml.*"]), "medml.recipes", *(f"medml.recipes.{n}" for n in RECIPES)],
