@@ -16,7 +16,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from medml.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RECIPES_DIR = REPO_ROOT / "pipelines"
+
+
+def recipes_dir() -> Path:
+    """Where the recipes and model cards are: ``pipelines/`` in a checkout, ``medml/recipes/`` in a wheel.
+
+    setup.py maps the checkout's ``pipelines/`` folder to the package ``medml.recipes``, so an installed medml
+    (``pip install .``, from git, from a wheel) finds the same ``<name>/{paper,tiny}.yaml`` and ``README.md``.
+    """
+    installed = Path(__file__).resolve().parent / "recipes"
+    return installed if installed.is_dir() else REPO_ROOT / "pipelines"
+
+
+RECIPES_DIR = recipes_dir()
 
 
 # Bounded number types for config fields: an out-of-range value is a one-line error naming its key.
@@ -192,7 +204,7 @@ def resolve_recipe(pipeline: str, config: str | Path | None) -> Path | None:
         if not path.is_file():
             raise ConfigError("config file not found", path)
         return path
-    recipe = RECIPES_DIR / pipeline / f"{config}.yaml"
+    recipe = recipes_dir() / pipeline / f"{config}.yaml"
     if not recipe.is_file():
         raise ConfigError(f"no recipe '{config}' for pipeline '{pipeline}' (looked for {recipe})")
     return recipe

@@ -42,6 +42,22 @@ def _case_key(case_id: str) -> str:
     return hashlib.sha1(case_id.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
+# DICOM UIDs that join a prediction back to its PACS study (no patient names or IDs: those never reach a table).
+UID_COLUMNS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
+def dicom_uids(case: Any) -> dict[str, str]:
+    """The case's Study/Series/SOP Instance UIDs where its source is DICOM; a series (many SOP instances, one
+    case) has no single SOP Instance UID."""
+    meta = getattr(case, "meta", None)
+    if not isinstance(meta, dict):
+        return {}
+    uids = {key: str(meta[key]) for key in UID_COLUMNS if meta.get(key)}
+    if getattr(case, "kind", "") == "dicom_series":
+        uids.pop("SOPInstanceUID", None)
+    return uids
+
+
 def _write_table(path: Path, rows: list[dict[str, Any]], first: list[str]) -> None:
     """CSV with ``first`` columns leading, then every other key in first-seen order (no patient identifiers)."""
 
@@ -156,7 +172,9 @@ def write_tables(output_dir: str | Path) -> None:
     output_dir = Path(output_dir)
     state_dir = output_dir / ".medml"
     with FileLock(state_dir / "tables.lock", timeout=600):
-        _write_table(output_dir / "predictions.csv", _collect(state_dir, "done"), ["case"])
+        done = _collect(state_dir, "done")
+        uids = [c for c in UID_COLUMNS if any(c in row for row in done)]
+        _write_table(output_dir / "predictions.csv", done, ["case", *uids])
         _write_table(output_dir / "failures.csv", _collect(state_dir, "failed"), ["case", "path", "reason"])
 
 
@@ -238,7 +256,7 @@ class _Run:
             case_dir.mkdir()
             created = True
             row = self.pipeline.write_case(case, sample, output, case_dir)
-            write_json(self.state_dir / "done" / f"{key}.json", {"case": case.case_id, **row})
+            write_json(self.state_dir / "done" / f"{key}.json", {"case": case.case_id, **dicom_uids(case), **row})
             (self.state_dir / "failed" / f"{key}.json").unlink(missing_ok=True)
             self.done += 1
         except FATAL:

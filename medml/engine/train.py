@@ -32,9 +32,11 @@ from medml.config import StageConfig, TrainConfig, dump_config, load_config
 from medml.engine.callbacks import EMAWeights, RandomStateCallback
 from medml.engine.checkpoint import save_model
 from medml.engine.data import per_device_batch
+from medml.engine.progress import StageProgress
 from medml.engine.record import base_record, now
 from medml.errors import ConfigError
 from medml.utils.files import atomic_path, write_json, write_text
+from medml.utils.threads import cap_cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +174,8 @@ def build_trainer(
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience))
     if cfg.ema_decay:
         callbacks.append(EMAWeights(cfg.ema_decay))
+    if cfg.progress:  # one bar per stage with its ETA, instead of Lightning's bar per epoch
+        callbacks.append(StageProgress(stage.name, monitor))
     devices = resolve_devices(cfg)
     attempt = len(list((stage_dir / "logs").glob("attempt*")))  # a resumed stage logs beside, not over, the first
     loggers = [
@@ -192,7 +196,7 @@ def build_trainer(
         limit_train_batches=cfg.limit_train_batches,
         limit_val_batches=cfg.limit_val_batches,
         log_every_n_steps=cfg.log_every_n_steps,
-        enable_progress_bar=cfg.progress,
+        enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,  # sanity runs would shift nothing but time; resume must equal the plain run
         use_distributed_sampler=False,  # medml.engine.data builds the samplers
@@ -341,6 +345,8 @@ def train(
     check_trackers(cfg.train)
     pipeline.check_layout(data_dir)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    if resolve_devices(cfg.train)["accelerator"] == "cpu":
+        cap_cpu_threads()  # a core busy with another process must not stall every training step
 
     datamodule = pipeline.datamodule(data_dir)
     if fold is not None:

@@ -118,14 +118,13 @@ def test_predict_clinical_folder(loaded_angio, tmp_path: Path):
     from medml.data.mosxav import read_mask
 
     image = nib.load(dicom_dir / "labels.nii.gz")
-    # 2D+t: (columns, rows, 1, frames), time step = the cine's frame interval in seconds.
-    assert image.shape == (cine.Columns, cine.Rows, 1, n_frames)
-    frame_s = float(cine.FrameTime) / 1000.0
-    assert image.header.get_zooms() == pytest.approx((0.3, 0.3, 1.0, frame_s), rel=1e-4)
-    assert image.header.get_xyzt_units() == ("mm", "sec")
+    # The grid `medml convert` gives the cine: (columns, rows, frames), LPS axes in RAS (tests/test_outputs_alignment).
+    assert image.shape == (cine.Columns, cine.Rows, n_frames)
+    assert image.header.get_zooms() == pytest.approx((0.3, 0.3, 1.0), rel=1e-4)
+    assert np.allclose(np.diag(image.affine), (-0.3, -0.3, 1.0, 1.0))
     first = read_mask(sorted((dicom_dir / "labels").glob("*.png"))[0])
     assert first.shape == (cine.Rows, cine.Columns) and first.max() <= 4
-    assert np.array_equal(np.asarray(image.dataobj)[:, :, 0, 0].T, first)
+    assert np.array_equal(np.asarray(image.dataobj)[:, :, 0].T, first)
     # The synthetic cine has ImagerPixelSpacing 0.3 only: areas are detector-plane and say so.
     areas = list(csv.DictReader((dicom_dir / "areas.csv").open()))
     assert len(areas) == n_frames and "vessel_mm2" not in areas[0]

@@ -17,7 +17,7 @@ from medml.io import write_csv
 from medml.metrics.segmentation import segmentation_scores
 from medml.pipelines.angio.config import AngioConfig
 from medml.pipelines.angio.module import AngioModule
-from medml.pipelines.angio.outputs import colourise
+from medml.pipelines.angio.outputs import class_legend, colourise
 from medml.transforms.angio import frame_preprocessing
 from medml.utils.figures import save_figure
 from medml.utils.files import write_json
@@ -127,4 +127,5 @@ def evaluation_figure(rows: list[FigureRow], path: Path) -> Path:
         axes[r, 2].set_title("prediction")
         for ax in axes[r]:
             ax.axis("off")
-    return save_figure(fig, path, dpi=80)
+    class_legend(fig, [a for row in rows for a in row[1:3]])
+    return save_figure(fig, path, dpi=80, tight=False)

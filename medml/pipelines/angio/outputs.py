@@ -3,13 +3,14 @@ segment table and the MOSXAV colours."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medml.data.mosxav import IGNORE_INDEX, PALETTE
-from medml.io import SegmentSpec
+from medml.data.mosxav import CLASS_NAMES, IGNORE_INDEX, PALETTE
+from medml.io import SegmentSpec, write_nifti
 from medml.io.image import as_palette
 
 SPACING_PATIENT = "PixelSpacing"
@@ -91,6 +92,14 @@ SEGMENT_CODES = {
 }
 
 
+def write_labels_nifti(labels: np.ndarray, meta: dict[str, Any], path: Path) -> Path:
+    """(T, H, W) labels as the NIfTI that ``medml convert`` writes for the same cine: (x, y, frame), LPS axes in RAS
+    (x and y negated) and the reader's pixel spacing (``meta["pixel_spacing"]``, else 1 mm), so the two overlay in
+    3D Slicer and ITK-SNAP and medml reads the labels back as a volume."""
+    row_mm, col_mm = (meta.get("pixel_spacing") or (1.0, 1.0))[:2]
+    return write_nifti(np.ascontiguousarray(labels), np.diag([-float(col_mm), -float(row_mm), 1.0, 1.0]), path)
+
+
 def segment_table(names: Sequence[str]) -> list[SegmentSpec]:
     """`medml.io.SegmentSpec` per foreground class, in the MOSXAV colours."""
     table = []
@@ -113,3 +122,39 @@ def segment_table(names: Sequence[str]) -> list[SegmentSpec]:
 def colourise(labels: np.ndarray) -> np.ndarray:
     """Label ids -> RGB in the MOSXAV colours (ignored pixels white), through medml.io's palette table."""
     return as_palette({**dict(enumerate(PALETTE)), IGNORE_INDEX: (255, 255, 255)})[labels]
+
+
+def class_legend(fig: Any, labels: Iterable[np.ndarray], names: Sequence[str] = CLASS_NAMES) -> None:
+    """A legend under ``fig`` naming, in the colours of `colourise`, each foreground class found in ``labels``."""
+    from matplotlib.patches import Patch  # matplotlib only where a figure is drawn
+
+    present = sorted({int(v) for a in labels for v in np.unique(a)} - {0})
+    handles = [
+        Patch(color=np.asarray(PALETTE[i]) / 255, label=names[i] if i < len(names) else "ignored")
+        if i != IGNORE_INDEX
+        else Patch(facecolor="white", edgecolor="grey", label="ignored")
+        for i in present
+        if i < len(PALETTE) or i == IGNORE_INDEX
+    ]
+    if handles:
+        fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))  # room for one row of legend at the bottom
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9)
+
+
+def with_legend(frames: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(T, H, W) grey uint8 frames and their labels, with a strip under the frames that names each class in its
+    colour: what the overlay video shows. The strip's labels are 0, so nothing is blended over it."""
+    import cv2  # opencv-python-headless: text without a figure per frame
+
+    t, h, w = frames.shape
+    classes = [(i, n) for i, n in enumerate(names) if 0 < i < len(PALETTE)]
+    scale = max(0.3, w / 900)
+    row = int(round(26 * scale)) + 4
+    strip = np.full((row * len(classes) + 4, w, 3), 255, np.uint8)
+    for k, (i, name) in enumerate(classes):
+        top = 4 + k * row
+        cv2.rectangle(strip, (4, top), (4 + row - 6, top + row - 6), PALETTE[i], thickness=-1)
+        cv2.putText(strip, name.replace("_", " "), (row + 2, top + row - 8), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0))
+    rgb = np.concatenate([np.repeat(frames[..., None], 3, axis=-1), np.broadcast_to(strip, (t, *strip.shape))], axis=1)
+    padded = np.concatenate([labels, np.zeros((t, strip.shape[0], w), labels.dtype)], axis=1)
+    return np.ascontiguousarray(rgb), padded

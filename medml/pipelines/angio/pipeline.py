@@ -29,7 +29,13 @@ from medml.pipelines.angio.config import AngioConfig
 from medml.pipelines.angio.data import AngioDataModule, labelled_pools
 from medml.pipelines.angio.evaluate import evaluate_split
 from medml.pipelines.angio.module import AngioModule
-from medml.pipelines.angio.outputs import class_areas, dicom_pixel_spacing, segment_table
+from medml.pipelines.angio.outputs import (
+    class_areas,
+    dicom_pixel_spacing,
+    segment_table,
+    with_legend,
+    write_labels_nifti,
+)
 from medml.pipelines.base import Pipeline
 from medml.registry import register_pipeline
 from medml.transforms.angio import frame_preprocessing
@@ -118,16 +124,7 @@ class AngioPipeline(Pipeline):
         for t, frame in enumerate(labels):
             io.write_palette_png(frame, palette, out_dir / "labels" / f"{t:05d}.png")
         spacing, spacing_source = sample.get("spacing"), sample.get("spacing_source")
-        frame_ms = float(np.median(np.diff(sample["frame_times_ms"]))) if len(labels) > 1 else 0.0
-        row_mm, col_mm = spacing if spacing else (1.0, 1.0)
-        # NIfTI 2D+t: (x = columns, y = rows, z = 1, t = frames), pixdim[4] = frame interval in seconds.
-        affine = np.diag([col_mm, row_mm, 1.0, 1.0])
-        io.write_nifti(
-            np.ascontiguousarray(labels),
-            affine,
-            out_dir / "labels.nii.gz",
-            frame_time_s=frame_ms / 1000.0 if frame_ms > 0 else 1.0,
-        )
+        write_labels_nifti(labels, sample["meta"], out_dir / "labels.nii.gz")  # on the grid of `medml convert`
         wrote_seg = False
         if sample["kind"] == "dicom_multiframe":
             source = pydicom.dcmread(sample["source"])
@@ -141,7 +138,8 @@ class AngioPipeline(Pipeline):
             )
             wrote_seg = True
         display = np.round(sample["frames"] * 255).astype(np.uint8)
-        io.write_overlay_video(display, labels, palette, out_dir / "overlay.mp4", fps=sample["fps"] or 15.0)
+        display, shown = with_legend(display, labels, names)  # the classes named in their colours under the frames
+        io.write_overlay_video(display, shown, palette, out_dir / "overlay.mp4", fps=sample["fps"] or 15.0)
         areas = class_areas(labels, names, spacing, sample["frame_times_ms"], spacing_source)
         io.write_csv(areas, out_dir / "areas.csv")
         row: dict[str, Any] = {

@@ -210,11 +210,7 @@ class EcgPipeline(Pipeline):
                 algorithm_name="medml ProtoECGNet",
                 procedure=ECG_PROCEDURE,
             )
-        return {
-            "case_id": case.case_id,
-            "StudyInstanceUID": str(getattr(header, "StudyInstanceUID", "")) if header is not None else "",
-            "SeriesInstanceUID": str(getattr(header, "SeriesInstanceUID", "")) if header is not None else "",
-            "SOPInstanceUID": str(getattr(header, "SOPInstanceUID", "")) if header is not None else "",
+        return {  # the runner puts the case and its DICOM UIDs first
             "n_positive": len(positive),
             "positive_labels": ";".join(positive),
             "contradictions": "; ".join(output["explanation"].get("contradictions", [])),
