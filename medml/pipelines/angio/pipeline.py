@@ -35,6 +35,10 @@ from medml.registry import register_pipeline
 from medml.transforms.angio import frame_preprocessing
 
 
+def module_predicts_by_diffusion(cfg: AngioConfig) -> bool:
+    return cfg.model.method in ("diffrect", "rnpll") and cfg.model.predictor == "diffusion"
+
+
 @register_pipeline
 class AngioPipeline(Pipeline):
     name = "angio"
@@ -138,6 +142,7 @@ class AngioPipeline(Pipeline):
                 out_dir / "seg.dcm",
                 series_description="medml angio segmentation",
                 algorithm_name="medml-angio",
+                strict_pixel_measures=True,  # ImagerPixelSpacing is detector-plane: never relabelled PixelSpacing
             )
             wrote_seg = True
         display = np.round(sample["frames"] * 255).astype(np.uint8)
@@ -151,7 +156,7 @@ class AngioPipeline(Pipeline):
             "width": int(labels.shape[2]),
             "fps": round(float(sample["fps"]), 3),
             "seg": wrote_seg,
-            "refined": bool(self.config.model.refine_at_inference),
+            "predictor": "diffusion" if module_predicts_by_diffusion(self.config) else "segmenter",
             "spacing_source": spacing_source or "",
         }
         for c in range(1, len(names)):
