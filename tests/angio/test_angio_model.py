@@ -562,3 +562,33 @@ def test_hd95_penalty_and_temporal_consistency():
     jumpy = temporal_consistency(flicker, labels, [0, 1, 2], 5)
     assert jumpy["prediction_agreement"] < jumpy["ground_truth_agreement"] and jumpy["ratio"] < 0.5
     assert np.isnan(temporal_consistency(labels, labels, [0, 5, 10], 5)["ratio"])  # no adjacent frames
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_cine_seg_pixel_measures(tmp_path, strict: bool):
+    import pydicom
+
+    from medml.io import write_dicom_seg
+    from medml.io.synthetic import write_xa_cine
+    from medml.pipelines.angio.outputs import segment_table
+
+    frames = np.zeros((2, 16, 16), np.uint8)
+    cine = pydicom.dcmread(write_xa_cine(tmp_path / "xa.dcm", frames, pixel_spacing_mm=0.3))
+    assert "ImagerPixelSpacing" in cine and "PixelSpacing" not in cine
+    masks = np.zeros((2, 16, 16), np.uint8)
+    masks[:, 4:8, 4:8] = 4
+    names = ["background", "vessel", "contrast_catheter", "catheter", "balloon"]
+    seg = pydicom.dcmread(
+        write_dicom_seg(cine, masks, segment_table(names), tmp_path / "a.dcm", strict_pixel_measures=strict)
+    )
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if strict:  # detector-plane spacing is not relabelled as PixelSpacing, no slice thickness is invented
+        assert "PixelMeasuresSequence" not in shared
+    else:  # the historical behaviour other pipelines keep
+        assert shared.PixelMeasuresSequence[0].PixelSpacing == [0.3, 0.3]
+    cine.PixelSpacing = [0.2, 0.25]  # a calibrated cine passes its own spacing through, without a slice thickness
+    seg = pydicom.dcmread(
+        write_dicom_seg(cine, masks, segment_table(names), tmp_path / "b.dcm", strict_pixel_measures=strict)
+    )
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert measures.PixelSpacing == [0.2, 0.25] and ("SliceThickness" in measures) == (not strict)
