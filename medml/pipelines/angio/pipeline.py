@@ -1,9 +1,10 @@
 """The ``angio`` pipeline: semi-supervised multi-class segmentation of X-ray angiography video (MOSXAV).
 
-RNPLL-style (spec part A): a MONAI U-Net segmenter trained on few labelled and many unlabelled frames with an EMA
-teacher's confidence-masked pseudo-labels, rectified by denoising diffusion over label latents conditioned on the
-frame, with prototype-based contrastive consistency in that latent. The paper publishes no architecture or
-hyper-parameters; every choice is a config key (``config.py``) and the model card (``pipelines/angio/README.md``)
+RNPLL-style (spec part A, revised): a denoising diffusion model over the latent of semantic labels, conditioned on
+the frame (and on a MONAI U-Net segmenter's prior), segments every frame; it is trained on few labelled and many
+unlabelled frames with an EMA teacher's pseudo-labels, with prototype-based contrastive consistency on the denoised
+latents and ground-truth-anchored prototypes that down-weight pseudo-labels disagreeing with them. The paper
+publishes no architecture or hyper-parameters; every choice is a config key (``config.py``) and the model card (``pipelines/angio/README.md``)
 says which values are verified (DiffRect, MOSXAV) and which are medml's proposal [P].
 
 This module registers the pipeline and handles clinical files; the schema is in ``config.py``, the training data
