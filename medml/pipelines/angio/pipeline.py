@@ -4,8 +4,8 @@ RNPLL-style (spec part A, revised): a denoising diffusion model over the latent 
 the frame (and on a MONAI U-Net segmenter's prior), segments every frame; it is trained on few labelled and many
 unlabelled frames with an EMA teacher's pseudo-labels, with prototype-based contrastive consistency on the denoised
 latents and ground-truth-anchored prototypes that down-weight pseudo-labels disagreeing with them. The paper
-publishes no architecture or hyper-parameters; every choice is a config key (``config.py``) and the model card (``pipelines/angio/README.md``)
-says which values are verified (DiffRect, MOSXAV) and which are medml's proposal [P].
+publishes no architecture or hyper-parameters; every choice is a config key (``config.py``) and the model card
+(``pipelines/angio/README.md``) says which values are verified (DiffRect, MOSXAV) and which are medml's proposal [P].
 
 This module registers the pipeline and handles clinical files; the schema is in ``config.py``, the training data
 in ``data.py``, the networks in ``model.py``, the training loop in ``module.py`` and the scores in ``evaluate.py``.
