@@ -48,7 +48,7 @@ ABLATIONS = {
     "rnpll -proto_infonce": ["model.method=rnpll", "loss.proto_weight=0"],
     "rnpll -proto_consistency": ["model.method=rnpll", "loss.proto_consistency_weight=0"],
     "rnpll -proto_align": ["model.method=rnpll", "loss.proto_align_weight=0"],
-    "rnpll -proto_denoise": ["model.method=rnpll", "loss.proto_denoise=off"],
+    "rnpll -proto_denoise": ["model.method=rnpll", "loss.proto_denoise=none"],
     "rnpll -diffusion_pseudo_labels": ["model.method=rnpll", "model.refine_pseudo_labels=false"],
     "rnpll -segmenter_prior": ["model.method=rnpll", "model.segmenter_prior=false"],
     "rnpll +decoder_skips": ["model.method=rnpll", "model.decoder_skips=true"],
@@ -125,7 +125,7 @@ def main() -> None:
             f"rnpll without prototype anchoring, {args.corrupt:.0%} corrupted": [
                 "model.method=rnpll",
                 *NO_ANCHOR,
-                "loss.proto_denoise=off",
+                "loss.proto_denoise=none",
                 *corrupt,
             ],
         }

@@ -499,7 +499,7 @@ def test_prototype_denoising_weights_and_relabels():
     assert relabelled.tolist() == [[[1, 1], [0, 255]]] and bool((ones == 1).all())
     background = torch.tensor([0.9, 0.05, 0.05, 0.0, 0.0]).view(1, 5, 1, 1)
     assert L_.prototype_denoise(labels, background, ready, "relabel")[0].tolist() == [[[255, 255], [0, 255]]]
-    off, w = L_.prototype_denoise(labels, probs, ready, "off")
+    off, w = L_.prototype_denoise(labels, probs, ready, "none")
     assert torch.equal(off, labels) and bool((w == 1).all())
 
 

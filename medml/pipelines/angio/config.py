@@ -122,8 +122,9 @@ class AngioLoss(Strict):
     proto_align_weight: NonNegativeFloat = 0.1
     # Prototype denoising of the pseudo-labels: each pixel's weight is the prototype probability of its pseudo-label
     # in the teacher's denoised latent cell ("weight"), or foreground pixels whose cell is assigned to another
-    # foreground class are relabelled to it and those assigned to background are ignored ("relabel"), or "off".
-    proto_denoise: Literal["weight", "relabel", "off"] = "weight"
+    # foreground class are relabelled to it and those assigned to background are ignored ("relabel"), or "none"
+    # (not "off": YAML reads that as false).
+    proto_denoise: Literal["weight", "relabel", "none"] = "weight"
 
 
 class AngioEval(Strict):

@@ -247,13 +247,13 @@ def prototype_denoise(
         mode: ``"weight"``: each pixel's weight is the probability of its pseudo-label's prototype;
             ``"relabel"``: a foreground pixel whose cell is assigned to another foreground class takes that class,
             one whose cell is assigned to background is ignored (background pixels are kept: cells are coarser than
-            thin structures); ``"off"``: unchanged.
+            thin structures); ``"none"``: unchanged.
 
     Returns:
         (labels, pixel weights (B, H, W) in [0, 1]).
     """
     weights = torch.ones(labels.shape, dtype=torch.float32, device=labels.device)
-    if mode == "off" or not bool(initialised.any()):
+    if mode == "none" or not bool(initialised.any()):
         return labels, weights
     up = F.interpolate(probs.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
     valid = labels != ignore_index
