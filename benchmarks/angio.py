@@ -2,12 +2,13 @@
 
 Times, in one run on the same machine:
 
-* training iterations/s of each ``model.method`` (supervised, mean_teacher, rnpll; batch = train.batch_size labelled
-  + data.unlabelled_batch_size unlabelled frames), with the DDIM-rectified pseudo-labels switched on for rnpll;
-* inference frames/s of the segmenter alone and with diffusion rectification at the default DDIM steps (10) and at
-  the DiffRect preset (2), and the ratios to the segmenter alone (the baseline);
+* training iterations/s of each ``model.method`` (supervised, mean_teacher, diffrect, rnpll; batch =
+  train.batch_size labelled + data.unlabelled_batch_size unlabelled frames), diffusion pseudo-labels on;
+* inference frames/s of the plain segmenter (the supervised baseline's predictor) and of the default predictor
+  (DDIM over the label latent, decoded) at the paper's 10 DDIM steps, at 2 (the DiffRect preset) and at 1, with
+  the ratio of each to the segmenter, all in the same run;
 * on CUDA the same in bf16 autocast, and peak memory. The goal there is >= 30 frames/s (fluoroscopy frame rate)
-  with rectification on.
+  with the diffusion predictor, using few DDIM steps.
 
     python benchmarks/angio.py                     # CPU, a few iterations
     python benchmarks/angio.py --device cuda --iters 20
@@ -56,6 +57,9 @@ def random_batch(cfg: AngioConfig, device: torch.device) -> dict[str, Any]:
     }
 
 
+METHODS = ("supervised", "mean_teacher", "diffrect", "rnpll")
+
+
 def time_training(method: str, iters: int, device: torch.device, bf16: bool) -> dict[str, float]:
     module = paper_module(method).to(device).train()
     params = [p for _, p in module.stage_parameters(module.stage)]
@@ -69,8 +73,7 @@ def time_training(method: str, iters: int, device: torch.device, bf16: bool) -> 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if module.teacher is not None:
-            module.teacher.update_parameters(module.net)
+        module.teacher.update_parameters(module.net)
 
     step()  # warm-up (allocations, cuDNN autotune)
     sync(device)
@@ -89,9 +92,10 @@ def time_inference(
     iters: int,
     device: torch.device,
     bf16: bool,
-    refine: bool,
+    predictor: str,
     steps: int | None = None,
 ) -> float:
+    """Frames/s of ``module.predict_logits`` with ``predictor`` ("segmenter" or "diffusion" at ``steps`` DDIM steps)."""
     module = module.to(device).eval()
     size = module.config.data.size
     x = torch.rand(frames, 1, size, size, device=device)
@@ -99,34 +103,34 @@ def time_inference(
     module.sample_steps = steps or old
     try:
         with autocast(device, bf16):
-            module.predict_logits(x, refine=refine)
+            module.predict_logits(x, predictor=predictor)
             sync(device)
             start = time.perf_counter()
             for _ in range(iters):
-                module.predict_logits(x, refine=refine)
+                module.predict_logits(x, predictor=predictor)
             sync(device)
     finally:
         module.sample_steps = old
     return frames * iters / (time.perf_counter() - start)
 
 
-def inference_table(device: torch.device, frames: int, iters: int, bf16: bool) -> dict[str, float]:
+def inference_table(
+    device: torch.device, frames: int, iters: int, bf16: bool, steps: tuple[int, ...] = (10, 2, 1)
+) -> dict[str, float]:
+    """Segmenter vs the default (diffusion) predictor at each DDIM step count, one module, one run."""
     module = paper_module("rnpll")
-    seg = time_inference(module, frames, iters, device, bf16, refine=False)
-    default_steps = module.config.diffusion.resolved()[1]
-    ref10 = time_inference(module, frames, iters, device, bf16, refine=True, steps=default_steps)
-    ref2 = time_inference(module, frames, iters, device, bf16, refine=True, steps=2)
-    return {
-        "segmenter_fps": seg,
-        f"refined_ddim{default_steps}_fps": ref10,
-        "refined_ddim2_fps": ref2,
-        f"refined_ddim{default_steps}_vs_segmenter": ref10 / seg,
-        "refined_ddim2_vs_segmenter": ref2 / seg,
-    }
+    seg = time_inference(module, frames, iters, device, bf16, predictor="segmenter")
+    table = {"segmenter_fps": seg}
+    for n in steps:
+        fps = time_inference(module, frames, iters, device, bf16, predictor="diffusion", steps=n)
+        table[f"diffusion_ddim{n}_fps"] = fps
+        table[f"diffusion_ddim{n}_vs_segmenter"] = fps / seg
+    return table
 
 
 def gpu_benchmark(device: str | torch.device = "cuda", iters: int = 10, frames: int = 16) -> dict[str, Any]:
-    """Paper-size training it/s per method and inference frames/s with and without rectification, bf16."""
+    """Paper-size training it/s per method and inference frames/s of the segmenter and of the diffusion predictor at
+    10, 2 and 1 DDIM steps, bf16 (the >= 30 frames/s goal is read off the few-step rows)."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -136,7 +140,7 @@ def gpu_benchmark(device: str | torch.device = "cuda", iters: int = 10, frames: 
         "size": 512,
         "precision": "bf16-mixed",
     }
-    for method in ("supervised", "mean_teacher", "rnpll"):
+    for method in METHODS:
         result[f"train_{method}_iters_per_s"] = time_training(method, iters, device, bf16=True)["iters_per_s"]
     result.update(inference_table(device, frames, iters, bf16=True))
     if device.type == "cuda":
@@ -149,6 +153,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--iters", type=int, default=2)
     parser.add_argument("--frames", type=int, default=2, help="frames per inference batch")
+    parser.add_argument("--inference-only", action="store_true", help="skip the training timings")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -156,7 +161,7 @@ def main() -> None:
         return
     print(f"angio, paper size 512x512, CPU ({torch.get_num_threads()} threads), {args.iters} iterations each")
     base = None
-    for method in ("supervised", "mean_teacher", "rnpll"):
+    for method in () if args.inference_only else METHODS:
         timing = time_training(method, args.iters, device, bf16=False)
         base = base or timing["iters_per_s"]
         print(

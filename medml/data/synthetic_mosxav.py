@@ -210,22 +210,56 @@ def _motion(t: int, phase: float, period: float, amp: float, drift: np.ndarray) 
     return float(scale), shift
 
 
+@dataclass
+class _Appearance:
+    """Per-video acquisition and device shifts of the ``hard`` option (the default video uses the neutral values)."""
+
+    vessel_contrast: float = 1.0  # iodine concentration in the vessels (x attenuation)
+    device_contrast: float = 1.0  # radio-opacity of the catheters and the balloon
+    body: float = 1.0  # extra body attenuation (x transmission): thicker patients are darker
+    gamma: float = 1.0  # detector / display curve
+    dose_scale: float = 1.0  # photons per pixel (x): lower is noisier
+    blur_scale: float = 1.0
+    thin_devices: bool = False  # 1-2 px contrast catheter, 3 px guiding catheter, 4 px balloon minimum
+    crossing: bool = False  # the guiding catheter's tip ends over the ostium, crossing the other structures
+
+
+def _appearance(seed: int) -> _Appearance:
+    rng = np.random.default_rng([seed, 99])  # its own stream: the default videos stay bit-identical
+    return _Appearance(
+        vessel_contrast=float(rng.uniform(0.3, 1.0)),
+        device_contrast=float(rng.uniform(0.45, 1.0)),
+        body=float(rng.uniform(0.45, 1.0)),
+        gamma=float(rng.uniform(0.6, 1.6)),
+        dose_scale=float(rng.uniform(0.2, 0.6)),
+        blur_scale=float(rng.uniform(1.0, 1.8)),
+        thin_devices=True,
+        crossing=bool(rng.random() < 0.7),
+    )
+
+
 def _render(
-    n_frames: int, size: int, seed: int, balloon: bool, others: bool
+    n_frames: int, size: int, seed: int, balloon: bool, others: bool, look: _Appearance | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Frames, semantic labels and VOS instance labels, each (T, H, W) uint8."""
     import cv2
 
+    look = look or _Appearance()
     rng = np.random.default_rng(seed)
     scene = _make_scene(rng, balloon, others)
+    if look.crossing:  # move the catheter's curl onto the ostium: devices overlap each other and the vessels
+        offset = scene.ostium + np.array([0.03, 0.05]) - scene.catheter[-1]
+        ramp = np.clip(np.linspace(-0.5, 1.0, len(scene.catheter)), 0, 1)[:, None]
+        scene.catheter = scene.catheter + ramp * offset
     transmission, heart = _background(rng, size)
     phase, period = rng.uniform(0, 2 * np.pi), rng.uniform(12, 18)  # ~60-75 bpm at 15 frames/s
     amp = rng.uniform(0.015, 0.03)
     drift = rng.normal(0, 0.0006, 2)  # slow respiratory drift per frame
     fill_start, fill_end = rng.uniform(0.1, 0.3), rng.uniform(0.45, 0.75)
     max_dist = max(float(b.dist[-1]) for b in scene.branches)
-    dose = rng.uniform(250, 500)  # photons per pixel at full transmission, sets the quantum noise
-    blur = max(0.6, size / 512 * 1.2)
+    vc, dc = look.vessel_contrast, look.device_contrast
+    dose = rng.uniform(250, 500) * look.dose_scale  # photons per pixel at full transmission: the quantum noise
+    blur = max(0.6, size / 512 * 1.2) * look.blur_scale
     shift_px = 16  # cv2 drawing with 4 fractional bits, for smooth sub-pixel motion
 
     def px(points: np.ndarray) -> np.ndarray:
@@ -236,7 +270,9 @@ def _render(
 
     # The guiding catheter is at least 5 px wide so its lighter lumen between two dark walls shows at any size.
     cc_w, cath_w = thick(0.014), max(5, thick(0.032))
-    cath_lumen_w = max(2, cath_w - 2 * max(1, cath_w // 4))
+    if look.thin_devices:
+        cc_w, cath_w = max(1, int(round(0.008 * size))), max(3, int(round(0.018 * size)))
+    cath_lumen_w = max(1 if look.thin_devices else 2, cath_w - 2 * max(1, cath_w // 4))
     # Catheters are fixed where they enter the body and move with the heart towards their tips.
     cc_weight = np.clip(np.linspace(0, 1.6, len(scene.contrast_catheter)), 0, 1)[:, None]
     cath_weight = np.clip(np.linspace(0, 1.6, len(scene.catheter)), 0, 1)[:, None]
@@ -279,7 +315,8 @@ def _render(
             a_px, b_px = move(a) * size, move(b) * size
             axis = b_px - a_px
             length = max(1.0, float(np.hypot(*axis)))
-            width_px = max(width * size, 7.0)  # at least 7 px so it stays wider than any vessel at small sizes
+            # At least 7 px so it stays wider than any vessel at small sizes (4 px with thin devices).
+            width_px = max(width * size * (0.6 if look.thin_devices else 1.0), 4.0 if look.thin_devices else 7.0)
             # A capsule (thick line with round caps) of the chord's length: the sausage shape of an inflated balloon.
             inset = axis / length * min(width_px / 2, length / 2 - 0.5)
             cv2.line(
@@ -329,13 +366,13 @@ def _render(
             # Diluted contrast in blood (vessels) is lighter than the undiluted contrast in the injecting
             # catheter and in the inflated balloon; the guiding catheter (no contrast) shows radio-opaque walls
             # around a lighter lumen.
-            0.6 * vessel
-            + 0.4 * core
-            + 1.2 * contrast_cath
-            + 0.8 * (cath - lumen)
-            + 0.2 * lumen
-            + 1.4 * balloon_mask
-            + 0.8 * markers
+            0.6 * vc * vessel
+            + 0.4 * vc * core
+            + 1.2 * dc * contrast_cath
+            + 0.8 * dc * (cath - lumen)
+            + 0.2 * dc * lumen
+            + 1.4 * dc * balloon_mask
+            + 0.8 * dc * markers
             + 0.8 * others_mask
         ).astype(np.float32)
         atten = cv2.GaussianBlur(atten, (0, 0), blur)
@@ -351,12 +388,14 @@ def _render(
             (size, size),
             borderMode=cv2.BORDER_REFLECT,
         )
-        frames[t] = transmission * np.exp(-(atten + heart_t))
+        frames[t] = transmission * look.body * np.exp(-(atten + heart_t))
 
     # Signal-dependent quantum noise (Gaussian approximation of Poisson counts), then a small frame-to-frame
     # brightness flicker as from automatic exposure control.
     frames += np.sqrt(frames / dose) * rng.standard_normal(frames.shape, dtype=np.float32)
     frames *= (1.0 + 0.015 * rng.standard_normal(n_frames)).astype(np.float32)[:, None, None]
+    if look.gamma != 1.0:
+        frames = np.clip(frames, 0.0, 1.0) ** look.gamma
     video = np.clip(frames * 255.0, 0, 255).astype(np.uint8)
     return video, labels, instances
 
@@ -419,6 +458,7 @@ def write_synthetic_mosxav(
     size: int = 128,
     seed: int = 0,
     mask_encoding: Literal["palette", "rgb", "grey"] = "palette",
+    difficulty: Literal["easy", "hard"] = "easy",
 ) -> Path:
     """Write a synthetic MOSXAV in the official layout.
 
@@ -434,12 +474,19 @@ def write_synthetic_mosxav(
         size: frame side in pixels.
         seed: seed of the whole dataset.
         mask_encoding: "palette" (index PNG with the class colours as palette), "rgb" (class colours) or "grey".
+        difficulty: "easy" (the default; what the tests and the demo use) or "hard": every video gets its own
+            appearance (vessel and device contrast, body thickness, detector gamma, dose i.e. noise, blur) and thin
+            devices (1-2 px contrast catheter, 3 px guiding catheter, smaller balloons), and in most videos the
+            guiding catheter's curl lies over the ostium, crossing the contrast catheter and the vessels. Meant
+            for label-efficiency benchmarks (``benchmarks/angio_ssl.py``), where the easy set saturates.
 
     Returns:
         ``root``.
     """
     if n_trainval < 2 or n_test < 1:
         raise ValueError("need at least 2 trainval videos (train and val) and 1 test video")
+    if difficulty not in ("easy", "hard"):
+        raise ValueError(f"unknown difficulty {difficulty!r}")
     if mask_encoding not in ("palette", "rgb", "grey"):
         raise ValueError(f"unknown mask_encoding {mask_encoding!r}")
     root = Path(root)
@@ -453,7 +500,12 @@ def write_synthetic_mosxav(
         for i, name in enumerate(names):
             video_seed = int(np.random.SeedSequence([seed, split_index, i]).generate_state(1)[0])
             frames, labels, instances = _render(
-                n_frames, size, video_seed, balloon=i % 4 != 1, others=split_dir == "test" and i % 2 == 0
+                n_frames,
+                size,
+                video_seed,
+                balloon=i % 4 != 1,
+                others=split_dir == "test" and i % 2 == 0,
+                look=_appearance(video_seed) if difficulty == "hard" else None,
             )
             appear: dict[str, list[int]] = {}
             seen: set[int] = set()

@@ -10,6 +10,12 @@ CodeTuple = tuple[str, str, str]  # (code value, coding scheme designator, code 
 
 MEDML_MANUFACTURER = "medml"
 
+# Interventional devices (SNOMED CT physical objects). 310362005 "Angioplasty catheter" is the device SNOMED CT's own
+# angioplasty procedure template names as the "using device" (SNOMED International, confluence.ihtsdotools.org
+# template "Percutaneous transluminal angioplasty ... using device"); an inflated angioplasty balloon is its balloon.
+CATHETER: CodeTuple = ("19923001", "SCT", "Catheter")
+ANGIOPLASTY_CATHETER: CodeTuple = ("310362005", "SCT", "Angioplasty catheter")
+
 
 def medml_version() -> str:
     try:

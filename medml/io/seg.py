@@ -92,6 +92,7 @@ def write_dicom_seg(
     algorithm_name: str = "medml",
     algorithm_version: str | None = None,
     series_number: int = 901,
+    strict_pixel_measures: bool = False,
 ) -> Path:
     """Write a DICOM SEG of integer label masks that references the source instances (and frames).
 
@@ -105,6 +106,11 @@ def write_dicom_seg(
         series_description: SeriesDescription of the SEG series.
         algorithm_name, algorithm_version: recorded in each segment's algorithm identification.
         series_number: SeriesNumber of the SEG series.
+        strict_pixel_measures: for sources without plane geometry, write Pixel Measures only from the source's own
+            ``PixelSpacing`` (and ``SliceThickness`` only when the source has one). A detector-plane
+            ``ImagerPixelSpacing`` (XA/XRF cines) is then not relabelled as a patient-plane ``PixelSpacing`` and no
+            slice thickness is invented; the SEG has no Frame of Reference, so the detector geometry stays with the
+            referenced source frames. Off by default (the historical behaviour).
     """
     sources = [source] if isinstance(source, Dataset) else list(source)
     if not sources:
@@ -121,7 +127,12 @@ def write_dicom_seg(
     specs = _segments(masks, segment_table)
     version = algorithm_version or medml_version()
     build = _seg_with_highdicom if _has_plane_geometry(sources) else _seg_without_geometry
-    dataset = build(sources, masks, specs, series_description, algorithm_name, version, series_number)
+    if build is _seg_without_geometry:
+        dataset = build(
+            sources, masks, specs, series_description, algorithm_name, version, series_number, strict_pixel_measures
+        )
+    else:
+        dataset = build(sources, masks, specs, series_description, algorithm_name, version, series_number)
     path = Path(path)
     with atomic_path(path) as tmp:
         dataset.save_as(tmp, enforce_file_format=True)
@@ -216,6 +227,7 @@ def _seg_without_geometry(
     algorithm: str,
     version: str,
     series_number: int,
+    strict_pixel_measures: bool = False,
 ) -> Dataset:
     """Build a BINARY SEG for sources without plane geometry (cines, 2D photographs) with pydicom."""
     from pydicom.pixels import pack_bits
@@ -280,7 +292,17 @@ def _seg_without_geometry(
     ds.DimensionIndexSequence = DicomSequence([dim_segment, dim_time])
 
     shared = Dataset()
-    spacing = first.get("PixelSpacing") or first.get("ImagerPixelSpacing")
+    if strict_pixel_measures:
+        spacing = first.get("PixelSpacing")
+        if spacing:
+            measures = Dataset()
+            measures.PixelSpacing = [float(v) for v in spacing]
+            if first.get("SliceThickness"):
+                measures.SliceThickness = float(first.SliceThickness)
+            shared.PixelMeasuresSequence = DicomSequence([measures])
+        spacing = None
+    else:
+        spacing = first.get("PixelSpacing") or first.get("ImagerPixelSpacing")
     if spacing:
         measures = Dataset()
         measures.PixelSpacing = [float(v) for v in spacing]

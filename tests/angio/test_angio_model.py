@@ -281,8 +281,11 @@ def _logged_losses(module: AngioModule, batch: dict, monkeypatch: pytest.MonkeyP
     logged: dict[str, float] = {}
     monkeypatch.setattr(module, "log_dict", lambda values, **_: logged.update({k: float(v) for k, v in values.items()}))
     torch.manual_seed(123)
+    bank = (module.prototypes.clone(), module.prototypes_initialised.clone())
     with torch.no_grad():
         module.training_step(batch, 0)
+    module.prototypes.copy_(bank[0])  # a step updates the prototype bank (and so the next step's pseudo-label
+    module.prototypes_initialised.copy_(bank[1])  # weights): restore it so that steps compare
     return logged
 
 
@@ -301,7 +304,8 @@ def test_unlabelled_frames_change_the_unsupervised_term(module: AngioModule, mon
 def test_supervised_baseline_ignores_unlabelled_frames():
     torch.manual_seed(0)
     sup = AngioModule(tiny_config(method="supervised"))
-    assert sup.teacher is None and not sup.net.with_diffusion
+    # Every method keeps an EMA teacher (the weights it is evaluated with), the baseline included.
+    assert sup.teacher is not None and not sup.net.with_diffusion and sup.inference_net() is sup.teacher.module
     batch = _batch()
     strong = batch["unlabelled"]["image_strong"].requires_grad_(True)
     loss = sup.training_step(batch, 0)
@@ -395,3 +399,196 @@ def test_teacher_updates_once_per_optimiser_step(monkeypatch: pytest.MonkeyPatch
         step["global"] = (batch_idx + 1) // 2
         mt.on_train_batch_end(None, None, batch_idx)
     assert updates == [1, 2, 3]
+
+
+def _inference_parameters(module: AngioModule, x: torch.Tensor) -> set[str]:
+    """Names of the student parameters the default predictor uses (the EMA teacher copies them)."""
+    module.config.model.infer_with_teacher = False
+    try:
+        module.zero_grad()
+        with torch.enable_grad():
+            logits = AngioModule.predict_logits.__wrapped__(module, x, seed=0)
+            logits.square().mean().backward()
+    finally:
+        module.config.model.infer_with_teacher = True
+    used = {n for n, p in module.net.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    module.zero_grad()
+    return used
+
+
+def test_every_loss_term_reaches_the_parameters_used_at_inference(monkeypatch: pytest.MonkeyPatch):
+    torch.manual_seed(0)
+    rnpll = AngioModule(tiny_config(confidence=0.0, refine_start_step=0))
+    monkeypatch.setattr(rnpll, "log_dict", lambda *a, **k: None)
+    batch = _batch()
+    assert rnpll.diffusion_predicts  # the default predictor is the diffusion model
+    used = _inference_parameters(rnpll, batch["labelled"]["image"])
+    # The predictor uses the segmenter (prior), E_x, E_y, the denoiser and D_y.
+    assert {n.split(".")[0] for n in used} == {
+        "segmenter",
+        "image_encoder",
+        "label_encoder",
+        "denoiser",
+        "label_decoder",
+    }
+    rnpll.loss_terms(batch)  # first step: the prototype bank is initialised from the labelled frames
+    assert rnpll.prototypes_initialised.any()
+    terms = rnpll.loss_terms(batch)
+    names = ["loss_sup", "loss_unsup", "loss_diff", "loss_proto", "loss_proto_consistency", "loss_proto_align"]
+    params = dict(rnpll.net.named_parameters())
+    for name in names:
+        assert float(terms[name]) > 0, name  # every term is active, the prototype loss included
+        grads = torch.autograd.grad(
+            terms[name], [params[n] for n in sorted(used)], retain_graph=True, allow_unused=True
+        )
+        reached = {n for n, g in zip(sorted(used), grads, strict=True) if g is not None and g.abs().sum() > 0}
+        assert reached, f"{name} sends no gradient to the predictor"
+        if name.startswith("loss_proto") or name == "loss_diff":
+            # The diffusion and prototype terms act on the denoised latents that produce the predictions.
+            assert any(n.startswith("denoiser.") for n in reached), name
+            assert any(n.startswith("image_encoder.") for n in reached), name
+
+
+def test_diffrect_has_no_prototype_terms_and_baselines_predict_with_the_segmenter():
+    torch.manual_seed(0)
+    diffrect = AngioModule(tiny_config(method="diffrect", confidence=0.0, refine_start_step=0))
+    terms = diffrect.loss_terms(_batch())
+    assert "loss_diff" in terms and not any(k.startswith("loss_proto") for k in terms)
+    assert not diffrect.prototypes_initialised.any()
+    mt = AngioModule(tiny_config(method="mean_teacher"))
+    assert not mt.diffusion_predicts and set(mt.loss_terms(_batch())) >= {"loss_sup", "loss_unsup"}
+    assert not AngioModule(tiny_config(predictor="segmenter")).diffusion_predicts
+
+
+def test_decoder_bypass_is_a_config_key():
+    torch.manual_seed(0)
+    plain = AngioModule(tiny_config()).net
+    skips = AngioModule(tiny_config(decoder_skips=True)).net
+    assert not plain.label_decoder.use_skips and skips.label_decoder.use_skips
+    x = torch.rand(1, 1, 32, 32)
+    cond, feats = plain.encode_image(x)
+    z = torch.randn(1, 8, 4, 4)
+    # Without the bypass the logits depend on the latent only, not on the image features.
+    assert torch.equal(plain.decode(z, feats), plain.decode(z, [f * 0 + 1 for f in feats]))
+    cond, feats = skips.encode_image(x)
+    assert not torch.equal(skips.decode(z, feats), skips.decode(z, [f * 0 + 1 for f in feats]))
+
+
+def test_diffusion_noise_is_shared_along_a_video():
+    torch.manual_seed(0)
+    module = AngioModule(tiny_config()).eval()
+    frames = np.repeat(np.random.default_rng(0).random((1, 32, 32), dtype=np.float32), 5, axis=0)
+    out = module.segment_frames(frames, (32, 32), frame_batch=2, seed=3)
+    assert all(np.array_equal(out[0], o) for o in out[1:])  # same frame, same noise, across chunks too
+    logits = module.predict_logits(torch.from_numpy(frames[:3, None]), seed=3)
+    assert torch.allclose(logits[0], logits[2])
+    module.config.eval.shared_video_noise = False
+    per_frame = module.predict_logits(torch.from_numpy(frames[:3, None]), seed=3)
+    assert not torch.allclose(per_frame[0], per_frame[2])  # independent draws would flicker
+
+
+def test_prototype_denoising_weights_and_relabels():
+    labels = torch.tensor([[[1, 2], [0, 255]]])
+    # One latent cell covering the 2x2 pixels, assigned to class 1 with probability 0.7, class 2 with 0.2.
+    probs = torch.tensor([0.1, 0.7, 0.2, 0.0, 0.0]).view(1, 5, 1, 1)
+    ready = torch.tensor([True, True, True, False, False])
+    same, weights = L_.prototype_denoise(labels, probs, ready, "weight")
+    assert torch.equal(same, labels)
+    assert weights[0].flatten().tolist() == pytest.approx([0.7, 0.2, 0.1, 1.0])  # disagreeing pixels: down-weighted
+    relabelled, ones = L_.prototype_denoise(labels, probs, ready, "relabel")
+    assert relabelled.tolist() == [[[1, 1], [0, 255]]] and bool((ones == 1).all())
+    background = torch.tensor([0.9, 0.05, 0.05, 0.0, 0.0]).view(1, 5, 1, 1)
+    assert L_.prototype_denoise(labels, background, ready, "relabel")[0].tolist() == [[[255, 255], [0, 255]]]
+    off, w = L_.prototype_denoise(labels, probs, ready, "none")
+    assert torch.equal(off, labels) and bool((w == 1).all())
+
+
+def test_corrupt_labels_fraction():
+    labels = torch.zeros(2, 64, 64, dtype=torch.long)
+    labels[:, 20:24] = 1
+    labels[:, :, 40:42] = 3
+    labels[:, :4] = 255
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(L_.corrupt_labels(labels, 0.0, g), labels)
+    some = L_.corrupt_labels(labels, 0.3, torch.Generator().manual_seed(0))
+    everything = L_.corrupt_labels(labels, 1.0, torch.Generator().manual_seed(0))
+    changed = lambda out: float((out != labels).float().mean())  # noqa: E731
+    assert 0 < changed(some) < changed(everything)
+    assert bool((some[labels == 255] == 255).all())  # ignored pixels stay ignored
+
+
+def test_validation_dice_is_the_evaluated_dice():
+    from medml.metrics.segmentation import segmentation_scores
+    from medml.pipelines.angio.module import frame_dice_sums
+
+    rng = np.random.default_rng(0)
+    pred = rng.integers(0, 5, (3, 16, 16))
+    label = rng.integers(0, 5, (3, 16, 16))
+    pred[0][pred[0] == 4] = 0  # frame 0: balloon missed
+    label[1][label[1] == 4] = 0  # frame 1: balloon hallucinated
+    label[2][label[2] == 3] = 0
+    pred[2][pred[2] == 3] = 0  # frame 2: catheter in neither
+    label[:, 0] = 255
+    sums = frame_dice_sums(torch.from_numpy(pred), torch.from_numpy(label), 5)
+    val = (sums[0] / sums[1].clamp_min(1)).numpy()
+    per_frame = [segmentation_scores(p, t, 5, ignore_index=255) for p, t in zip(pred, label, strict=True)]
+    for c in range(1, 5):
+        scores = [s[f"class_{c}"]["dice"] for s in per_frame if s[f"class_{c}"]["present"]]
+        assert sums[1, c] == len(scores) and val[c] == pytest.approx(np.mean(scores), abs=1e-6)  # MONAI: float32
+
+
+def test_hd95_penalty_and_temporal_consistency():
+    from medml.metrics.segmentation import segmentation_scores
+    from medml.pipelines.angio.evaluate import penalise_missing_hd95, temporal_consistency
+
+    target = np.zeros((20, 20), np.uint8)
+    target[5:8, 5:15] = 1
+    pred = target.copy()
+    pred[15:17, 2:4] = 4  # a hallucinated balloon
+    names = ["background", "vessel", "contrast_catheter", "catheter", "balloon"]
+    scores = segmentation_scores(pred, target, 5, class_names=names)
+    assert np.isnan(scores["balloon"]["hd95"])  # MONAI: no surface to measure
+    penalise_missing_hd95(scores, names[1:], float(np.hypot(20, 20)))
+    assert scores["balloon"]["hd95"] == pytest.approx(np.hypot(20, 20))
+    assert scores["mean"]["hd95"] == pytest.approx((scores["vessel"]["hd95"] + np.hypot(20, 20)) / 2)
+    assert np.isnan(scores["catheter"]["hd95"])  # absent from both: still not scored
+
+    labels = np.stack([target, target, np.roll(target, 1, axis=0)])
+    steady = temporal_consistency(labels.copy(), labels, [0, 1, 2], 5)
+    assert steady["ratio"] == pytest.approx(1.0) and steady["pairs"] == 2
+    flicker = labels.copy()
+    flicker[1] = 0
+    flicker[1, 10:12, 5:15] = 1
+    jumpy = temporal_consistency(flicker, labels, [0, 1, 2], 5)
+    assert jumpy["prediction_agreement"] < jumpy["ground_truth_agreement"] and jumpy["ratio"] < 0.5
+    assert np.isnan(temporal_consistency(labels, labels, [0, 5, 10], 5)["ratio"])  # no adjacent frames
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_cine_seg_pixel_measures(tmp_path, strict: bool):
+    import pydicom
+
+    from medml.io import write_dicom_seg
+    from medml.io.synthetic import write_xa_cine
+    from medml.pipelines.angio.outputs import segment_table
+
+    frames = np.zeros((2, 16, 16), np.uint8)
+    cine = pydicom.dcmread(write_xa_cine(tmp_path / "xa.dcm", frames, pixel_spacing_mm=0.3))
+    assert "ImagerPixelSpacing" in cine and "PixelSpacing" not in cine
+    masks = np.zeros((2, 16, 16), np.uint8)
+    masks[:, 4:8, 4:8] = 4
+    names = ["background", "vessel", "contrast_catheter", "catheter", "balloon"]
+    seg = pydicom.dcmread(
+        write_dicom_seg(cine, masks, segment_table(names), tmp_path / "a.dcm", strict_pixel_measures=strict)
+    )
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if strict:  # detector-plane spacing is not relabelled as PixelSpacing, no slice thickness is invented
+        assert "PixelMeasuresSequence" not in shared
+    else:  # the historical behaviour other pipelines keep
+        assert shared.PixelMeasuresSequence[0].PixelSpacing == [0.3, 0.3]
+    cine.PixelSpacing = [0.2, 0.25]  # a calibrated cine passes its own spacing through, without a slice thickness
+    seg = pydicom.dcmread(
+        write_dicom_seg(cine, masks, segment_table(names), tmp_path / "b.dcm", strict_pixel_measures=strict)
+    )
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert measures.PixelSpacing == [0.2, 0.25] and ("SliceThickness" in measures) == (not strict)

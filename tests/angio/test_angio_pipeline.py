@@ -69,8 +69,19 @@ def test_training_logs_val_dice_and_keeps_teacher(angio_demo: DemoRun):
     metrics = json.loads((run / "run.json").read_text())["final_metrics"]  # the TrainResult's metrics
     assert "val_dice" in metrics and 0.0 <= metrics["val_dice"] <= 1.0
     header = (run / "metrics.csv").read_text().splitlines()[0]
-    for column in ("val_dice", "train_loss_unsup_step", "train_loss_diff_step", "train_loss_proto_step"):
+    columns = (
+        "val_dice",
+        "train_loss_unsup_step",
+        "train_loss_diff_step",
+        "train_loss_proto_step",
+        "train_loss_proto_consistency_step",
+        "train_loss_proto_align_step",
+    )
+    for column in columns:
         assert column in header
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    proto = [float(r["train_loss_proto_step"]) for r in rows if r.get("train_loss_proto_step")]
+    assert proto and max(proto) > 0 and proto[-1] > 0  # the prototype loss acts during training
     state = torch.load(run / "model.ckpt", weights_only=True)["state_dict"]
     assert any(k.startswith("teacher.") for k in state) and state["prototypes_initialised"].all()
 
@@ -81,6 +92,13 @@ def test_evaluate_test_split_reaches_dice(loaded_angio, angio_demo: DemoRun, tmp
     assert metrics["dice_mean"] >= 0.7, metrics
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["others"] == "ignore" and saved["frames"] == 60
+    assert saved["predictor"] == "diffusion" and saved["shared_video_noise"] is True
+    # Every test frame is annotated: 19 adjacent pairs per video; the predictions agree from frame to frame about as
+    # much as the ground truth does (no sampling flicker).
+    temporal = saved["temporal_consistency"]
+    assert 0.8 <= temporal["ratio"] <= 1.1 and metrics["temporal_ratio"] == pytest.approx(temporal["ratio"])
+    assert saved["temporal_per_video"]["v00"]["pairs"] == 19
+    assert math.isfinite(metrics["hd95_mean"])
     assert set(saved["per_video"]) == {"v00", "v01", "v02"}
     rows = list(csv.DictReader((tmp_path / "per_video.csv").open()))
     assert [r["video"] for r in rows] == ["v00", "v01", "v02", "ALL"]
@@ -140,8 +158,14 @@ def test_predict_clinical_folder(loaded_angio, tmp_path: Path):
         assert source.ReferencedSOPInstanceUID == cine.SOPInstanceUID
         refs.add(int(source.ReferencedFrameNumber))
     assert refs == set(range(1, n_frames + 1))  # every frame of the cine is referenced
+    # Detector geometry: the cine has ImagerPixelSpacing only, so the SEG claims no PixelSpacing or SliceThickness.
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    assert "PixelMeasuresSequence" not in shared
+    assert "PixelSpacing" not in seg and "SliceThickness" not in seg
     segments = {s.SegmentLabel: s for s in seg.SegmentSequence}
     assert "vessel" in segments
+    balloon = segments["balloon"].SegmentedPropertyTypeCodeSequence[0]
+    assert (balloon.CodingSchemeDesignator, balloon.CodeValue) == ("SCT", "310362005")  # angioplasty (balloon) catheter
     property_codes = [
         (
             s.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator,
@@ -156,3 +180,35 @@ def test_predict_clinical_folder(loaded_angio, tmp_path: Path):
     hd_seg = hd.seg.segread(dicom_dir / "seg.dcm")
     assert hd_seg.SOPInstanceUID == seg.SOPInstanceUID
     assert cine.SOPInstanceUID in {uid for _, _, uid in hd_seg.get_source_image_uids()}
+
+
+def test_prototype_anchoring_flags_corrupted_pseudo_labels(loaded_angio, angio_demo: DemoRun):
+    """Small noisy pseudo-label stress test on the trained demo: corrupt 30 % of the 16-px tiles of (perfect)
+    pseudo-labels of validation frames, and check that the prototype weights of the teacher's denoised latents are
+    lower on the corrupted pixels, so the weighted pseudo-labels agree better with the truth than the raw ones.
+    (The full stress test, final Dice with vs without anchoring, is ``benchmarks/angio_ssl.py --corrupt``.)"""
+    from medml.data.mosxav import MOSXAV, AngioFrames
+    from medml.pipelines.angio import losses as L_
+
+    pipeline, module = loaded_angio
+    cfg = pipeline.config
+    items = MOSXAV(angio_demo.data_dir).items("val", annotated_only=True)[:8]
+    frames = AngioFrames(items, size=cfg.data.size, others=cfg.data.others)
+    x = torch.stack([frames[i]["image"] for i in range(len(frames))])
+    truth = torch.stack([frames[i]["label"] for i in range(len(frames))])
+    net = module.inference_net()
+    with torch.no_grad():
+        latent = net.sample(x, module.ddim, module.sample_steps, noise=module.inference_noise(x, 0))["latent"]
+    probs = L_.prototype_probabilities(
+        latent, module.prototypes, module.prototypes_initialised, cfg.loss.proto_temperature
+    )
+    noisy = L_.corrupt_labels(truth, 0.3, torch.Generator().manual_seed(0))
+    _, weight = L_.prototype_denoise(noisy, probs, module.prototypes_initialised, "weight")
+    valid = truth != 255
+    wrong = (noisy != truth) & valid
+    right = (noisy == truth) & valid
+    assert wrong.float().mean() > 0.01
+    assert weight[wrong].mean() < weight[right].mean() - 0.1
+    raw_accuracy = right.sum() / valid.sum()
+    weighted_accuracy = weight[right].sum() / weight[valid].sum()
+    assert weighted_accuracy > raw_accuracy

@@ -348,3 +348,22 @@ def test_clinical_inputs_for_predict(tmp_path: Path) -> None:
     # The cine holds the rendered angiogram: dark structures on a brighter background.
     frames = cine.pixel_array
     assert np.percentile(frames, 2) < np.median(frames) - 40
+
+
+def test_hard_synthetic_option_shifts_appearance_and_thins_devices(tmp_path: Path):
+    from medml.data.synthetic_mosxav import _appearance, _render
+
+    easy_means, hard_means, easy_cc, hard_cc = [], [], 0, 0
+    for seed in range(4):
+        frames, labels, _ = _render(2, 128, seed, balloon=True, others=False)
+        hard, hard_labels, _ = _render(2, 128, seed, balloon=True, others=False, look=_appearance(seed))
+        easy_means.append(frames.mean())
+        hard_means.append(hard.mean())
+        easy_cc += int((labels == 2).sum())
+        hard_cc += int((hard_labels == 2).sum())
+    assert np.std(hard_means) > 2 * np.std(easy_means)  # per-video appearance shift
+    assert hard_cc < 0.8 * easy_cc  # thinner contrast catheter
+    root = write_synthetic_mosxav(tmp_path / "hard", n_trainval=2, n_test=1, n_frames=2, size=64, difficulty="hard")
+    check_mosxav_layout(root)
+    with pytest.raises(ValueError, match="difficulty"):
+        write_synthetic_mosxav(tmp_path / "bad", difficulty="medium")  # type: ignore[arg-type]

@@ -42,7 +42,9 @@ class AngioData(Strict):
 class AngioModel(Strict):
     """Networks, teacher and pseudo-labels. All [P] except where noted."""
 
-    method: Literal["rnpll", "mean_teacher", "supervised"] = "rnpll"
+    # supervised: segmenter on labelled frames; mean_teacher: + EMA-teacher pseudo-labels; diffrect: + label-latent
+    # diffusion that segments and rectifies the pseudo-labels, without prototypes; rnpll: diffrect + prototypes.
+    method: Literal["rnpll", "diffrect", "mean_teacher", "supervised"] = "rnpll"
     num_classes: int = Field(TRAIN_CLASSES, ge=2)  # background, vessel, contrast catheter, catheter, balloon [V]
     class_names: list[str] = list(CLASS_NAMES[:TRAIN_CLASSES])
     in_channels: PositiveInt = 1  # grey X-ray
@@ -58,11 +60,23 @@ class AngioModel(Strict):
     denoiser_groups: PositiveInt = 32
     ema_decay: Decay = 0.99  # mean-teacher EMA (spec §A5.4)
     confidence: Probability = 0.8  # pseudo-label confidence threshold (DiffRect default [V])
-    refine_pseudo_labels: bool = True  # rnpll: teacher pseudo-labels rectified by DDIM sampling
-    # Steps before the rectified pseudo-labels are used (DiffRect refine_start [V]).
+    # diffrect/rnpll: teacher pseudo-labels from DDIM sampling of the label latent (else from the teacher segmenter).
+    refine_pseudo_labels: bool = True
+    # Steps before the diffusion pseudo-labels are used (DiffRect refine_start [V]); the segmenter's before.
     refine_start_step: NonNegativeInt = 1000
-    refine_at_inference: bool = False  # predict/evaluate with DDIM rectification of the segmenter's output
-    infer_with_teacher: bool = True  # validate, evaluate and predict with the EMA teacher
+    # diffrect/rnpll: what predicts. "diffusion": DDIM over the label latent conditioned on the frame, decoded to
+    # logits (the method); "segmenter": the plain segmenter (the supervised baseline's predictor).
+    predictor: Literal["diffusion", "segmenter"] = "diffusion"
+    # The denoiser is also conditioned on the label latent of the segmenter's softmax (a prior it may rectify).
+    segmenter_prior: bool = True
+    # The label decoder also sees image features at strides 1..s/2 (a bypass of the label latent; off: the decoded
+    # logits carry only what the denoised latent holds).
+    decoder_skips: bool = False
+    # Stress test only: share of 16-px tiles of the teacher's pseudo-labels corrupted (removed / flipped / shifted).
+    pseudo_label_corruption: Probability = 0.0
+    # Validate, evaluate and predict with the EMA teacher, for EVERY method (supervised included: its EMA is kept
+    # but never used in training), so that all methods are scored with the same kind of weights.
+    infer_with_teacher: bool = True
 
     @field_validator("seg_features")
     @classmethod
@@ -96,18 +110,32 @@ class AngioLoss(Strict):
     unsup_weight: NonNegativeFloat = 1.0  # lambda_u, ramped
     rampup_fraction: Probability = 0.4  # sigmoid ramp of lambda_u over this share of the training steps
     diff_weight: NonNegativeFloat = 1.0  # lambda_diff: x0 latent MSE + decoded Dice/CE + label auto-encoding
-    proto_weight: NonNegativeFloat = 0.1  # lambda_p
+    # lambda_p: InfoNCE of the student's denoised latents against the prototypes (labelled cells: ground truth;
+    # unlabelled cells: the prototype-checked pseudo-labels).
+    proto_weight: NonNegativeFloat = 0.1
+    # Teacher (weak view) -> student (strong view) consistency of the prototype assignments of the denoised latents.
+    proto_consistency_weight: NonNegativeFloat = 0.1
     proto_temperature: PositiveFloat = 0.1  # tau
     proto_momentum: Decay = 0.99  # EMA of the class prototypes
     proto_min_fraction: Fraction = 0.25  # share of a stride-8 cell a foreground class needs to label that cell
-    # Optional ||p_L - p_U||^2 between labelled and unlabelled batch prototypes.
-    proto_align_weight: NonNegativeFloat = 0.0
+    # ||p_c^U - p_c^L||^2: unlabelled-batch prototypes (student's denoised latents) against the GT-anchored bank.
+    proto_align_weight: NonNegativeFloat = 0.1
+    # Prototype denoising of the pseudo-labels: each pixel's weight is the prototype probability of its pseudo-label
+    # in the teacher's denoised latent cell ("weight"), or foreground pixels whose cell is assigned to another
+    # foreground class are relabelled to it and those assigned to background are ignored ("relabel"), or "none"
+    # (not "off": YAML reads that as false).
+    proto_denoise: Literal["weight", "relabel", "none"] = "weight"
 
 
 class AngioEval(Strict):
     figure_frames: NonNegativeInt = 4  # frames shown in the evaluation figure
     frame_batch: PositiveInt = 16  # frames per forward pass in evaluate / predict
     seed: NonNegativeInt = 0  # seed of the DDIM noise at inference (predictions are reproducible)
+    # One DDIM starting noise for every frame of a video (no frame-to-frame flicker from sampling).
+    shared_video_noise: bool = True
+    # HD95 (pixels) of a class present in only one of prediction and ground truth (missed or hallucinated): the
+    # frame diagonal when None (the largest distance in the frame), else this value.
+    hd95_missing_penalty: PositiveFloat | None = None
 
 
 class AngioConfig(PipelineConfig):

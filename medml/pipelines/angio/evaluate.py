@@ -1,5 +1,13 @@
-"""Evaluation of the ``angio`` pipeline: per-frame Dice, IoU and HD95 on a MOSXAV split, per-video tables and the
-example figure.
+"""Evaluation of the ``angio`` pipeline: per-frame Dice, IoU and HD95 on a MOSXAV split, the temporal consistency
+of the predictions along each video, per-video tables and the example figure.
+
+Conventions: a class is scored on the frames where it is in the ground truth or the prediction (Dice/IoU 0 when it
+is only in one of them). HD95 of a missed or hallucinated class is not dropped but set to a penalty, by default the
+frame diagonal in pixels (the largest distance a boundary point can have in the frame; ``eval.hd95_missing_penalty``
+overrides it), so a method that misses a class scores worse on HD95, not better. Temporal consistency: for each pair
+of consecutive annotated frames of a video, the mean foreground Dice between the two *predictions* and between the
+two *ground truths*; their ratio near 1 means the predictions change as much as the anatomy does (flicker gives a
+prediction agreement below the ground truth's).
 
 RNPLL publishes no per-class MOSXAV numbers to compare with; the model card lists the literature figures.
 """
@@ -37,6 +45,7 @@ def evaluate_split(
     per_frame: list[dict[str, Any]] = []
     figure_rows: list[FigureRow] = []
     by_video: dict[str, list[int]] = {}
+    temporal: dict[str, dict[str, float]] = {}
     for index, item in enumerate(items):
         by_video.setdefault(item.video, []).append(index)
     with module.evaluating():
@@ -47,11 +56,15 @@ def evaluate_split(
             prepared = preprocess({"image": np.stack([s["image"] for s in samples])})
             images = prepared["frames"]
             preds = module.segment_frames(prepared["image"], labels.shape[-2:], cfg.eval.frame_batch, cfg.eval.seed)
+            penalty = cfg.eval.hd95_missing_penalty or float(np.hypot(*labels.shape[-2:]))
             for i, pred, target in zip(indices, preds, labels, strict=True):
                 scores = segmentation_scores(
                     pred, target, num_classes=cfg.model.num_classes, ignore_index=IGNORE_INDEX, class_names=names
                 )
+                penalise_missing_hd95(scores, names[1:], penalty)
                 per_frame.append({"video": video, "frame": items[i].frame_index, "scores": scores})
+            frame_ids = [items[i].frame_index for i in indices]
+            temporal[video] = temporal_consistency(preds, labels, frame_ids, cfg.model.num_classes)
             if len(figure_rows) < cfg.eval.figure_frames:
                 mid = len(indices) // 2
                 title = f"{video}/{items[indices[mid]].frame_index:05d}"
@@ -69,19 +82,83 @@ def evaluate_split(
             "videos": list(by_video),
             "others": cfg.data.others,
             "method": cfg.model.method,
-            "refine_at_inference": cfg.model.refine_at_inference,
+            "predictor": "diffusion" if module.diffusion_predicts else "segmenter",
+            "shared_video_noise": cfg.eval.shared_video_noise,
             "averaging": "per-frame scores (MONAI Dice, IoU, HD95 in pixels) averaged over the frames where "
             "the class is in the target or the prediction; mean_foreground = mean over classes",
+            "hd95_missing": "a class in only one of prediction and ground truth scores HD95 = "
+            + (f"{cfg.eval.hd95_missing_penalty} px" if cfg.eval.hd95_missing_penalty else "the frame diagonal"),
             "overall": overall,
+            "temporal_consistency": summarise_temporal(temporal),
             "per_video": per_video,
+            "temporal_per_video": temporal,
         },
     )
     write_csv(video_table(per_video, overall, fg), out_dir / "per_video.csv")
     if figure_rows:
         evaluation_figure(figure_rows, out_dir / f"{split}_examples.png")
     headline = {f"{key}_mean": overall["mean_foreground"][key] for key in SCORES}
+    headline.update({f"temporal_{k}": v for k, v in summarise_temporal(temporal).items()})
     headline.update({f"dice_{name}": overall[name]["dice"] for name in fg})
     return headline
+
+
+def penalise_missing_hd95(scores: dict[str, Any], fg: list[str], penalty: float) -> None:
+    """In place: HD95 of a class present in exactly one of prediction and ground truth (Dice 0, HD95 NaN from
+    `segmentation_scores`) becomes ``penalty``; the frame's mean is recomputed over the present classes."""
+    for name in fg:
+        entry = scores[name]
+        if entry["present"] and np.isnan(entry["hd95"]):
+            entry["hd95"] = float(penalty)
+    present = [scores[n]["hd95"] for n in fg if scores[n]["present"]]
+    if present:
+        scores["mean"]["hd95"] = float(np.mean(present))
+
+
+def temporal_consistency(
+    preds: np.ndarray, labels: np.ndarray, frame_ids: list[int], num_classes: int
+) -> dict[str, float]:
+    """Mean foreground Dice between consecutive annotated frames (adjacent frame numbers only), for the predictions
+    and for the ground truth, and their ratio (NaN without a pair of adjacent annotated frames)."""
+    pred_agree, gt_agree = [], []
+    for k in range(len(frame_ids) - 1):
+        if frame_ids[k + 1] - frame_ids[k] != 1:
+            continue
+        gt_a, gt_b = labels[k], labels[k + 1]
+        valid = (gt_a != IGNORE_INDEX) & (gt_b != IGNORE_INDEX)
+        pred_agree.append(_mean_fg_dice(preds[k], preds[k + 1], valid, num_classes))
+        gt_agree.append(_mean_fg_dice(gt_a, gt_b, valid, num_classes))
+    pairs = [(p, g) for p, g in zip(pred_agree, gt_agree, strict=True) if not (np.isnan(p) or np.isnan(g))]
+    if not pairs:
+        return {"prediction_agreement": float("nan"), "ground_truth_agreement": float("nan"), "ratio": float("nan")}
+    pred_mean, gt_mean = float(np.mean([p for p, _ in pairs])), float(np.mean([g for _, g in pairs]))
+    return {
+        "prediction_agreement": pred_mean,
+        "ground_truth_agreement": gt_mean,
+        "ratio": pred_mean / gt_mean if gt_mean > 0 else float("nan"),
+        "pairs": len(pairs),
+    }
+
+
+def _mean_fg_dice(a: np.ndarray, b: np.ndarray, valid: np.ndarray, num_classes: int) -> float:
+    scores = []
+    for c in range(1, num_classes):
+        in_a, in_b = (a == c) & valid, (b == c) & valid
+        total = int(in_a.sum() + in_b.sum())
+        if total:
+            scores.append(2.0 * int((in_a & in_b).sum()) / total)
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def summarise_temporal(temporal: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Pair-weighted mean over videos of the temporal agreements (and the ratio of the means)."""
+    rows = [t for t in temporal.values() if t.get("pairs")]
+    if not rows:
+        return {"prediction_agreement": float("nan"), "ground_truth_agreement": float("nan"), "ratio": float("nan")}
+    weights = np.array([t["pairs"] for t in rows], dtype=float)
+    pred = float(np.average([t["prediction_agreement"] for t in rows], weights=weights))
+    gt = float(np.average([t["ground_truth_agreement"] for t in rows], weights=weights))
+    return {"prediction_agreement": pred, "ground_truth_agreement": gt, "ratio": pred / gt if gt > 0 else float("nan")}
 
 
 def summarise(rows: list[dict[str, Any]], fg: list[str]) -> dict[str, Any]:

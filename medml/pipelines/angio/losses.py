@@ -56,17 +56,26 @@ class MaskedDiceCE(torch.nn.Module):
             "class_weights", None if class_weights is None else torch.tensor(class_weights), persistent=False
         )
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        pixel_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``mask`` (B, H, W) bool drops pixels; ``pixel_weight`` (B, H, W) in [0, 1] scales each pixel's share of
+        both terms (the prototype denoising of pseudo-labels)."""
         valid = labels != self.ignore_index
         if mask is not None:
             valid = valid & mask.bool()
         if not bool(valid.any()):
             return logits.sum() * 0.0
+        w = valid.float() if pixel_weight is None else valid.float() * pixel_weight.float()
         safe = torch.where(valid, labels, torch.zeros_like(labels)).long()
-        nll = F.cross_entropy(logits.float(), safe, weight=self.class_weights, reduction="none") * valid
-        norm = (self.class_weights[safe] * valid).sum() if self.class_weights is not None else valid.sum()
+        nll = F.cross_entropy(logits.float(), safe, weight=self.class_weights, reduction="none") * w
+        norm = (self.class_weights[safe] * w).sum() if self.class_weights is not None else w.sum()
         ce = nll.sum() / norm.clamp_min(1e-6)
-        weight = valid.unsqueeze(1).float()
+        weight = w.unsqueeze(1)
         onehot = F.one_hot(safe, logits.shape[1]).permute(0, 3, 1, 2).float() * weight
         dice = self.dice(torch.softmax(logits.float(), dim=1) * weight, onehot)
         return self.ce_weight * ce + self.dice_weight * dice
@@ -194,3 +203,104 @@ def prototype_alignment(
     if not bool(both.any()):
         return protos_a.sum() * 0.0
     return (protos_a[both] - protos_b[both]).pow(2).sum(dim=1).mean()
+
+
+def prototype_probabilities(
+    features: torch.Tensor, prototypes: torch.Tensor, initialised: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Soft prototype assignment (B, C, h, w) of latent cells: softmax over initialised classes of cos / tau."""
+    logits = torch.einsum("bdhw,cd->bchw", F.normalize(features.float(), dim=1), prototypes.float()) / temperature
+    return torch.softmax(logits.masked_fill(~initialised.view(1, -1, 1, 1), -1e4), dim=1)
+
+
+def prototype_consistency(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    prototypes: torch.Tensor,
+    initialised: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Cross-entropy of the student's prototype assignment against the teacher's (soft targets, no gradient to the
+    teacher), averaged over latent cells: the teacher-student form of the prototype contrastive consistency."""
+    if not bool(initialised.any()):
+        return student.sum() * 0.0
+    target = prototype_probabilities(teacher.detach(), prototypes, initialised, temperature)
+    logits = torch.einsum("bdhw,cd->bchw", F.normalize(student.float(), dim=1), prototypes.float()) / temperature
+    log_q = torch.log_softmax(logits.masked_fill(~initialised.view(1, -1, 1, 1), -1e4), dim=1)
+    return -(target * log_q).sum(dim=1).mean()
+
+
+def prototype_denoise(
+    labels: torch.Tensor,
+    probs: torch.Tensor,
+    initialised: torch.Tensor,
+    mode: str,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check pixel pseudo-labels against the prototype assignment of their latent cell.
+
+    Args:
+        labels: (B, H, W) pseudo-labels (``ignore_index`` kept as is).
+        probs: (B, C, h, w) prototype probabilities of the teacher's denoised latent cells
+            (`prototype_probabilities`), upsampled here to the pixels (bilinear).
+        initialised: (C,) classes that have a prototype; pixels of other classes are left alone (weight 1).
+        mode: ``"weight"``: each pixel's weight is the probability of its pseudo-label's prototype;
+            ``"relabel"``: a foreground pixel whose cell is assigned to another foreground class takes that class,
+            one whose cell is assigned to background is ignored (background pixels are kept: cells are coarser than
+            thin structures); ``"none"``: unchanged.
+
+    Returns:
+        (labels, pixel weights (B, H, W) in [0, 1]).
+    """
+    weights = torch.ones(labels.shape, dtype=torch.float32, device=labels.device)
+    if mode == "none" or not bool(initialised.any()):
+        return labels, weights
+    up = F.interpolate(probs.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    valid = labels != ignore_index
+    safe = torch.where(valid, labels, torch.zeros_like(labels)).long()
+    known = initialised[safe] & valid
+    if mode == "weight":
+        prob = up.gather(1, safe.unsqueeze(1))[:, 0]
+        return labels, torch.where(known, prob, weights)
+    assigned = up.argmax(dim=1)
+    disagree = known & (safe > 0) & (assigned != safe)
+    relabelled = torch.where(disagree & (assigned > 0), assigned.to(labels.dtype), labels)
+    relabelled = torch.where(disagree & (assigned == 0), torch.full_like(labels, ignore_index), relabelled)
+    return relabelled, weights
+
+
+def corrupt_labels(
+    labels: torch.Tensor, fraction: float, generator: torch.Generator, tile: int = 16, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """Pseudo-label noise for the stress test: each ``tile``-pixel square is corrupted with probability ``fraction``,
+    by one of three kinds drawn uniformly: thin structures / foreground removed (set to background), foreground
+    flipped to another foreground class plus a spurious blob, or the boundary shifted (labels moved by a quarter
+    tile). Ignored pixels stay ignored."""
+    if fraction <= 0:
+        return labels
+    out = labels.clone()
+    b, h, w = labels.shape
+    num_classes = int(labels[labels != ignore_index].max().item()) + 1 if bool((labels != ignore_index).any()) else 2
+    num_classes = max(num_classes, 5)
+    shift = max(1, tile // 4)
+    shifted = torch.roll(labels, shifts=(shift, shift), dims=(1, 2))
+    for i in range(b):
+        for y in range(0, h, tile):
+            for x in range(0, w, tile):
+                if float(torch.rand(1, generator=generator)) >= fraction:
+                    continue
+                kind = int(torch.randint(0, 3, (1,), generator=generator))
+                patch = out[i, y : y + tile, x : x + tile]
+                fg = (patch > 0) & (patch != ignore_index)
+                if kind == 0:
+                    patch[fg] = 0
+                elif kind == 1:
+                    offset = int(torch.randint(1, num_classes - 1, (1,), generator=generator))
+                    patch[fg] = (patch[fg] - 1 + offset) % (num_classes - 1) + 1
+                    r = tile // 4
+                    cy, cx = [int(v) for v in torch.randint(r, max(r + 1, tile - r), (2,), generator=generator)]
+                    blob = patch[max(0, cy - r) : cy + r, max(0, cx - r) : cx + r]
+                    blob[blob != ignore_index] = int(torch.randint(1, num_classes, (1,), generator=generator))
+                else:
+                    patch.copy_(shifted[i, y : y + tile, x : x + tile])
+    return torch.where(labels == ignore_index, labels, out)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -104,29 +105,45 @@ class ImageEncoder(nn.Module):
 
 
 class LabelDecoder(nn.Module):
-    """D_y: latent (B, d, H/s, W/s) + image skips -> logits (B, C, H, W).
+    """D_y: latent (B, d, H/s, W/s) [+ image skips] -> logits (B, C, H, W).
 
-    Fuses the skips down to stride 2 and upsamples the logits bilinearly for the last factor 2: a full-resolution
-    conv stage would cost as much as the whole segmenter, and the decoder runs several times per training step.
+    Upsamples by 2 per level with a conv stage (widths of the encoder, mirrored) down to stride 2, then the logits
+    bilinearly for the last factor 2: a full-resolution conv stage would cost as much as the whole segmenter, and
+    the decoder runs several times per training step. With ``skip_channels`` each stage also sees the image
+    encoder's features at its stride (DiffRect's decoder does); that lets the decoder segment from the image and
+    bypass the label latent, so it is off by default (``model.decoder_skips``).
     """
 
-    def __init__(self, latent_channels: int, skip_channels: Sequence[int], num_classes: int):
+    def __init__(
+        self,
+        latent_channels: int,
+        widths: Sequence[int],
+        num_classes: int,
+        skip_channels: Sequence[int] | None = None,
+    ):
         super().__init__()
+        self.use_skips = skip_channels is not None
+        # Stage k works at stride 2**(n-1-k): widths[n-2], ..., widths[0] (n = len(widths) levels of the encoder).
+        stage_widths = list(reversed(list(widths)[:-1]))
+        skips = list(reversed(list(skip_channels)[1:])) if skip_channels is not None else [0] * len(stage_widths)
         ups, ch = [], latent_channels
-        # Walk the skips from the coarsest (stride s/2) to stride 2.
-        for skip in reversed(list(skip_channels)[1:]):
-            width = max(skip, 16)
+        for width, skip in zip(stage_widths, skips, strict=True):
+            width = max(width, 16)
             ups.append(_conv(ch + skip, width))
             ch = width
         self.ups = nn.ModuleList(ups)
         self.head = nn.Conv2d(ch, num_classes, kernel_size=1)
 
-    def forward(self, latent: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, latent: torch.Tensor, skips: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         h = latent
-        for up, skip in zip(self.ups, reversed(list(skips)[1:]), strict=True):
-            h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            h = up(torch.cat([h, skip], dim=1))
-        return F.interpolate(self.head(h), size=skips[0].shape[-2:], mode="bilinear", align_corners=False)
+        stride_feats = list(reversed(list(skips)[1:])) if self.use_skips and skips is not None else None
+        for k, up in enumerate(self.ups):
+            h = F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
+            if stride_feats is not None:
+                h = torch.cat([h, stride_feats[k]], dim=1)
+            h = up(h)
+        full = tuple(2 * n for n in h.shape[-2:])
+        return F.interpolate(self.head(h), size=full, mode="bilinear", align_corners=False)
 
 
 def ddim_timesteps(scheduler: DDIMScheduler, num_steps: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -159,6 +176,8 @@ class AngioNet(nn.Module):
         cond_channels: channels of the image condition at the latent stride.
         denoiser_channels, denoiser_res_blocks, denoiser_attention, denoiser_head_channels: ``DiffusionModelUNet``.
         with_diffusion: build the diffusion parts (False for the supervised / mean-teacher baselines).
+        segmenter_prior: the denoiser also sees the label latent of the segmenter's softmax.
+        decoder_skips: the label decoder also sees the image encoder's features (a bypass of the latent).
     """
 
     def __init__(
@@ -176,6 +195,8 @@ class AngioNet(nn.Module):
         denoiser_head_channels: int = 32,
         denoiser_groups: int = 32,
         with_diffusion: bool = True,
+        segmenter_prior: bool = True,
+        decoder_skips: bool = False,
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -183,14 +204,15 @@ class AngioNet(nn.Module):
         self.latent_stride = 2 ** len(encoder_widths)
         self.segmenter = build_segmenter(segmenter, in_channels, num_classes, seg_features)
         self.with_diffusion = with_diffusion
+        self.segmenter_prior = segmenter_prior
         if not with_diffusion:
             return
         self.label_encoder = LabelEncoder(num_classes, encoder_widths, latent_channels)
         self.image_encoder = ImageEncoder(in_channels, encoder_widths, cond_channels)
-        # Input: [noisy latent z_t, latent of the noisy prediction (the prior to rectify), image condition].
+        # Input: [noisy latent z_t, (latent of the segmenter's softmax, the prior), image condition].
         self.denoiser = DiffusionModelUNet(
             spatial_dims=2,
-            in_channels=2 * latent_channels + cond_channels,
+            in_channels=(2 if segmenter_prior else 1) * latent_channels + cond_channels,
             out_channels=latent_channels,
             num_res_blocks=denoiser_res_blocks,
             channels=tuple(denoiser_channels),
@@ -198,7 +220,15 @@ class AngioNet(nn.Module):
             norm_num_groups=denoiser_groups,
             num_head_channels=denoiser_head_channels,
         )
-        self.label_decoder = LabelDecoder(latent_channels, self.image_encoder.skip_channels, num_classes)
+        # MONAI zero-initialises the output conv (for epsilon prediction); the x0 prediction here is normalised
+        # like E_y's latents, and a zero output would pass no gradient to the denoiser's body or its conditions.
+        nn.init.normal_(self.denoiser.out[2].conv.weight, std=0.02)
+        self.label_decoder = LabelDecoder(
+            latent_channels,
+            encoder_widths,
+            num_classes,
+            self.image_encoder.skip_channels if decoder_skips else None,
+        )
 
     # ----- pieces ---------------------------------------------------------------------------------------------------
     def segment(self, image: torch.Tensor) -> torch.Tensor:
@@ -210,13 +240,20 @@ class AngioNet(nn.Module):
     def encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return self.image_encoder(image)
 
+    def prior_latent(self, seg_logits: torch.Tensor | None) -> torch.Tensor | None:
+        """E_y of the segmenter's softmax (the prior the denoiser rectifies), or None without a prior."""
+        if not self.segmenter_prior or seg_logits is None:
+            return None
+        return self.encode_label(torch.softmax(seg_logits.float(), dim=1))
+
     def denoise(
-        self, z_t: torch.Tensor, timesteps: torch.Tensor, prior: torch.Tensor, cond: torch.Tensor
+        self, z_t: torch.Tensor, timesteps: torch.Tensor, prior: torch.Tensor | None, cond: torch.Tensor
     ) -> torch.Tensor:
         """Predict the clean label latent x0 from z_t (x0 parameterisation, as DiffRect's START_X)."""
-        return self.denoiser(torch.cat([z_t, prior, cond], dim=1), timesteps)
+        parts = [z_t, prior, cond] if self.segmenter_prior else [z_t, cond]
+        return normalise_latent(self.denoiser(torch.cat([p.to(z_t.dtype) for p in parts], dim=1), timesteps))
 
-    def decode(self, latent: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
+    def decode(self, latent: torch.Tensor, skips: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         return self.label_decoder(latent, skips)
 
     def one_hot(self, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
@@ -230,41 +267,66 @@ class AngioNet(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.segment(image)
 
-    @torch.no_grad()
-    def refine(
+    def sample(
         self,
         image: torch.Tensor,
-        seg_logits: torch.Tensor,
         scheduler: DDIMScheduler,
         num_steps: int,
+        noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        seg_logits: torch.Tensor | None = None,
         return_trajectory: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Rectify the segmenter's prediction by DDIM sampling of the label latent, then decode it.
+        encoded: tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None] | None = None,
+    ) -> dict[str, Any]:
+        """Segment by DDIM sampling of the label latent conditioned on the frame, then decoding it.
 
-        Starts from Gaussian noise (seeded by ``generator`` for reproducible predictions); every step predicts x0
-        conditioned on the image and on the latent of ``seg_logits``. With ``return_trajectory`` also returns the
-        decoded logits of the x0 prediction at each step (for the notebook's denoising figure).
+        ``noise`` (B or 1, d, h, w) is the starting latent (a single one broadcast to the batch, e.g. shared along a
+        video); else it is drawn with ``generator``. ``seg_logits`` is the segmenter's output used as prior (computed
+        here when the network has a prior and none is given); ``encoded`` = (cond, skips, prior) already computed
+        skips them all. Returns ``{"logits", "latent" (the final x0),
+        "trajectory" (decoded x0 of every step, if asked)}``. Gradients flow when called outside ``no_grad``.
         """
-        cond, skips = self.encode_image(image)
-        prior = self.encode_label(torch.softmax(seg_logits.float(), dim=1).to(cond.dtype))
-        z = torch.randn(
-            prior.shape,
-            generator=generator,
-            device="cpu" if generator is None else generator.device,
-            dtype=torch.float32,
-        ).to(device=prior.device, dtype=prior.dtype)
+        if encoded is not None:
+            cond, skips, prior = encoded
+        else:
+            cond, skips = self.encode_image(image)
+            if self.segmenter_prior and seg_logits is None:
+                seg_logits = self.segment(image)
+            prior = self.prior_latent(seg_logits)
+        shape = (image.shape[0], self.latent_channels, *cond.shape[-2:])
+        if noise is None:
+            noise = torch.randn(
+                shape, generator=generator, device="cpu" if generator is None else generator.device, dtype=torch.float32
+            )
+        z = noise.to(device=cond.device, dtype=torch.float32).expand(shape)
         timesteps_list = ddim_timesteps(scheduler, num_steps, device=image.device)
         trajectory = []
         x0 = z
         for t in timesteps_list:
             timesteps = torch.full((image.shape[0],), int(t), device=image.device, dtype=torch.long)
-            x0 = self.denoise(z, timesteps, prior, cond)
+            x0 = self.denoise(z.to(cond.dtype), timesteps, prior, cond)
             if return_trajectory:
                 trajectory.append(self.decode(x0, skips).float())
             z, _ = scheduler.step(x0.float(), int(t), z.float())
-            z = z.to(prior.dtype)
         # The last step's x0 prediction is the sample (with eta = 0 and T divisible by the step count the final DDIM
         # step lands on t = -1, alpha = 1, and returns exactly this; otherwise it would stop at a small t > 0).
-        logits = self.decode(x0, skips).float()
-        return (logits, trajectory) if return_trajectory else logits
+        return {"logits": self.decode(x0, skips).float(), "latent": x0, "trajectory": trajectory}
+
+    @torch.no_grad()
+    def refine(
+        self,
+        image: torch.Tensor,
+        seg_logits: torch.Tensor | None,
+        scheduler: DDIMScheduler,
+        num_steps: int,
+        generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits of `sample` (no gradients) from ``seg_logits`` as prior: the diffusion predictor's output.
+
+        Starts from Gaussian noise (seeded by ``generator`` for reproducible predictions, or ``noise``); with
+        ``return_trajectory`` also returns the decoded logits of the x0 prediction at each step.
+        """
+        out = self.sample(image, scheduler, num_steps, noise, generator, seg_logits, return_trajectory)
+        return (out["logits"], out["trajectory"]) if return_trajectory else out["logits"]

@@ -1,16 +1,22 @@
-"""LightningModule of the angio pipeline: RNPLL-style training and its two baselines in one loop.
+"""LightningModule of the angio pipeline: RNPLL-style training and its baselines in one loop.
 
 ``model.method``:
 
-* ``supervised``: Dice + CE on the labelled frames only (the unlabelled stream is loaded so every method runs the
-  same number of steps, but ignored);
+* ``supervised``: Dice + CE of the segmenter on the labelled frames only (the unlabelled stream is loaded so every
+  method runs the same number of steps, but ignored);
 * ``mean_teacher``: + confidence-masked pseudo-labels from an EMA teacher's weak view on the student's strong view;
-* ``rnpll``: + label-latent diffusion (x0 MSE, decoded Dice + CE), prototype contrastive consistency in the latent,
-  and, after ``model.refine_start_step`` steps, teacher pseudo-labels rectified by DDIM sampling (DiffRect's
-  ``refine_start``).
+* ``diffrect``: + label-latent diffusion that segments (DDIM over the label latent conditioned on the frame and on
+  the segmenter's prior, decoded to logits): x0 MSE, decoded Dice + CE at a random noise level and along the DDIM
+  sampling path itself, label auto-encoding; after ``model.refine_start_step`` steps the teacher's pseudo-labels
+  come from its diffusion predictor (DiffRect's ``refine_start``). No prototypes.
+* ``rnpll``: diffrect + prototype contrastive consistency on the denoised latents that produce the predictions:
+  a prototype bank of the student's sampled latents on labelled frames (ground-truth anchors), InfoNCE of labelled
+  and unlabelled latents against it, teacher-student consistency of prototype assignments, labelled/unlabelled
+  prototype alignment, and prototype denoising of the pseudo-labels (``loss.proto_denoise``).
 
-The teacher is ``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn`` (buffers averaged too); it is
-part of the state dict, so checkpoints and ``--resume`` keep it.
+Every method keeps an EMA teacher (``torch.optim.swa_utils.AveragedModel`` + ``get_ema_multi_avg_fn``, buffers
+averaged; for ``supervised`` it is never used in training) so all of them are validated and evaluated with the same
+kind of weights (``model.infer_with_teacher``). It is part of the state dict, so checkpoints and ``--resume`` keep it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from medml.pipelines.angio import losses as L_
 from medml.pipelines.angio.model import AngioNet
 from medml.pipelines.base import MedmlModule
 
+DIFFUSION_METHODS = ("diffrect", "rnpll")
+
 
 def build_net(cfg: Any) -> AngioNet:
     m = cfg.model
@@ -45,7 +53,9 @@ def build_net(cfg: Any) -> AngioNet:
         denoiser_attention=m.denoiser_attention,
         denoiser_head_channels=m.denoiser_head_channels,
         denoiser_groups=m.denoiser_groups,
-        with_diffusion=m.method == "rnpll",
+        with_diffusion=m.method in DIFFUSION_METHODS,
+        segmenter_prior=m.segmenter_prior,
+        decoder_skips=m.decoder_skips,
     )
 
 
@@ -68,13 +78,11 @@ class AngioModule(MedmlModule):
         super().__init__(config)
         self.method = config.model.method
         self.net = build_net(config)
-        self.teacher = None
-        if self.method != "supervised":
-            self.teacher = AveragedModel(
-                self.net, multi_avg_fn=get_ema_multi_avg_fn(config.model.ema_decay), use_buffers=True
-            )
-            for p in self.teacher.parameters():
-                p.requires_grad_(False)
+        self.teacher = AveragedModel(
+            self.net, multi_avg_fn=get_ema_multi_avg_fn(config.model.ema_decay), use_buffers=True
+        )
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
         self.ddpm, self.ddim, self.sample_steps = build_schedulers(config)
         num_classes, d = config.model.num_classes, config.model.latent_channels
         self.register_buffer("prototypes", torch.zeros(num_classes, d))
@@ -87,6 +95,19 @@ class AngioModule(MedmlModule):
         self._ema_step = 0  # global_step at the last teacher update
         self._val_stats: torch.Tensor | None = None
 
+    @property
+    def uses_diffusion(self) -> bool:
+        return self.method in DIFFUSION_METHODS
+
+    @property
+    def uses_prototypes(self) -> bool:
+        return self.method == "rnpll"
+
+    @property
+    def diffusion_predicts(self) -> bool:
+        """Whether predictions come from the diffusion model (else from the segmenter)."""
+        return self.uses_diffusion and self.config.model.predictor == "diffusion"
+
     # ----- parameters and stages -----------------------------------------------------------------------------------
     def stage_parameters(self, stage: StageConfig):
         for name, param in super().stage_parameters(stage):
@@ -98,133 +119,189 @@ class AngioModule(MedmlModule):
         self._ema_step = self.global_step
 
     def inference_net(self) -> AngioNet:
-        """The network used for validation, evaluation and prediction (the EMA teacher where there is one)."""
-        if self.teacher is not None and self.config.model.infer_with_teacher:
-            return self.teacher.module
-        return self.net
+        """The network used for validation, evaluation and prediction (the EMA teacher, for every method)."""
+        return self.teacher.module if self.config.model.infer_with_teacher else self.net
 
     def unsup_ramp(self) -> float:
         return L_.sigmoid_rampup(self.global_step, self.config.loss.rampup_fraction * self._total_steps)
 
+    def _noise(self, shape: tuple[int, ...], device: torch.device, seed: int) -> torch.Tensor:
+        return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
+
     # ----- training ------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        lab = batch["labelled"]
-        x_l, y_l = lab["image"], lab["label"]
-        logits_l = self.net.segment(x_l)
-        loss_sup = self.seg_loss(logits_l, y_l)
-        logs = {"loss_sup": loss_sup.detach()}
-        total = loss_sup
-        unl = batch.get("unlabelled")
-        if self.method != "supervised" and unl is not None:
-            ramp = self.unsup_ramp()
-            x_w, x_s = unl["image_weak"], unl["image_strong"]
-            pseudo, confident, refined = self.teacher_pseudo_labels(x_w)
-            logits_s = self.net.segment(x_s)
-            loss_unsup = self.seg_loss(logits_s, pseudo, mask=confident)
-            total = total + self.config.loss.unsup_weight * ramp * loss_unsup
-            logs.update(
-                loss_unsup=loss_unsup.detach(),
-                ramp=torch.tensor(ramp),
-                confident_fraction=confident.float().mean(),
-                refined=torch.tensor(float(refined)),
-            )
-            if self.method == "rnpll":
-                pseudo_masked = torch.where(confident, pseudo, torch.full_like(pseudo, IGNORE_INDEX))
-                diff_terms = self.diffusion_losses(x_l, y_l, logits_l, x_w, pseudo_masked, logits_s, ramp)
-                lc = self.config.loss
-                total = (
-                    total
-                    + lc.diff_weight * diff_terms["loss_diff"]
-                    + lc.proto_weight * diff_terms["loss_proto"]
-                    + lc.proto_align_weight * diff_terms["loss_proto_align"]
-                )
-                logs.update({k: v.detach() for k, v in diff_terms.items()})
+        terms = self.loss_terms(batch)
+        lc = self.config.loss
+        weights = {
+            "loss_sup": 1.0,
+            "loss_unsup": lc.unsup_weight * terms.pop("ramp_u", 0.0),
+            "loss_diff": lc.diff_weight,
+            "loss_proto": lc.proto_weight,
+            "loss_proto_consistency": lc.proto_consistency_weight,
+            "loss_proto_align": lc.proto_align_weight,
+        }
+        total = sum(weights[k] * v for k, v in terms.items() if k in weights)
+        logs = {k: (v.detach() if torch.is_tensor(v) else torch.tensor(float(v))) for k, v in terms.items()}
         logs["loss"] = total.detach()
-        batch_size = x_l.shape[0]
         self.log_dict(
             {f"train_{k}": v for k, v in logs.items()},
             on_step=True,
             on_epoch=True,
-            batch_size=batch_size,
+            batch_size=batch["labelled"]["image"].shape[0],
             prog_bar=False,
         )
         return total
 
-    @torch.no_grad()
-    def teacher_pseudo_labels(self, x_weak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """Teacher's weak-view labels, their confidence mask, and whether diffusion rectified them."""
-        teacher = self.teacher.module
-        logits = teacher.segment(x_weak)
-        refined = (
-            self.method == "rnpll"
-            and self.config.model.refine_pseudo_labels
-            and self.global_step >= self.config.model.refine_start_step
+    def loss_terms(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Every loss term of ``model.method`` (unweighted; ``ramp_u`` is the ramp of the unsupervised term), plus
+        diagnostics. The ramp is already applied inside the unlabelled parts of the diffusion and prototype terms."""
+        lab = batch["labelled"]
+        x_l, y_l = lab["image"], lab["label"]
+        net = self.net
+        logits_l = net.segment(x_l)
+        out: dict[str, Any] = {"loss_sup": self.seg_loss(logits_l, y_l)}
+        diff_l = self.diffusion_terms(x_l, y_l, logits_l) if self.uses_diffusion else None
+        if diff_l is not None:
+            out["loss_diff"] = diff_l["loss"]
+        unl = batch.get("unlabelled")
+        if self.method == "supervised" or unl is None:
+            if self.uses_prototypes and diff_l is not None:
+                out.update(self.prototype_terms(diff_l, y_l, None, None, 0.0))
+            return out
+        ramp = self.unsup_ramp()
+        x_w, x_s = unl["image_weak"], unl["image_strong"]
+        teacher = self.teacher_view(x_w)
+        pseudo, weight = teacher["labels"], teacher["weight"]
+        logits_s = net.segment(x_s)
+        out["loss_unsup"] = self.seg_loss(logits_s, pseudo, pixel_weight=weight)
+        out["ramp_u"] = ramp
+        out.update(
+            ramp=ramp,
+            confident_fraction=(pseudo != IGNORE_INDEX).float().mean(),
+            pseudo_weight=weight[pseudo != IGNORE_INDEX].mean() if bool((pseudo != IGNORE_INDEX).any()) else 0.0,
+            refined=float(teacher["refined"]),
         )
-        if refined:
-            generator = torch.Generator(device=x_weak.device).manual_seed(int(self.global_step))
-            logits = teacher.refine(x_weak, logits, self.ddim, self.sample_steps, generator=generator)
-        labels, confident, _ = L_.confident_pseudo_labels(
-            torch.softmax(logits.float(), dim=1), self.config.model.confidence
-        )
-        return labels, confident, refined
+        if diff_l is not None:
+            # Same noise as the teacher's sampling: the two views differ only by the strong perturbations.
+            diff_u = self.diffusion_terms(x_s, pseudo, logits_s, weight, noise=teacher["noise"])
+            out["loss_diff"] = out["loss_diff"] + ramp * diff_u["loss"]
+            if self.uses_prototypes:
+                out.update(self.prototype_terms(diff_l, y_l, diff_u, teacher, ramp))
+        return out
 
-    def diffusion_losses(
+    def diffusion_terms(
         self,
-        x_l: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        seg_logits: torch.Tensor,
+        pixel_weight: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Diffusion losses of one stream (GT or pseudo-labels ``y``, ignored pixels 255):
+
+        * Dice + CE of the DDIM *sample* (from ``noise``, the inference path, with gradients through every step);
+        * labelled stream (no ``pixel_weight``) only: x0 MSE and decoded Dice + CE of the denoiser at a random
+          training noise level (DDPM ``add_noise``), and label auto-encoding, Dice + CE of ``D_y(E_y(onehot(y)))``
+          (trains E_y, whose latents are the targets).
+
+        Returns the summed ``loss`` and the latents the prototype terms need.
+        """
+        net = self.net
+        cond, skips = net.encode_image(x)
+        prior = net.prior_latent(seg_logits.detach())  # the segmenter learns from its own losses only
+        sample = net.sample(x, self.ddim, self.sample_steps, noise=noise, encoded=(cond, skips, prior))
+        sampled = self.seg_loss(sample["logits"], y, pixel_weight=pixel_weight)
+        out = {"sample": sample["latent"]}
+        if pixel_weight is not None:
+            # Unlabelled stream: the sampling path only (it already visits the noise levels DDIM uses).
+            out["loss"] = sampled
+            return out
+        z0 = net.encode_label(net.one_hot(y))
+        eps = torch.randn_like(z0)
+        t = torch.randint(0, self.ddpm.num_train_timesteps, (x.shape[0],), device=x.device).long()
+        z_t = self.ddpm.add_noise(z0.detach(), eps, t)
+        x0_hat = net.denoise(z_t, t, prior, cond)
+        valid = (y != IGNORE_INDEX).float().unsqueeze(1)
+        mse = L_.latent_mse(x0_hat, z0.detach(), F.avg_pool2d(valid, net.latent_stride))
+        decoded = self.seg_loss(net.decode(x0_hat, skips), y)
+        recon = self.seg_loss(net.decode(z0, skips), y)  # label auto-encoding: trains E_y, whose latents are targets
+        out.update(loss=mse + decoded + recon + sampled, x0_hat=x0_hat)
+        return out
+
+    @torch.no_grad()
+    def teacher_view(self, x_weak: torch.Tensor) -> dict[str, Any]:
+        """The teacher's pseudo-labels of the weak view (confidence-masked, ignored = 255), their pixel weights, the
+        teacher's denoised latent and DDIM noise (diffusion methods), and whether diffusion made them."""
+        teacher = self.teacher.module
+        mc = self.config.model
+        logits = teacher.segment(x_weak).float()
+        out: dict[str, Any] = {"latent": None, "noise": None, "refined": False}
+        if self.uses_diffusion:
+            noise = torch.randn(
+                x_weak.shape[0], teacher.latent_channels, *self._latent_size(x_weak), device=x_weak.device
+            )
+            sample = teacher.sample(x_weak, self.ddim, self.sample_steps, noise=noise, seg_logits=logits)
+            out.update(latent=sample["latent"], noise=noise)
+            if mc.refine_pseudo_labels and self.global_step >= mc.refine_start_step:
+                logits, out["refined"] = sample["logits"], True
+        labels, confident, _ = L_.confident_pseudo_labels(torch.softmax(logits, dim=1), mc.confidence)
+        labels = torch.where(confident, labels, torch.full_like(labels, IGNORE_INDEX))
+        if mc.pseudo_label_corruption > 0:  # stress test only
+            generator = torch.Generator().manual_seed(int(self.global_step))
+            labels = L_.corrupt_labels(labels.cpu(), mc.pseudo_label_corruption, generator).to(labels.device)
+        weight = torch.ones(labels.shape, device=labels.device)
+        if self.uses_prototypes and out["latent"] is not None:
+            lc = self.config.loss
+            probs = L_.prototype_probabilities(
+                out["latent"], self.prototypes, self.prototypes_initialised, lc.proto_temperature
+            )
+            labels, weight = L_.prototype_denoise(labels, probs, self.prototypes_initialised, lc.proto_denoise)
+        out.update(labels=labels, weight=weight)
+        return out
+
+    def _latent_size(self, x: torch.Tensor) -> tuple[int, int]:
+        stride = self.net.latent_stride
+        return x.shape[-2] // stride, x.shape[-1] // stride
+
+    def prototype_terms(
+        self,
+        diff_l: dict[str, torch.Tensor],
         y_l: torch.Tensor,
-        logits_l: torch.Tensor,
-        x_u: torch.Tensor,
-        pseudo_u: torch.Tensor,
-        logits_u: torch.Tensor,
+        diff_u: dict[str, torch.Tensor] | None,
+        teacher: dict[str, Any] | None,
         ramp: float,
     ) -> dict[str, torch.Tensor]:
-        """Latent x0 MSE + decoded Dice/CE for labelled (GT) and unlabelled (confident pseudo-label) frames, and the
-        prototype contrastive consistency on clean and denoised latents."""
-        net, lc = self.net, self.config.loss
-        stride = net.latent_stride
-        out: dict[str, torch.Tensor] = {}
-        latents, latent_targets = [], []
-        terms = []
-        for x, y, logits, weight in ((x_l, y_l, logits_l, 1.0), (x_u, pseudo_u, logits_u, ramp)):
-            cond, skips = net.encode_image(x)
-            z0 = net.encode_label(net.one_hot(y))
-            prior = net.encode_label(torch.softmax(logits.detach().float(), dim=1))
-            noise = torch.randn_like(z0)
-            t = torch.randint(0, self.ddpm.num_train_timesteps, (x.shape[0],), device=x.device).long()
-            z_t = self.ddpm.add_noise(z0.detach(), noise, t)
-            x0_hat = net.denoise(z_t, t, prior, cond)
-            valid = (y != IGNORE_INDEX).float().unsqueeze(1)
-            latent_weight = F.avg_pool2d(valid, stride)  # share of trusted pixels per latent cell
-            mse = L_.latent_mse(x0_hat, z0.detach(), latent_weight)
-            # Decoding the denoised latent trains D_y (and, through the x0 path, the denoiser) for segmentation;
-            # decoding the clean label latent trains E_y and D_y as an auto-encoder of label maps.
-            decoded = self.seg_loss(net.decode(x0_hat, skips), y)
-            recon = self.seg_loss(net.decode(z0, skips), y)
-            terms.append(weight * (mse + decoded + recon))
-            y_lat = L_.latent_labels(y, stride, net.num_classes, lc.proto_min_fraction)
-            latents.append((z0, x0_hat))
-            latent_targets.append(y_lat)
-        out["loss_diff"] = terms[0] + terms[1]
+        """Prototype contrastive consistency on the student's denoised latents (the sampled x0 that is decoded into
+        the prediction, and the x0 prediction at a random noise level):
 
-        # Prototype contrastive consistency: anchors are the EMA prototypes before this batch's update.
+        * ``loss_proto``: InfoNCE against the bank, ground-truth cells of labelled frames + ramp x prototype-checked
+          pseudo-label cells of unlabelled frames;
+        * ``loss_proto_consistency``: teacher (weak view) -> student (strong view) prototype assignments, ramped;
+        * ``loss_proto_align``: ``||p_c^U - p_c^L||^2`` of the unlabelled batch prototypes against the bank, ramped.
+
+        The bank is then updated (EMA) from the student's sampled latents of the labelled frames with their ground
+        truth: image-conditioned latents anchored by ground truth.
+        """
+        net, lc = self.net, self.config.loss
+        stride, num_classes, tau = net.latent_stride, net.num_classes, lc.proto_temperature
         anchors = self.prototypes.clone()  # the in-place EMA update below must not touch the autograd graph
-        anchors_ready = self.prototypes_initialised.clone()
-        proto_terms = []
-        for (z0, x0_hat), y_lat, weight in zip(latents, latent_targets, (1.0, ramp), strict=True):
-            for feats in (z0, x0_hat):
-                proto_terms.append(
-                    weight * L_.prototype_contrastive_loss(feats, y_lat, anchors, anchors_ready, lc.proto_temperature)
-                )
-        out["loss_proto"] = torch.stack(proto_terms).sum() / 2.0
-        (z_l, xh_l), (z_u, xh_u) = latents
-        p_l, present_l = L_.batch_prototypes(xh_l, latent_targets[0], net.num_classes)
-        p_u, present_u = L_.batch_prototypes(xh_u, latent_targets[1], net.num_classes)
-        out["loss_proto_align"] = L_.prototype_alignment(p_l, present_l, p_u, present_u)
-        # EMA update from the clean label latents of both streams (GT and confident pseudo-labels). Under DDP the
-        # class sums and counts of every process are added first, so all processes keep identical prototypes.
-        feats = torch.cat([z_l.detach(), z_u.detach()])
-        labels = torch.cat(latent_targets)
-        sums, counts = L_.class_feature_sums(feats, labels, net.num_classes)
+        ready = self.prototypes_initialised.clone()
+        y_lat = L_.latent_labels(y_l, stride, num_classes, lc.proto_min_fraction)
+        loss = (
+            sum(L_.prototype_contrastive_loss(diff_l[k], y_lat, anchors, ready, tau) for k in ("sample", "x0_hat")) / 2
+        )
+        zero = diff_l["sample"].sum() * 0.0
+        out = {"loss_proto": loss, "loss_proto_consistency": zero, "loss_proto_align": zero}
+        if diff_u is not None and teacher is not None:
+            y_lat_u = L_.latent_labels(teacher["labels"], stride, num_classes, lc.proto_min_fraction)
+            loss_u = L_.prototype_contrastive_loss(diff_u["sample"], y_lat_u, anchors, ready, tau)
+            out["loss_proto"] = loss + ramp * loss_u
+            out["loss_proto_consistency"] = ramp * L_.prototype_consistency(
+                diff_u["sample"], teacher["latent"], anchors, ready, tau
+            )
+            p_u, present_u = L_.batch_prototypes(diff_u["sample"], y_lat_u, num_classes)
+            out["loss_proto_align"] = ramp * L_.prototype_alignment(p_u, present_u, anchors, ready)
+        sums, counts = L_.class_feature_sums(diff_l["sample"].detach(), y_lat, num_classes)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(sums)
             torch.distributed.all_reduce(counts)
@@ -235,32 +312,42 @@ class AngioModule(MedmlModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # One EMA update per optimiser step: with accumulate_grad_batches = k the student only changes every k
         # batches, and global_step counts optimiser steps.
-        if self.teacher is not None and self.global_step != self._ema_step:
+        if self.global_step != self._ema_step:
             self._ema_step = self.global_step
             self.teacher.update_parameters(self.net)
 
     # ----- inference -----------------------------------------------------------------------------------------------
+    def inference_noise(self, images: torch.Tensor, seed: int) -> torch.Tensor:
+        """The DDIM starting latent for ``images``: one draw broadcast to every frame (shared along a video, so the
+        sampling adds no frame-to-frame flicker), or one per frame when ``eval.shared_video_noise`` is off."""
+        n = 1 if self.config.eval.shared_video_noise else images.shape[0]
+        return self._noise((n, self.net.latent_channels, *self._latent_size(images)), images.device, seed)
+
     @torch.no_grad()
-    def predict_logits(self, images: torch.Tensor, refine: bool | None = None, seed: int = 0) -> torch.Tensor:
-        """Logits (B, C, H, W) of the inference network, rectified by DDIM when ``refine`` (default: config)."""
+    def predict_logits(
+        self, images: torch.Tensor, seed: int = 0, noise: torch.Tensor | None = None, predictor: str | None = None
+    ) -> torch.Tensor:
+        """Logits (B, C, H, W) of the inference network: the diffusion predictor (DDIM from ``noise``, else from the
+        seeded `inference_noise`) for diffrect/rnpll, the segmenter otherwise or with ``predictor="segmenter"``."""
         net = self.inference_net()
-        logits = net.segment(images).float()
-        refine = self.config.model.refine_at_inference if refine is None else refine
-        if refine and net.with_diffusion:
-            generator = torch.Generator(device=images.device).manual_seed(seed)
-            logits = net.refine(images, logits, self.ddim, self.sample_steps, generator=generator)
-        return logits
+        predictor = predictor or ("diffusion" if self.diffusion_predicts else "segmenter")
+        if predictor == "segmenter" or not net.with_diffusion:
+            return net.segment(images).float()
+        noise = self.inference_noise(images, seed) if noise is None else noise
+        return net.sample(images, self.ddim, self.sample_steps, noise=noise)["logits"]
 
     @torch.no_grad()
     def segment_frames(
-        self, images: np.ndarray, out_size: tuple[int, int], frame_batch: int, seed: int = 0, refine: bool | None = None
+        self, images: np.ndarray, out_size: tuple[int, int], frame_batch: int, seed: int = 0
     ) -> np.ndarray:
-        """Label ids (T, H, W) uint8 at ``out_size`` (H, W) for preprocessed frames (T, size, size)
-        (`medml.transforms.angio.frame_preprocessing`), ``frame_batch`` frames per forward pass."""
+        """Label ids (T, H, W) uint8 at ``out_size`` (H, W) for preprocessed frames (T, size, size) of one video
+        (`medml.transforms.angio.frame_preprocessing`), ``frame_batch`` frames per forward pass. With
+        ``eval.shared_video_noise`` every frame starts its DDIM sampling from the same seeded latent."""
         out = np.zeros((len(images), *out_size), dtype=np.uint8)
+        shared = self.config.eval.shared_video_noise
         for start in range(0, len(images), frame_batch):
             chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + frame_batch])).to(self.device)
-            logits = self.predict_logits(chunk.float()[:, None], refine=refine, seed=seed + start)
+            logits = self.predict_logits(chunk.float()[:, None], seed=seed if shared else seed + start)
             # Resize the class probabilities (bilinear) to the source size, then take the argmax: smoother, and thin
             # structures survive better than nearest-resizing label ids.
             probs = torch.softmax(logits.float(), dim=1)
@@ -271,25 +358,19 @@ class AngioModule(MedmlModule):
 
     # ----- validation ----------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._val_stats = torch.zeros(3, self.config.model.num_classes, device=self.device, dtype=torch.float64)
+        # Per class: sum of per-frame Dice, and frames where the class is in the target or the prediction.
+        self._val_stats = torch.zeros(2, self.config.model.num_classes, device=self.device, dtype=torch.float64)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        pred = self.predict_logits(batch["image"]).argmax(dim=1)
-        label = batch["label"]
-        valid = label != IGNORE_INDEX
-        for c in range(self.config.model.num_classes):
-            p, g = (pred == c) & valid, (label == c) & valid
-            self._val_stats[0, c] += (p & g).sum()
-            self._val_stats[1, c] += p.sum()
-            self._val_stats[2, c] += g.sum()
+        pred = self.predict_logits(batch["image"], seed=self.config.eval.seed).argmax(dim=1)
+        self._val_stats += frame_dice_sums(pred, batch["label"], self.config.model.num_classes)
 
     def on_validation_epoch_end(self) -> None:
         stats = self._val_stats
         if self.trainer.world_size > 1:  # sum the counts of every process, then score once
             stats = self.all_gather(stats).sum(dim=0)
-        inter, pred_sum, gt_sum = stats
-        denom = pred_sum + gt_sum
-        dice = torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.full_like(denom, float("nan")))
+        dice_sum, frames = stats
+        dice = torch.where(frames > 0, dice_sum / frames.clamp_min(1), torch.full_like(frames, float("nan")))
         fg = dice[1:]
         names = self.config.model.class_names
         for c in range(1, len(dice)):
@@ -297,3 +378,22 @@ class AngioModule(MedmlModule):
                 self.log(f"val_dice_{names[c]}", dice[c].float(), on_epoch=True)
         mean = fg[~torch.isnan(fg)].mean() if bool((~torch.isnan(fg)).any()) else torch.tensor(0.0)
         self.log("val_dice", mean.float(), on_epoch=True, prog_bar=True)
+
+
+def frame_dice_sums(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(2, C): per class, the sum over frames of the per-frame Dice and the number of frames where the class is in
+    the target or the prediction; ignored pixels (255) are background in both. This is `evaluate`'s definition
+    (`medml.metrics.segmentation_scores`: Dice 0 for a missed or hallucinated class, frames with the class in
+    neither left out), so ``val_dice`` and the evaluated Dice agree up to the frame size (validation scores at
+    ``data.size``, evaluation at the native size)."""
+    valid = label != IGNORE_INDEX
+    pred = torch.where(valid, pred, torch.zeros_like(pred))
+    label = torch.where(valid, label, torch.zeros_like(label))
+    out = torch.zeros(2, num_classes, device=pred.device, dtype=torch.float64)
+    for c in range(num_classes):
+        p, g = (pred == c).flatten(1), (label == c).flatten(1)
+        inter, total = (p & g).sum(1).double(), (p.sum(1) + g.sum(1)).double()
+        present = total > 0
+        out[0, c] = torch.where(present, 2 * inter / total.clamp_min(1), torch.zeros_like(total)).sum()
+        out[1, c] = present.sum()
+    return out

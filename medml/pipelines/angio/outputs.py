@@ -11,6 +11,7 @@ import numpy as np
 
 from medml.data.mosxav import CLASS_NAMES, IGNORE_INDEX, PALETTE
 from medml.io import SegmentSpec, write_nifti
+from medml.io.codes import ANGIOPLASTY_CATHETER, CATHETER
 from medml.io.image import as_palette
 
 SPACING_PATIENT = "PixelSpacing"
@@ -83,12 +84,13 @@ def class_areas(
 # Codes of the SEG segments (category, then property type). Vessels: SNOMED CT coronary artery; catheter: SNOMED CT
 # catheter. The contrast-filled catheter (MOSXAV's class 2) has no SNOMED CT concept of its own and must not share
 # the catheter's code (a reader keys segments by code), so it gets a medml-local code in a private coding scheme
-# ("99" prefix, DICOM PS3.3 8.2): 99MEDML / ANGIO-CC "Contrast-filled catheter". Balloons: SNOMED CT device.
+# ("99" prefix, DICOM PS3.3 8.2): 99MEDML / ANGIO-CC "Contrast-filled catheter". Balloons: the inflated balloon of an
+# angioplasty balloon catheter, SNOMED CT 310362005 "Angioplasty catheter" (`medml.io.codes.ANGIOPLASTY_CATHETER`).
 SEGMENT_CODES = {
     "vessel": ("91723000", "SCT", "Anatomical Structure", "41801008", "SCT", "Coronary artery"),
     "contrast_catheter": ("260787004", "SCT", "Physical object", "ANGIO-CC", "99MEDML", "Contrast-filled catheter"),
-    "catheter": ("260787004", "SCT", "Physical object", "19923001", "SCT", "Catheter"),
-    "balloon": ("260787004", "SCT", "Physical object", "49062001", "SCT", "Device"),
+    "catheter": ("260787004", "SCT", "Physical object", *CATHETER),
+    "balloon": ("260787004", "SCT", "Physical object", *ANGIOPLASTY_CATHETER),
 }
 
 

@@ -1,10 +1,11 @@
 """The ``angio`` pipeline: semi-supervised multi-class segmentation of X-ray angiography video (MOSXAV).
 
-RNPLL-style (spec part A): a MONAI U-Net segmenter trained on few labelled and many unlabelled frames with an EMA
-teacher's confidence-masked pseudo-labels, rectified by denoising diffusion over label latents conditioned on the
-frame, with prototype-based contrastive consistency in that latent. The paper publishes no architecture or
-hyper-parameters; every choice is a config key (``config.py``) and the model card (``pipelines/angio/README.md``)
-says which values are verified (DiffRect, MOSXAV) and which are medml's proposal [P].
+RNPLL-style (spec part A, revised): a denoising diffusion model over the latent of semantic labels, conditioned on
+the frame (and on a MONAI U-Net segmenter's prior), segments every frame; it is trained on few labelled and many
+unlabelled frames with an EMA teacher's pseudo-labels, with prototype-based contrastive consistency on the denoised
+latents and ground-truth-anchored prototypes that down-weight pseudo-labels disagreeing with them. The paper
+publishes no architecture or hyper-parameters; every choice is a config key (``config.py``) and the model card
+(``pipelines/angio/README.md``) says which values are verified (DiffRect, MOSXAV) and which are medml's proposal [P].
 
 This module registers the pipeline and handles clinical files; the schema is in ``config.py``, the training data
 in ``data.py``, the networks in ``model.py``, the training loop in ``module.py`` and the scores in ``evaluate.py``.
@@ -39,6 +40,10 @@ from medml.pipelines.angio.outputs import (
 from medml.pipelines.base import Pipeline
 from medml.registry import register_pipeline
 from medml.transforms.angio import frame_preprocessing
+
+
+def module_predicts_by_diffusion(cfg: AngioConfig) -> bool:
+    return cfg.model.method in ("diffrect", "rnpll") and cfg.model.predictor == "diffusion"
 
 
 @register_pipeline
@@ -135,6 +140,7 @@ class AngioPipeline(Pipeline):
                 out_dir / "seg.dcm",
                 series_description="medml angio segmentation",
                 algorithm_name="medml-angio",
+                strict_pixel_measures=True,  # ImagerPixelSpacing is detector-plane: never relabelled PixelSpacing
             )
             wrote_seg = True
         display = np.round(sample["frames"] * 255).astype(np.uint8)
@@ -149,7 +155,7 @@ class AngioPipeline(Pipeline):
             "width": int(labels.shape[2]),
             "fps": round(float(sample["fps"]), 3),
             "seg": wrote_seg,
-            "refined": bool(self.config.model.refine_at_inference),
+            "predictor": "diffusion" if module_predicts_by_diffusion(self.config) else "segmenter",
             "spacing_source": spacing_source or "",
         }
         for c in range(1, len(names)):
