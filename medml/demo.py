@@ -29,7 +29,7 @@ from medml.engine.progress import quiet_training
 from medml.engine.train import train
 from medml.errors import MedmlError
 from medml.registry import get_pipeline, list_pipelines
-from medml.utils.figures import save_figure
+from medml.utils.figures import figure, save_figure
 from medml.utils.files import write_json, write_text
 
 
@@ -146,8 +146,6 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def training_curves(run_dir: Path) -> Path | None:
     """Plot every logged loss/metric column of ``run_dir/metrics.csv`` against epoch, one panel per stage."""
-    import matplotlib.pyplot as plt  # after medml.utils.figures chose the headless backend
-
     path = run_dir / "metrics.csv"
     if not path.is_file():
         return None
@@ -163,7 +161,8 @@ def training_curves(run_dir: Path) -> Path | None:
             panels.append((stage, srows, keys[:8]))
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.2), squeeze=False)
+    fig = figure(figsize=(4.5 * len(panels), 3.2))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (stage, srows, keys) in zip(axes[0], panels):
         # losses on the left axis, scores (AUROC, Dice, ...) on the right: their scales differ by orders
         score_ax = ax.twinx()

@@ -1,32 +1,35 @@
-"""Figures for reports, evaluations and case outputs: one place that picks the backend and writes PNGs safely."""
+"""Figures for reports, evaluations and case outputs: made without pyplot and written as PNGs safely.
+
+Library figures are plain `matplotlib.figure.Figure` objects: they never touch pyplot's global state or switch the
+user's backend (a notebook keeps its inline plots, a desktop script its GUI), and they render headless on a server.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-# Headless for prediction on servers and in CI, unless a backend was chosen: Jupyter's kernel sets MPLBACKEND to
-# its inline backend, and forcing Agg there would stop notebooks showing figures.
-if not os.environ.get("MPLBACKEND"):
-    matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from medml.utils.files import atomic_path  # noqa: E402
+from medml.utils.files import atomic_path
 
 
-def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 100, tight: bool = True) -> Path:
-    """Lay out ``fig``, write it as PNG through `atomic_path` (no half-written file on a crash) and close it."""
+def figure(**kwargs: Any) -> Figure:
+    """A new figure outside pyplot (``figsize``, ``dpi``, ...); draw on ``fig.subplots(...)``."""
+    return Figure(**kwargs)
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 100, tight: bool = True) -> Path:
+    """Lay out ``fig`` and write it as PNG through `atomic_path` (no half-written file on a crash)."""
     path = Path(path)
-    try:
-        if tight:
-            fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, format="png")
-    finally:
+    if tight:
+        fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    if fig.canvas.manager is not None:  # made through pyplot (a notebook's own figure): let pyplot forget it
+        import matplotlib.pyplot as plt
+
         plt.close(fig)
     return path
 
@@ -38,7 +41,8 @@ def per_label_auroc_figure(result: dict[str, Any], path: str | Path, title: str 
     """
     items = sorted(result["per_label"].items(), key=lambda kv: kv[1]["auroc"])
     many = len(items) > 30  # PTB-XL's 71 labels need smaller rows than CT-RATE's 18
-    fig, ax = plt.subplots(figsize=(6.5, max(2.5, (0.16 if many else 0.22) * len(items) + 1)))
+    fig = figure(figsize=(6.5, max(2.5, (0.16 if many else 0.22) * len(items) + 1)))
+    ax = fig.subplots()
     if items:
         auc = np.array([v["auroc"] for _, v in items])
         lo = np.array([v["ci_lo"] for _, v in items])

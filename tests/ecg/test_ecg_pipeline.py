@@ -532,18 +532,6 @@ def _coded_findings(dataset):
         yield from _coded_findings(item)
 
 
-def test_explain_module_never_switches_the_matplotlib_backend():
-    import sys
-
-    code = (
-        "import matplotlib; matplotlib.use('svg'); import medml.pipelines.ecg.explain, medml.pipelines.ecg.pipeline; "
-        "print(matplotlib.get_backend())"
-    )
-    env = {k: v for k, v in __import__("os").environ.items() if k != "MPLBACKEND"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert result.stdout.strip() == "svg"
-
-
 def test_run_records_the_global_batch_and_projects_from_last_weights(ecg_run):
     record = json.loads((ecg_run.run_dir / "run.json").read_text())
     assert record["global_batch"] == {"per_device": 32, "processes": 1, "accumulate": 1, "global": 32}

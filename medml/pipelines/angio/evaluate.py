@@ -17,7 +17,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from medml.data.mosxav import IGNORE_INDEX, MOSXAV, AngioFrames
@@ -27,7 +26,7 @@ from medml.pipelines.angio.config import AngioConfig
 from medml.pipelines.angio.module import AngioModule
 from medml.pipelines.angio.outputs import class_legend, colourise
 from medml.transforms.angio import frame_preprocessing
-from medml.utils.figures import save_figure
+from medml.utils.figures import figure, save_figure
 from medml.utils.files import write_json
 
 SCORES = ("dice", "iou", "hd95")
@@ -194,7 +193,8 @@ def video_table(per_video: dict[str, Any], overall: dict[str, Any], fg: list[str
 
 def evaluation_figure(rows: list[FigureRow], path: Path) -> Path:
     """Frame, ground truth and prediction side by side, one row per example frame."""
-    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
+    fig = figure(figsize=(9, 3 * len(rows)))
+    axes = fig.subplots(len(rows), 3, squeeze=False)
     for r, (image, label, pred, title) in enumerate(rows):
         axes[r, 0].imshow(image, cmap="gray", vmin=0, vmax=1)
         axes[r, 0].set_title(title)

@@ -12,13 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
+import matplotlib
 import numpy as np
 from sklearn.metrics import average_precision_score
 
 from medml.io import write_csv
 from medml.metrics import multilabel_auroc
-from medml.utils.figures import per_label_auroc_figure, save_figure
+from medml.utils.figures import figure, per_label_auroc_figure, save_figure
 from medml.utils.files import write_json, write_text
 
 #: Published CT-RATE validation-split ("test") results, from shared/specs/published-results.md §2.2 (level in brackets).
@@ -139,15 +139,16 @@ def z_profile_figure(
     coronal = np.asarray(image[:, :, w // 2], dtype=np.float32)[::-1]  # (S, L), superior at the top
     z_mm = (np.arange(d // 3) * 3 + 1) * spacing[0]
     extent = (0, h * spacing[1], 0, d * spacing[0])
-    fig, (ax_img, ax_prof) = plt.subplots(
-        1, 2, figsize=(8, 4.2), gridspec_kw={"width_ratios": [h * spacing[1], 0.8 * h * spacing[1]]}, sharey=True
+    fig = figure(figsize=(8, 4.2))
+    ax_img, ax_prof = fig.subplots(
+        1, 2, gridspec_kw={"width_ratios": [h * spacing[1], 0.8 * h * spacing[1]]}, sharey=True
     )
     ax_img.imshow(coronal, cmap="gray", extent=extent, aspect="equal", vmin=-0.449, vmax=0.551)
     ax_img.set_xlabel("patient right -> left (mm)", fontsize=8)
     ax_img.set_ylabel("inferior -> superior (mm from the grid's bottom)", fontsize=8)
     ax_img.set_title("coronal reformat", fontsize=9)
     for i, (name, profile) in enumerate(profiles.items()):
-        colour = plt.cm.tab10(i % 10)
+        colour = matplotlib.colormaps["tab10"](i % 10)
         ax_prof.plot(profile, z_mm, color=colour, lw=1.4, label=f"{name} (p={probs[name]:.2f})")
         peak = int(np.argmax(profile))
         ax_img.axhline(z_mm[peak], color=colour, lw=1.0, ls="--")

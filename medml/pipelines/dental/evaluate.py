@@ -14,7 +14,7 @@ import numpy as np
 from medml.errors import ConfigError
 from medml.metrics.detection import dentex_metrics
 from medml.pipelines.dental.config import LEVELS
-from medml.utils.figures import save_figure
+from medml.utils.figures import figure, save_figure
 from medml.utils.files import write_json
 
 
@@ -86,11 +86,10 @@ def coco_results(images, dets) -> list[dict[str, Any]]:
 
 
 def per_class_figure(result: dict[str, Any], path: Path, title: str) -> Path:
-    import matplotlib.pyplot as plt
-
     from medml.data.dentex import CLASS_NAMES
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), gridspec_kw={"width_ratios": [4, 8, 4]})
+    fig = figure(figsize=(12, 3.2))
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [4, 8, 4]})
     for ax, level in zip(axes, LEVELS):
         names = list(CLASS_NAMES[level])
         per_class = result["levels"][level]["per_class"]

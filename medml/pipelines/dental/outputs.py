@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch, Rectangle
 
@@ -25,7 +24,7 @@ from medml.data.dentex import DIAGNOSES, LEVELS, QUADRANTS, TEETH, fdi_code
 from medml.io.codes import CodeTuple
 from medml.io.reports import write_report_json
 from medml.io.sr import RegionFinding, write_dicom_sr_regions
-from medml.utils.figures import save_figure
+from medml.utils.figures import figure, save_figure
 
 # Okabe-Ito colours (distinguishable with the common colour-vision deficiencies), one per diagnosis.
 DIAGNOSIS_COLOURS = {
@@ -208,7 +207,8 @@ def overlay_figure(
     image = np.asarray(image)
     height, width = image.shape[:2]
     fig_w = 14.0
-    fig, ax = plt.subplots(figsize=(fig_w, fig_w * height / width + 1.6))
+    fig = figure(figsize=(fig_w, fig_w * height / width + 1.6))
+    ax = fig.subplots()
     ax.imshow(image, cmap="gray", vmin=0, vmax=1 if image.dtype.kind == "f" else None)
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, box in enumerate(det["boxes"]):

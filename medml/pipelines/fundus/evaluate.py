@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import roc_curve
 
@@ -19,7 +18,7 @@ from medml.pipelines.fundus.config import FundusConfig
 from medml.pipelines.fundus.data import read_rgb
 from medml.pipelines.fundus.module import FundusModule, NoDiscError
 from medml.pipelines.fundus.outputs import CLASSIFICATION_HEADER, FOVEA_HEADER
-from medml.utils.figures import save_figure
+from medml.utils.figures import figure, save_figure
 from medml.utils.files import write_json
 
 HEADLINE = ("auc", "sensitivity_at_85_specificity", "disc_dice", "cup_dice", "vcdr_mae", "fovea_distance")
@@ -126,7 +125,7 @@ def _cell(value: Any) -> Any:
 def evaluation_figure(rows: list[dict[str, Any]], per_camera: dict[str, Any], examples: list, path: Path) -> Path:
     """ROC, vCDR by class, fovea error per camera on the first row; examples (prediction vs reference) below."""
     n_ex = len(examples)
-    fig = plt.figure(figsize=(12, 4 + 3 * ((n_ex + 3) // 4)))
+    fig = figure(figsize=(12, 4 + 3 * ((n_ex + 3) // 4)))
     grid = fig.add_gridspec(1 + (n_ex + 3) // 4, 4)
     ax = fig.add_subplot(grid[0, 0])
     labelled = [r for r in rows if r["label"] is not None]

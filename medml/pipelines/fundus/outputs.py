@@ -6,13 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
 
 from medml.data.refuge import write_challenge_mask
 from medml.io import SegmentSpec, write_csv
-from medml.utils.figures import save_figure
+from medml.utils.figures import figure, save_figure
 
 RIM_COLOUR, CUP_COLOUR, FOVEA_COLOUR = (0, 200, 0), (30, 144, 255), (255, 215, 0)
 CLASSIFICATION_HEADER = ("FileName", "Glaucoma Risk")  # official reader: column 1 name, column 2 score, header row
@@ -65,7 +64,8 @@ def overlay_figure(rgb: np.ndarray, result: dict[str, Any], path: Path, title: s
     disc; the title gives vCDR and glaucoma probability."""
     labels, (fx, fy) = result["labels"], result["fovea"]
     cx, cy, side = result["box"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5.2), gridspec_kw={"width_ratios": [1.3, 1]})
+    fig = figure(figsize=(10, 5.2))
+    axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.3, 1]})
     for ax, zoom in zip(axes, (False, True), strict=True):
         ax.imshow(rgb)
         _contour(ax, labels > 0, RIM_COLOUR)
