@@ -258,7 +258,7 @@ def random_labels(rng: np.random.Generator, prevalence: float = PREVALENCE) -> n
 
 def synthesize_ctrate(
     out_dir: str | Path,
-    n_train_patients: int = 110,
+    n_train_patients: int = 130,
     n_valid_patients: int = 40,
     shape: tuple[int, int, int] = (40, 64, 64),
     seed: int = 0,

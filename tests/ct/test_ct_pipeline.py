@@ -32,9 +32,9 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def test_tiny_recipe_learns_the_synthetic_abnormalities(ct_demo):
     metrics = json.loads((ct_demo.eval_dir / "metrics.json").read_text())
     assert metrics["n"] >= 40 and len(metrics["per_label"]) == 18
-    # The goal is 0.85; this run (synthesis seed 0) measures 0.837, seed 1 0.858 (training is deterministic;
-    # single labels move by 0.1-0.3 between synthesis seeds), so the test guards 0.82 and the gap is open.
-    assert metrics["macro_auroc"] >= 0.82, metrics["macro_auroc"]
+    # The goal. This run (synthesis seed 0) measures 0.878; seeds 1 and 2 give 0.858 and 0.869 (training is
+    # deterministic on one CPU thread; single labels still move by 0.1-0.3 between seeds, the macro mean much less).
+    assert metrics["macro_auroc"] >= 0.85, metrics["macro_auroc"]
     lo, hi = metrics["macro_auroc_ci"]
     assert lo <= metrics["macro_auroc"] <= hi
     assert 0.0 < metrics["mAP"] <= 1.0 and metrics["threshold_rule"] == "fixed"
