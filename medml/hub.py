@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HUB_FILE = "model.safetensors"
 _SHA = re.compile(r"^[0-9a-fA-F]{64}$")
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -84,9 +85,11 @@ def _sidecar_sha(url: str) -> str | None:
 
 
 def fetch_url(source: str) -> Path:
-    """Download ``source`` (http or https) into medml's cache once; later calls read the cached copy."""
+    """Download ``source`` (https, or http from localhost) into medml's cache once; later calls read the cached copy."""
     url, expected = _split_sha(source)
     parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "http" and parsed.hostname not in _LOOPBACK:  # weights run code paths: no cleartext transit
+        raise CheckpointError("plain http is accepted only from this machine (localhost); use https://", url)
     name = Path(parsed.path).name
     if not re.fullmatch(r"\w[\w.+-]*", name):  # the file is recognised by its bytes, not its name
         name = "model"

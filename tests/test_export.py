@@ -18,7 +18,7 @@ from medml.cli import main
 from medml.engine.checkpoint import load_checkpoint
 from medml.engine.predict import model_fingerprint
 from medml.errors import CheckpointError
-from medml.hub import sha256_file
+from medml.hub import fetch_url, sha256_file
 
 CASES = ("wfdb_normal", "wfdb_afib")
 
@@ -179,3 +179,8 @@ def test_export_refuses_what_is_not_a_finished_run(ecg, tmp_path, capsys):
     assert code == 2 and "model.ckpt" in err and not (tmp_path / "x.safetensors").exists()
     assert main(["export", str(tmp_path), str(tmp_path / "y.safetensors")]) == 2
     assert "no model.ckpt" in capsys.readouterr().err
+
+
+def test_plain_http_is_refused_unless_from_this_machine():
+    with pytest.raises(CheckpointError, match="use https://"):
+        fetch_url("http://models.example.org/model.safetensors")  # refused before any connection is made
