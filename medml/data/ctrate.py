@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import ast
 import csv
+import functools
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -253,22 +254,41 @@ def build_cache(
     Files appear atomically, so a killed ``prepare`` resumes where it stopped; training memory-maps them.
     """
     folder = cache_dir(data_dir, preprocessing)
+    load = functools.partial(load_volume, fallback_axcodes=fallback_axcodes)
+    fill_cache(folder, data_dir, preprocessing, volumes, cache_name, load, transform, "ct-rate cache", progress)
+    return folder
+
+
+def fill_cache(
+    folder: Path,
+    data_dir: str | Path,
+    preprocessing: dict[str, Any],
+    volumes: Sequence[Any],
+    name_of: Callable[[Any], str],
+    load: Callable[[Any], Any],
+    transform: Any,
+    desc: str,
+    progress: bool = False,
+) -> None:
+    """Write each volume not yet in ``folder`` as ``name_of(volume)``: ``transform(load(volume))`` in float16,
+    atomically, so a killed ``prepare`` resumes where it stopped (CT-RATE and RAD-ChestCT share it)."""
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "preprocessing.json", {"data_dir": str(Path(data_dir).resolve()), **preprocessing})
-    todo = [v for v in volumes if not (folder / cache_name(v)).is_file()]
-    for item in tqdm(todo, desc="ct-rate cache", unit="volume", disable=not progress):
-        image = transform({"image": load_volume(item, fallback_axcodes)})["image"]
-        with atomic_path(folder / cache_name(item)) as tmp:
+    todo = [v for v in volumes if not (folder / name_of(v)).is_file()]
+    for item in tqdm(todo, desc=desc, unit="volume", disable=not progress):
+        image = transform({"image": load(item)})["image"]
+        with atomic_path(folder / name_of(item)) as tmp:
             np.save(tmp, np.asarray(image, dtype=np.float16))
-    return folder
 
 
 class CtRateDataset(Dataset):
     """Cached, preprocessed volumes: ``{"image": (D, H, W) float32, "label": (18,) float32, "name", "index"}``."""
 
-    def __init__(self, volumes: Sequence[CtRateVolume], cache: Path):
+    cache_name = staticmethod(cache_name)  # the file of a volume in the cache (RAD-ChestCT names its own)
+
+    def __init__(self, volumes: Sequence[Any], cache: Path):
         self.volumes, self.cache = list(volumes), Path(cache)
-        self.files = [self.cache / cache_name(v) for v in self.volumes]
+        self.files = [self.cache / self.cache_name(v) for v in self.volumes]
 
     def __len__(self) -> int:
         return len(self.volumes)

@@ -33,16 +33,13 @@ from typing import Any
 
 import numpy as np
 import numpy.lib.format as npy_format
-import torch
-from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
-from medml.data.ctrate import LABELS
+from medml.data.ctrate import LABELS, CtRateDataset, fill_cache
 from medml.errors import CorruptFileError, DataLayoutError, UnsupportedFormatError
 from medml.io.guard import check_compressed_size, check_memory, reading
 from medml.io.types import Volume
 from medml.transforms.ct import axcodes_directions
-from medml.utils.files import atomic_path, cache_root, write_json
+from medml.utils.files import cache_root
 
 #: CT-RATE label -> RAD-ChestCT abnormality names (any location); None: no counterpart.
 CTRATE_TO_RADCHEST: dict[str, tuple[str, ...] | None] = {
@@ -365,35 +362,18 @@ def build_cache(
 ) -> Path:
     """Preprocess each volume once into ``<cache>/<name>.<tag>.npy`` (float16; atomic, so a killed run resumes)."""
     folder = cache_dir(data_dir, {**preprocessing, "radchest": repr(settings)})
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "preprocessing.json", {"data_dir": str(Path(data_dir).resolve()), **preprocessing})
-    todo = [v for v in volumes if not (folder / cache_name(v)).is_file()]
-    for item in tqdm(todo, desc="rad-chestct cache", unit="volume", disable=not progress):
-        image = transform({"image": load_volume(item.path, settings)})["image"]
-        with atomic_path(folder / cache_name(item)) as tmp:
-            np.save(tmp, np.asarray(image, dtype=np.float16))
+
+    def load(item: RadChestVolume) -> Volume:
+        return load_volume(item.path, settings)
+
+    fill_cache(folder, data_dir, preprocessing, volumes, cache_name, load, transform, "rad-chestct cache", progress)
     return folder
 
 
-class RadChestDataset(Dataset):
+class RadChestDataset(CtRateDataset):
     """Cached volumes: ``{"image": (D, H, W) float32, "label": (18,) float32 with NaN, "name", "index"}``."""
 
-    def __init__(self, volumes: Sequence[RadChestVolume], cache: Path):
-        self.volumes, self.cache = list(volumes), Path(cache)
-        self.files = [self.cache / cache_name(v) for v in self.volumes]
-
-    def __len__(self) -> int:
-        return len(self.volumes)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.volumes[index]
-        image = np.load(self.files[index], mmap_mode="r")
-        return {
-            "image": torch.from_numpy(np.asarray(image, dtype=np.float32)),
-            "label": torch.tensor(item.labels, dtype=torch.float32),
-            "name": item.name,
-            "index": index,
-        }
+    cache_name = staticmethod(cache_name)
 
     def targets(self) -> np.ndarray:
         return np.array([v.labels for v in self.volumes], dtype=np.float32)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from medml.engine.record import base_record, now
 from medml.errors import ConfigError, MedmlError
+from medml.hub import sha256_file
 from medml.io import write_csv
 from medml.io.discover import FATAL, display_path, error_reason, is_safe_case_id, printable, relative_case_id
 from medml.utils.files import folder_fingerprint, write_json, write_text
@@ -139,7 +140,7 @@ def predict_folder(
         input_dir=None if anonymize_paths else str(input_dir.resolve()),
         input_fingerprint=_input_fingerprint(input_dir),
         checkpoint=_each(checkpoint, str),
-        checkpoint_sha256=_each(checkpoint, _sha256),
+        checkpoint_sha256=_each(checkpoint, sha256_file),
         model_sha256=fingerprint,
         config=pipeline.config.model_dump(mode="json"),
         num_parts=num_parts,
@@ -318,7 +319,7 @@ def _scrub(text: str, folder: Path, replacement: str) -> str:
 def _input_fingerprint(input_dir: Path) -> str | None:
     """Which input folder was predicted, without naming it: `folder_fingerprint` of its relative names and sizes."""
     try:
-        return folder_fingerprint(input_dir) if input_dir.is_dir() else _sha256(input_dir)
+        return folder_fingerprint(input_dir) if input_dir.is_dir() else sha256_file(input_dir)
     except Exception:  # noqa: BLE001 - provenance only: an unlistable or oddly named input must not stop the run
         return None
 
@@ -456,11 +457,3 @@ def _claim_output(state_dir: Path, fingerprint: str, output_dir: Path) -> None:
             output_dir,
         )
     write_text(marker, fingerprint + "\n")
-
-
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

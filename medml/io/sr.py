@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
@@ -97,24 +98,7 @@ def write_dicom_sr(
         measurements=measurements or None,
         source_images=source_images or None,
     )
-    report = hd.sr.MeasurementReport(
-        observation_context=context, procedure_reported=coded(procedure), imaging_measurements=[group]
-    )
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=sources,
-        content=report,
-        series_instance_uid=generate_uid(),
-        series_number=series_number,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer=MEDML_MANUFACTURER,
-        is_complete=True,
-        series_description=f"{algorithm_name} findings",
-    )
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        sr.save_as(tmp, enforce_file_format=True)
-    return path
+    return _save_report(sources, context, procedure, [group], series_number, algorithm_name, path)
 
 
 @dataclass(frozen=True)
@@ -215,11 +199,20 @@ def write_dicom_sr_regions(
                 source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
             )
         )
+    return _save_report([source], context, procedure, groups, series_number, algorithm_name, path)
+
+
+def _save_report(
+    evidence: list, context: Any, procedure: Any, groups: list, series_number: int, algorithm_name: str, path: Any
+) -> Path:
+    """A TID 1500 measurement report of ``groups`` as a new Comprehensive 3D SR instance, written atomically."""
+    import highdicom as hd
+
     report = hd.sr.MeasurementReport(
         observation_context=context, procedure_reported=coded(procedure), imaging_measurements=groups
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[source],
+        evidence=evidence,
         content=report,
         series_instance_uid=generate_uid(),
         series_number=series_number,
