@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
-from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from medml.config import load_config, resolve_recipe
-from medml.pipelines.dental.config import DentalConfig
-from medml.pipelines.dental.losses import detection_loss
-from medml.pipelines.dental.module import build_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import autocast, sync  # noqa: E402
+from medml.config import load_config, resolve_recipe  # noqa: E402
+from medml.pipelines.dental.config import DentalConfig  # noqa: E402
+from medml.pipelines.dental.losses import detection_loss  # noqa: E402
+from medml.pipelines.dental.module import build_model  # noqa: E402
 
 
 def config(size: str, arch: str = "diffusiondet") -> DentalConfig:
@@ -54,20 +58,14 @@ def batch(cfg: DentalConfig, n: int, device: torch.device) -> tuple[torch.Tensor
     return images, torch.tensor([[h, w]] * n, device=device), targets
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(cfg: DentalConfig, device: torch.device, iters: int, bf16: bool, train_batch: int) -> dict[str, float]:
     torch.manual_seed(0)
     model = build_model(cfg, pretrained=False).to(device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2.5e-5, weight_decay=1e-4)
     images, sizes, targets = batch(cfg, train_batch, device)
 
     def train_step():
-        with autocast:
+        with autocast(device, bf16):
             if cfg.model.arch == "diffusiondet":
                 proposals, t = model.noised_proposals([x["boxes"] for x in targets], sizes)
                 levels, boxes = model(images, proposals, t)
@@ -81,22 +79,22 @@ def measure(cfg: DentalConfig, device: torch.device, iters: int, bf16: bool, tra
 
     model.train()
     train_step()  # warm-up
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(iters):
         train_step()
-    _sync(device)
+    sync(device)
     out = {"train_it_per_s": iters / (time.perf_counter() - t0), "train_batch": train_batch}
     model.eval()
     one = (images[:1], sizes[:1])
     for steps in (1, 4) if cfg.model.arch == "diffusiondet" else (None,):
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), autocast(device, bf16):
             model.detect(*one, level=2, steps=steps)
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             for _ in range(iters):
                 model.detect(*one, level=2, steps=steps)
-            _sync(device)
+            sync(device)
         key = f"infer_s_per_image_{steps}step" if steps else "infer_s_per_image"
         out[key] = (time.perf_counter() - t0) / iters
     return out

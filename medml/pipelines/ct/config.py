@@ -6,29 +6,31 @@ fold, or the fixed threshold, stored in the model so prediction and evaluation d
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from medml.config import NonNegativeInt, OptimConfig, PipelineConfig, StageConfig, Strict, TrainConfig
 from medml.data.ctrate import LABELS
 from medml.transforms.ct import axcodes_directions
 
 
+def _spacing_in_range(v: tuple[float, float, float]) -> tuple[float, float, float]:
+    if not all(0.05 <= s <= 50 for s in v):
+        raise ValueError("spacing values must lie in [0.05, 50] mm")
+    return v
+
+
+SpacingMM = Annotated[tuple[float, float, float], AfterValidator(_spacing_in_range)]
+
+
 class CtRadChest(Strict):
     """How RAD-ChestCT archives map to patient space (no header exists). Defaults: the public release as the authors'
     preprocessing wrote it (``rachellea/ct-volume-preprocessing``); the spec (§2.7) has no geometry for it."""
 
-    spacing: tuple[float, float, float] = (0.8, 0.8, 0.8)  # mm along the array axes (slices, rows, columns)
+    spacing: SpacingMM = (0.8, 0.8, 0.8)  # mm along the array axes (slices, rows, columns)
     axcodes: str = Field("IPL", pattern=r"^[LRAPSIlrapsi]{3}$")  # slices superior->inferior, rows A->P, columns R->L
     key: str = Field("ct", min_length=1, max_length=64)  # array name inside each .npz
-
-    @field_validator("spacing")
-    @classmethod
-    def _positive_spacing(cls, v):
-        if not all(0.05 <= s <= 50 for s in v):
-            raise ValueError("spacing values must lie in [0.05, 50] mm")
-        return v
 
     @field_validator("axcodes")
     @classmethod
@@ -40,7 +42,7 @@ class CtRadChest(Strict):
 class CtData(Strict):
     """Preprocessing (spec §2.2) and the patient-level split (spec §2.4)."""
 
-    spacing: tuple[float, float, float] = (1.5, 0.75, 0.75)  # mm along the output axes (CT-CLIP's convention)
+    spacing: SpacingMM = (1.5, 0.75, 0.75)  # mm along the output axes (CT-CLIP's convention)
     size: tuple[int, int, int] = (240, 480, 480)  # D, H, W; D = 3 x nodes
     axcodes: str = Field("SLP", pattern=r"^[LRAPSIlrapsi]{3}$")
     hu_window: tuple[float, float] = (-1000.0, 200.0)
@@ -54,13 +56,6 @@ class CtData(Strict):
     # is for external evaluation only (``medml evaluate ct``), on the 16 labels it shares with CT-RATE.
     dataset: Literal["auto", "ct-rate", "rad-chestct"] = "auto"
     radchest: CtRadChest = CtRadChest()
-
-    @field_validator("spacing")
-    @classmethod
-    def _positive_spacing(cls, v):
-        if not all(0.05 <= s <= 50 for s in v):
-            raise ValueError("spacing values must lie in [0.05, 50] mm")
-        return v
 
     @field_validator("size")
     @classmethod
