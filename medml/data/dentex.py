@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from medml.errors import DataLayoutError
+from medml.io.image import image_size
 
 LEVELS = ("quadrant", "enumeration", "diagnosis")
 QUADRANTS = ("1", "2", "3", "4")  # FDI quadrant digit; index 0 = quadrant 1 (upper right, patient's side)
@@ -365,17 +366,6 @@ def load_dentex_tier(root: str | Path, tier: str, *, check_sizes: bool = False) 
                 )
             item.width, item.height = width, height
     return items
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header, without decoding the pixels."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataLayoutError(f"cannot read the image ({exc})", path) from None
 
 
 def available_tiers(root: str | Path) -> list[str]:

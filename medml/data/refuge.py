@@ -36,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from medml.errors import DataLayoutError
+from medml.io.image import image_size
 from medml.utils.files import atomic_path
 
 Split = Literal["train", "val", "test"]
@@ -105,17 +106,6 @@ def write_challenge_mask(labels: np.ndarray, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         Image.fromarray(to_challenge_mask(labels), mode="L").save(tmp, format="BMP")
     return path
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header, without decoding the pixels."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataLayoutError(f"cannot read the image ({exc})", path) from None
 
 
 # ----- tables ---------------------------------------------------------------------------------------------------------

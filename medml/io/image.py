@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from medml.errors import AbsurdSizeError, CorruptFileError, TooLargeError
+from medml.errors import AbsurdSizeError, CorruptFileError, DataLayoutError, TooLargeError
 from medml.io.guard import check_memory, reading
 from medml.io.types import Image2D
 from medml.utils.files import atomic_path
@@ -48,6 +48,18 @@ def as_palette(palette: Palette | None, n: int = 256) -> np.ndarray:
     colours = np.asarray(palette, np.uint8).reshape(-1, 3)
     table[: len(colours)] = colours[:256]
     return table
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a dataset's image from its header, without decoding the pixels; an unreadable image is a
+    layout error naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataLayoutError(f"cannot read the image ({exc})", path) from None
 
 
 def read_image_file(path: str | Path, *, rgb: bool = False) -> Image2D:
