@@ -10,7 +10,7 @@ import torch
 from medml.config import load_config, resolve_recipe
 from medml.pipelines.dental.baselines import TorchvisionBaseline, joint_label, split_label
 from medml.pipelines.dental.config import DentalConfig, DentalLoss, DentalModel
-from medml.pipelines.dental.losses import detection_loss, dynamic_k_match, match_image
+from medml.pipelines.dental.losses import detection_loss, dynamic_k_match, match_image, set_loss
 from medml.pipelines.dental.model import HierarchicalDiffusionDet, apply_deltas, cosine_alphas_cumprod
 
 
@@ -94,6 +94,19 @@ def test_matcher_uses_the_level_averaged_class_cost():
     assert sel.tolist() == [False, True, False]
     sel, _ = match_image([quad, tooth, diag], boxes, gt_boxes, gt_labels, [1], whwh, cfg)
     assert sel.tolist() == [True, False, False]
+
+
+def test_a_box_without_a_label_at_a_level_is_neither_positive_nor_negative_there():
+    """A GT box with quadrant label -1 (tier has the level, this box lacks it): the predictions matched to it get
+    no quadrant loss at all, while the unmatched ones stay negatives."""
+    gt_boxes, gt_labels = torch.tensor([[10.0, 10.0, 50.0, 50.0]]), torch.tensor([[-1, 5, 1]])
+    boxes = torch.tensor([[[11.0, 11.0, 49.0, 49.0], [200.0, 100.0, 220.0, 120.0]]])
+    logits = [torch.zeros(1, 2, c, requires_grad=True) for c in (4, 8, 4)]
+    targets = [{"boxes": gt_boxes, "labels": gt_labels, "levels": torch.ones(3, dtype=torch.bool)}]
+    whwh = torch.tensor([[256.0, 128.0, 256.0, 128.0]])
+    set_loss(logits, boxes, targets, whwh, DentalLoss(ota_k=1))["loss_ce_0"].backward()
+    assert logits[0].grad[0, 0].abs().sum() == 0  # matched to the unlabelled box
+    assert logits[0].grad[0, 1].abs().sum() > 0  # background: still a negative
 
 
 @pytest.mark.parametrize("inject", ["released", "clean", "none"])

@@ -113,12 +113,12 @@ def set_loss(
         for k in levels:
             onehot = torch.zeros_like(logits_i[k])
             lab = tgt["labels"][gidx, k]
-            ok = lab >= 0  # a box without this level's label is no positive of it (and no negative either)
-            if ok.any():
-                onehot[sel_idx[ok], lab[ok]] = 1.0
-            ce[k] = ce[k] + sigmoid_focal_loss(
-                logits_i[k].float(), onehot.float(), cfg.focal_alpha, cfg.focal_gamma, reduction="sum"
-            )
+            ok = lab >= 0  # a box without this level's label is no positive of it, and no negative either
+            onehot[sel_idx[ok], lab[ok]] = 1.0
+            counted = torch.ones_like(logits_i[k][:, :1])
+            counted[sel_idx[~ok]] = 0.0
+            focal = sigmoid_focal_loss(logits_i[k].float(), onehot.float(), cfg.focal_alpha, cfg.focal_gamma)
+            ce[k] = ce[k] + (focal * counted).sum()
         if len(sel_idx):
             pred, gt = boxes[i][sel_idx].float(), tgt["boxes"][gidx].float()
             l1 = l1 + (pred / whwh[i] - gt / whwh[i]).abs().sum()
