@@ -43,7 +43,10 @@ MAIN = {
     "mean_teacher": ["model.method=mean_teacher"],
     "diffrect": ["model.method=diffrect"],
     "rnpll": ["model.method=rnpll"],
+    # Not run by default: the diffusion model rectifies the segmenter in logit space (model.prior_residual).
+    "rnpll_prior_residual": ["model.method=rnpll", "model.prior_residual=true"],
 }
+DEFAULT_METHODS = ["supervised", "mean_teacher", "diffrect", "rnpll"]
 ABLATIONS = {
     "rnpll -proto_infonce": ["model.method=rnpll", "loss.proto_weight=0"],
     "rnpll -proto_consistency": ["model.method=rnpll", "loss.proto_consistency_weight=0"],
@@ -52,6 +55,13 @@ ABLATIONS = {
     "rnpll -diffusion_pseudo_labels": ["model.method=rnpll", "model.refine_pseudo_labels=false"],
     "rnpll -segmenter_prior": ["model.method=rnpll", "model.segmenter_prior=false"],
     "rnpll +decoder_skips": ["model.method=rnpll", "model.decoder_skips=true"],
+}
+# The pseudo-label recipe before the fixes of issue 12 (no warm-up, class weights on pseudo-labels, no balancing).
+FORMER_PSEUDO = ["loss.warmup_fraction=0", "loss.unsup_class_weights=true", "loss.pseudo_balance=none"]
+DIAGNOSIS = {
+    "mean_teacher, former pseudo-label recipe": ["model.method=mean_teacher", *FORMER_PSEUDO],
+    "mean_teacher -warmup": ["model.method=mean_teacher", "loss.warmup_fraction=0"],
+    "mean_teacher -class_balance": ["model.method=mean_teacher", "loss.pseudo_balance=none"],
 }
 NO_ANCHOR = ["loss.proto_weight=0", "loss.proto_consistency_weight=0", "loss.proto_align_weight=0"]
 
@@ -101,8 +111,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("angio_ssl_runs"))
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.125, 0.25])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(MAIN), help=f"from {list(MAIN)}")
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, help=f"from {list(MAIN)}")
     parser.add_argument("--ablations", action="store_true", help="rnpll without each of its parts")
+    parser.add_argument("--diagnosis", action="store_true", help="mean teacher without each pseudo-label fix")
     parser.add_argument("--corrupt", type=float, default=0.0, help="stress test: corrupted pseudo-label share")
     parser.add_argument("--recipe", default="tiny")
     parser.add_argument("--epochs", type=int, default=None, help="train.max_epochs override")
@@ -118,6 +129,8 @@ def main() -> None:
     methods = {m: MAIN[m] for m in args.methods}
     if args.ablations:
         methods.update(ABLATIONS)
+    if args.diagnosis:
+        methods.update(DIAGNOSIS)
     if args.corrupt > 0:
         corrupt = [f"model.pseudo_label_corruption={args.corrupt}"]
         methods = {
@@ -130,6 +143,7 @@ def main() -> None:
             ],
         }
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    started = time.perf_counter()
     results_path = args.out / "results.json"
     for fraction in args.fractions:
         label = f"1/{round(1 / fraction)}" if fraction < 1 else "all"
@@ -151,8 +165,9 @@ def main() -> None:
                 print(f"{label} {method} seed {seed}: {json.dumps(runs[-1])}", flush=True)
                 results[label][method] = runs
                 results_path.write_text(json.dumps(results, indent=2))
-    (args.out / "table.md").write_text(table(results))
-    print(table(results))
+    wall = f"\nWall time: {time.perf_counter() - started:.0f} s (training + evaluation, {' '.join(sys.argv[1:])})\n"
+    (args.out / "table.md").write_text(table(results) + wall)
+    print(table(results) + wall)
 
 
 if __name__ == "__main__":

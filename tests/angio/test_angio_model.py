@@ -281,11 +281,12 @@ def _logged_losses(module: AngioModule, batch: dict, monkeypatch: pytest.MonkeyP
     logged: dict[str, float] = {}
     monkeypatch.setattr(module, "log_dict", lambda values, **_: logged.update({k: float(v) for k, v in values.items()}))
     torch.manual_seed(123)
-    bank = (module.prototypes.clone(), module.prototypes_initialised.clone())
+    names = ("prototypes", "prototypes_initialised", "label_prior", "pseudo_prior")
+    bank = {name: getattr(module, name).clone() for name in names}
     with torch.no_grad():
         module.training_step(batch, 0)
-    module.prototypes.copy_(bank[0])  # a step updates the prototype bank (and so the next step's pseudo-label
-    module.prototypes_initialised.copy_(bank[1])  # weights): restore it so that steps compare
+    for name in names:  # a step updates the prototype bank and the class priors (and so the next step's
+        getattr(module, name).copy_(bank[name])  # pseudo-label weights): restore them so that steps compare
     return logged
 
 
@@ -592,3 +593,53 @@ def test_cine_seg_pixel_measures(tmp_path, strict: bool):
     )
     measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     assert measures.PixelSpacing == [0.2, 0.25] and ("SliceThickness" in measures) == (not strict)
+
+
+def test_supervised_warmup_gates_the_unlabelled_terms(monkeypatch: pytest.MonkeyPatch):
+    """Before ``loss.warmup_fraction`` of the steps no pseudo-label term exists (and the teacher is not asked); after
+    it the ramp starts from its beginning."""
+    torch.manual_seed(0)
+    mt = AngioModule(tiny_config(method="mean_teacher"))
+    mt._total_steps = 100  # warm-up 20 steps (default 0.2), ramp over 40
+    step = {"global": 0}
+    monkeypatch.setattr(AngioModule, "global_step", property(lambda self: step["global"]))
+    asked: list[int] = []
+    teacher_view = mt.teacher_view
+    monkeypatch.setattr(mt, "teacher_view", lambda x: asked.append(step["global"]) or teacher_view(x))
+    step["global"] = 19
+    assert mt.unsup_ramp() == 0.0
+    assert "loss_unsup" not in mt.loss_terms(_batch()) and not asked
+    step["global"] = 20
+    assert mt.unsup_ramp() == pytest.approx(math.exp(-5))
+    assert "loss_unsup" in mt.loss_terms(_batch()) and asked == [20]
+    step["global"] = 60
+    assert mt.unsup_ramp() == 1.0
+
+
+def test_class_balanced_pseudo_label_weights():
+    """A class the teacher pseudo-labels 4x as often as the labelled prior supports weighs 1/4; the others 1; and the
+    pseudo-label loss drops the supervised class weights unless asked."""
+    torch.manual_seed(0)
+    mt = AngioModule(tiny_config(method="mean_teacher", num_classes=3, class_names=["bg", "a", "b"]))
+    mt.train()
+    labels = torch.zeros(1, 10, 10, dtype=torch.long)
+    labels[0, 0, :] = 1  # pi = (0.8, 0.1, 0.1)
+    labels[0, 1, :] = 2
+    mt._update_prior(mt.label_prior, labels)
+    pseudo = torch.zeros(1, 10, 10, dtype=torch.long)
+    pseudo[0, :4, :] = 1  # q = (0.6, 0.4, 0.0) over the confident pixels
+    pseudo[0, 9, :] = 255
+    pseudo[0, 8, :9] = 0
+    pseudo[0, 8, 9] = 2
+    mt._update_prior(mt.pseudo_prior, pseudo)
+    weight = mt.class_balance(pseudo)
+    q1 = 40 / 90
+    assert weight[0, 0, 0] == pytest.approx(0.1 / q1, rel=1e-5)  # over-predicted class: down-weighted
+    assert weight[0, 5, 0] == 1.0 and weight[0, 8, 9] == 1.0 and weight[0, 9, 0] == 1.0  # capped at 1; ignored: 1
+    mt.config.loss.pseudo_balance = "none"
+    assert bool((mt.class_balance(pseudo) == 1).all())
+    weighted = AngioModule(tiny_config(method="mean_teacher"))
+    weighted.config.loss.class_weights = [1.0, 2.0, 2.0, 2.0, 8.0]
+    assert AngioModule(weighted.config).unsup_loss.class_weights is None
+    weighted.config.loss.unsup_class_weights = True
+    assert AngioModule(weighted.config).unsup_loss.class_weights.tolist() == [1.0, 2.0, 2.0, 2.0, 8.0]

@@ -72,6 +72,10 @@ class AngioModel(Strict):
     # The label decoder also sees image features at strides 1..s/2 (a bypass of the label latent; off: the decoded
     # logits carry only what the denoised latent holds).
     decoder_skips: bool = False
+    # The diffusion predictor's logits = decoded latent + log-softmax of the segmenter's logits: the diffusion model
+    # rectifies the segmenter's prediction (DiffRect's idea, in logit space) rather than redrawing 1-3 px devices
+    # through the stride-8 latent. Off: the decoded latent alone.
+    prior_residual: bool = False
     # Stress test only: share of 16-px tiles of the teacher's pseudo-labels corrupted (removed / flipped / shifted).
     pseudo_label_corruption: Probability = 0.0
     # Validate, evaluate and predict with the EMA teacher, for EVERY method (supervised included: its EMA is kept
@@ -109,6 +113,18 @@ class AngioLoss(Strict):
     class_weights: list[NonNegativeFloat] | None = None  # cross-entropy weight per class (None: equal)
     unsup_weight: NonNegativeFloat = 1.0  # lambda_u, ramped
     rampup_fraction: Probability = 0.4  # sigmoid ramp of lambda_u over this share of the training steps
+    # Supervised warm-up: no unlabelled term (and no teacher pass) during this share of the training steps; the ramp
+    # starts after it. Pseudo-labels of an untrained teacher are confident background: confirmation bias.
+    warmup_fraction: Probability = 0.2
+    # Cross-entropy class weights on the pseudo-labels too. Off: class_weights compensate the rarity of a class in the
+    # ground truth; a teacher trained with them already over-predicts the rare classes (balloons), and weighting its
+    # pseudo-labels again amplifies the hallucinations.
+    unsup_class_weights: bool = False
+    # Class-balanced pseudo-label weights ("prior"): a pseudo-label of class c weighs min(1, pi_c / q_c), pi_c the
+    # class frequency of the labelled ground truth and q_c that of the confident pseudo-labels (both EMAs), so a class
+    # the teacher over-predicts (hallucinations) counts only as much as the labelled prior supports; "none": weight 1.
+    pseudo_balance: Literal["prior", "none"] = "prior"
+    pseudo_balance_momentum: Decay = 0.9  # EMA of pi and q
     diff_weight: NonNegativeFloat = 1.0  # lambda_diff: x0 latent MSE + decoded Dice/CE + label auto-encoding
     # lambda_p: InfoNCE of the student's denoised latents against the prototypes (labelled cells: ground truth;
     # unlabelled cells: the prototype-checked pseudo-labels).

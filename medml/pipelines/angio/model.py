@@ -178,6 +178,9 @@ class AngioNet(nn.Module):
         with_diffusion: build the diffusion parts (False for the supervised / mean-teacher baselines).
         segmenter_prior: the denoiser also sees the label latent of the segmenter's softmax.
         decoder_skips: the label decoder also sees the image encoder's features (a bypass of the latent).
+        prior_residual: the decoded latent is added to the log-softmax of the segmenter's logits, so the diffusion
+            model rectifies the segmenter's prediction (DiffRect's rectification, in logit space) instead of drawing
+            every thin structure again through the stride-s latent.
     """
 
     def __init__(
@@ -197,8 +200,10 @@ class AngioNet(nn.Module):
         with_diffusion: bool = True,
         segmenter_prior: bool = True,
         decoder_skips: bool = False,
+        prior_residual: bool = False,
     ):
         super().__init__()
+        self.prior_residual = prior_residual
         self.num_classes = num_classes
         self.latent_channels = latent_channels
         self.latent_stride = 2 ** len(encoder_widths)
@@ -256,6 +261,15 @@ class AngioNet(nn.Module):
     def decode(self, latent: torch.Tensor, skips: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         return self.label_decoder(latent, skips)
 
+    def predict_from_latent(
+        self, latent: torch.Tensor, skips: Sequence[torch.Tensor] | None, seg_logits: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Logits of a denoised label latent: decoded, plus the segmenter's log-softmax with ``prior_residual``."""
+        logits = self.decode(latent, skips).float()
+        if self.prior_residual and seg_logits is not None:
+            logits = logits + torch.log_softmax(seg_logits.float(), dim=1)
+        return logits
+
     def one_hot(self, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
         """(B, H, W) ids -> (B, C, H, W) float one-hot; ignored pixels become all-zero."""
         valid = labels != ignore_index
@@ -286,12 +300,12 @@ class AngioNet(nn.Module):
         skips them all. Returns ``{"logits", "latent" (the final x0),
         "trajectory" (decoded x0 of every step, if asked)}``. Gradients flow when called outside ``no_grad``.
         """
+        if ((self.segmenter_prior and encoded is None) or self.prior_residual) and seg_logits is None:
+            seg_logits = self.segment(image)
         if encoded is not None:
             cond, skips, prior = encoded
         else:
             cond, skips = self.encode_image(image)
-            if self.segmenter_prior and seg_logits is None:
-                seg_logits = self.segment(image)
             prior = self.prior_latent(seg_logits)
         shape = (image.shape[0], self.latent_channels, *cond.shape[-2:])
         if noise is None:
@@ -306,11 +320,11 @@ class AngioNet(nn.Module):
             timesteps = torch.full((image.shape[0],), int(t), device=image.device, dtype=torch.long)
             x0 = self.denoise(z.to(cond.dtype), timesteps, prior, cond)
             if return_trajectory:
-                trajectory.append(self.decode(x0, skips).float())
+                trajectory.append(self.predict_from_latent(x0, skips, seg_logits))
             z, _ = scheduler.step(x0.float(), int(t), z.float())
         # The last step's x0 prediction is the sample (with eta = 0 and T divisible by the step count the final DDIM
         # step lands on t = -1, alpha = 1, and returns exactly this; otherwise it would stop at a small t > 0).
-        return {"logits": self.decode(x0, skips).float(), "latent": x0, "trajectory": trajectory}
+        return {"logits": self.predict_from_latent(x0, skips, seg_logits), "latent": x0, "trajectory": trajectory}
 
     @torch.no_grad()
     def refine(

@@ -56,6 +56,7 @@ def build_net(cfg: Any) -> AngioNet:
         with_diffusion=m.method in DIFFUSION_METHODS,
         segmenter_prior=m.segmenter_prior,
         decoder_skips=m.decoder_skips,
+        prior_residual=m.prior_residual,
     )
 
 
@@ -91,6 +92,16 @@ class AngioModule(MedmlModule):
         self.seg_loss = L_.MaskedDiceCE(
             dice_weight=lc.dice_weight, ce_weight=lc.ce_weight, class_weights=lc.class_weights
         )
+        # Loss of the pseudo-labels: the class weights only with loss.unsup_class_weights.
+        self.unsup_loss = L_.MaskedDiceCE(
+            dice_weight=lc.dice_weight,
+            ce_weight=lc.ce_weight,
+            class_weights=lc.class_weights if lc.unsup_class_weights else None,
+        )
+        # Class frequencies of the labelled ground truth (pi) and of the confident pseudo-labels (q), EMAs for the
+        # class-balanced pseudo-label weights; not saved (they re-settle within a few steps of a resume).
+        self.register_buffer("label_prior", torch.zeros(num_classes), persistent=False)
+        self.register_buffer("pseudo_prior", torch.zeros(num_classes), persistent=False)
         self._total_steps = 1
         self._ema_step = 0  # global_step at the last teacher update
         self._val_stats: torch.Tensor | None = None
@@ -122,8 +133,16 @@ class AngioModule(MedmlModule):
         """The network used for validation, evaluation and prediction (the EMA teacher, for every method)."""
         return self.teacher.module if self.config.model.infer_with_teacher else self.net
 
+    def warmup_steps(self) -> int:
+        """Optimiser steps of the supervised warm-up (``loss.warmup_fraction`` of the run)."""
+        return int(self.config.loss.warmup_fraction * self._total_steps)
+
     def unsup_ramp(self) -> float:
-        return L_.sigmoid_rampup(self.global_step, self.config.loss.rampup_fraction * self._total_steps)
+        """0 during the warm-up, then the sigmoid ramp over ``loss.rampup_fraction`` of the run."""
+        start = self.warmup_steps()
+        if self.global_step < start:
+            return 0.0
+        return L_.sigmoid_rampup(self.global_step - start, self.config.loss.rampup_fraction * self._total_steps)
 
     def _noise(self, shape: tuple[int, ...], device: torch.device, seed: int) -> torch.Tensor:
         return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
@@ -164,7 +183,10 @@ class AngioModule(MedmlModule):
         if diff_l is not None:
             out["loss_diff"] = diff_l["loss"]
         unl = batch.get("unlabelled")
-        if self.method == "supervised" or unl is None:
+        if self.training:
+            self._update_prior(self.label_prior, y_l)
+        if self.method == "supervised" or unl is None or self.global_step < self.warmup_steps():
+            # Labelled-only: the baseline, or the supervised warm-up of the others (no teacher pass needed).
             if self.uses_prototypes and diff_l is not None:
                 out.update(self.prototype_terms(diff_l, y_l, None, None, 0.0))
             return out
@@ -172,8 +194,11 @@ class AngioModule(MedmlModule):
         x_w, x_s = unl["image_weak"], unl["image_strong"]
         teacher = self.teacher_view(x_w)
         pseudo, weight = teacher["labels"], teacher["weight"]
+        if self.training:
+            self._update_prior(self.pseudo_prior, pseudo)
+        weight = weight * self.class_balance(pseudo)
         logits_s = net.segment(x_s)
-        out["loss_unsup"] = self.seg_loss(logits_s, pseudo, pixel_weight=weight)
+        out["loss_unsup"] = self.unsup_loss(logits_s, pseudo, pixel_weight=weight)
         out["ramp_u"] = ramp
         out.update(
             ramp=ramp,
@@ -188,6 +213,27 @@ class AngioModule(MedmlModule):
             if self.uses_prototypes:
                 out.update(self.prototype_terms(diff_l, y_l, diff_u, teacher, ramp))
         return out
+
+    @torch.no_grad()
+    def _update_prior(self, prior: torch.Tensor, labels: torch.Tensor) -> None:
+        valid = labels[labels != IGNORE_INDEX]
+        if not valid.numel():
+            return
+        freq = torch.bincount(valid.long(), minlength=len(prior)).float()[: len(prior)] / valid.numel()
+        m = self.config.loss.pseudo_balance_momentum
+        prior.copy_(torch.where(prior.sum() > 0, m * prior + (1 - m) * freq, freq))
+
+    @torch.no_grad()
+    def class_balance(self, pseudo: torch.Tensor) -> torch.Tensor:
+        """Per-pixel class-balanced weights ``min(1, pi_c / q_c)`` of pseudo-labels ``pseudo`` (ignored pixels: 1),
+        or ones with ``loss.pseudo_balance: none``."""
+        ones = torch.ones(pseudo.shape, device=pseudo.device)
+        if self.config.loss.pseudo_balance == "none" or self.pseudo_prior.sum() <= 0 or self.label_prior.sum() <= 0:
+            return ones
+        per_class = (self.label_prior / self.pseudo_prior.clamp_min(1e-8)).clamp(max=1.0)
+        valid = pseudo != IGNORE_INDEX
+        safe = torch.where(valid, pseudo, torch.zeros_like(pseudo)).long()
+        return torch.where(valid, per_class[safe], ones)
 
     def diffusion_terms(
         self,
@@ -208,9 +254,13 @@ class AngioModule(MedmlModule):
         """
         net = self.net
         cond, skips = net.encode_image(x)
-        prior = net.prior_latent(seg_logits.detach())  # the segmenter learns from its own losses only
-        sample = net.sample(x, self.ddim, self.sample_steps, noise=noise, encoded=(cond, skips, prior))
-        sampled = self.seg_loss(sample["logits"], y, pixel_weight=pixel_weight)
+        seg_logits = seg_logits.detach()  # the segmenter learns from its own losses only
+        prior = net.prior_latent(seg_logits)
+        sample = net.sample(
+            x, self.ddim, self.sample_steps, noise=noise, encoded=(cond, skips, prior), seg_logits=seg_logits
+        )
+        loss_fn = self.seg_loss if pixel_weight is None else self.unsup_loss  # pseudo-labels: no class weights
+        sampled = loss_fn(sample["logits"], y, pixel_weight=pixel_weight)
         out = {"sample": sample["latent"]}
         if pixel_weight is not None:
             # Unlabelled stream: the sampling path only (it already visits the noise levels DDIM uses).
@@ -223,7 +273,7 @@ class AngioModule(MedmlModule):
         x0_hat = net.denoise(z_t, t, prior, cond)
         valid = (y != IGNORE_INDEX).float().unsqueeze(1)
         mse = L_.latent_mse(x0_hat, z0.detach(), F.avg_pool2d(valid, net.latent_stride))
-        decoded = self.seg_loss(net.decode(x0_hat, skips), y)
+        decoded = self.seg_loss(net.predict_from_latent(x0_hat, skips, seg_logits), y)
         recon = self.seg_loss(net.decode(z0, skips), y)  # label auto-encoding: trains E_y, whose latents are targets
         out.update(loss=mse + decoded + recon + sampled, x0_hat=x0_hat)
         return out
