@@ -1,4 +1,4 @@
-"""HierarchicalDet speed against torchvision Faster R-CNN in the same run: training iterations/s and inference
+r"""HierarchicalDet speed against torchvision Faster R-CNN in the same run: training iterations/s and inference
 seconds per panoramic at 1 and 4 DDIM steps.
 
 Usage::
@@ -6,6 +6,13 @@ Usage::
     python benchmarks/dental.py                    # CPU, tiny recipe sizes (128 x 256 input, 100 proposals)
     python benchmarks/dental.py --size paper       # CPU, paper sizes (800 x 1536 input, 1000 proposals): slow
     python benchmarks/dental.py --device cuda      # = gpu_benchmark
+    python benchmarks/dental.py --curve enumeration:200,diagnosis:800 --every 200   # learning curve (model card)
+    python benchmarks/dental.py --curve diagnosis:200 --every 50 \
+        --set model.arch=fasterrcnn stages.0.enabled=false stages.1.enabled=false     # the baseline, same budget
+
+``--curve``: the tiny recipe trained in a plain loop (AdamW, its lr, a 20-iteration warm-up, no prior injection)
+on a synthetic DENTEX (seed 0) through the listed tiers, with the synthetic test split's AP50 per level every
+``--every`` iterations and, at the end, on 16 training images of the disease tier (the over-fitting check).
 
 ``gpu_benchmark(device)`` is the entry point for ``benchmarks/gpu.py``: paper size (R50-FPN, 1000 proposals, 6 head
 stages, 800 x 1536 input = a 2872 x 1504 panoramic at short side 800), bf16 autocast, batch 2 training with AdamW and
@@ -27,9 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import autocast, sync  # noqa: E402
 from medml.config import load_config, resolve_recipe  # noqa: E402
-from medml.pipelines.dental.config import DentalConfig  # noqa: E402
+from medml.pipelines.dental.config import LEVELS, DentalConfig, DentalStage  # noqa: E402
+from medml.pipelines.dental.data import DATA_TIER, DentexData, DentexDetection, collate  # noqa: E402
+from medml.pipelines.dental.evaluate import all_levels  # noqa: E402
 from medml.pipelines.dental.losses import detection_loss  # noqa: E402
-from medml.pipelines.dental.module import build_model  # noqa: E402
+from medml.pipelines.dental.module import DentalModule, build_model  # noqa: E402
 
 
 def config(size: str, arch: str = "diffusiondet") -> DentalConfig:
@@ -132,12 +141,81 @@ def gpu_benchmark(device: str | torch.device = "cuda", iters: int = 10) -> dict[
     return result
 
 
+def learning_curve(
+    plan: str, every: int, overrides: list[str], data_dir: Path, warmup: int = 20, seed: int = 0
+) -> dict[str, Any]:
+    """Train the tiny recipe through ``plan`` (``tier:iterations,...``) and score AP50 per level as it goes."""
+    from medml.data.synthetic_dentex import write_synthetic_dentex
+
+    if not (data_dir / "validation_triple.json").exists():
+        write_synthetic_dentex(data_dir, seed=0)
+    torch.manual_seed(seed)
+    steps = [(tier, int(n)) for tier, n in (part.split(":") for part in plan.split(","))]
+    cfg = load_config(DentalConfig, resolve_recipe("dental", "tiny"), overrides)
+    cfg = cfg.model_copy(update={"stages": [DentalStage(tier=t) for t in dict.fromkeys(t for t, _ in steps)]})
+    dm = DentexData(data_dir, cfg)
+    dm.setup()
+    module = DentalModule(cfg)
+    params = [p for p in module.parameters() if p.requires_grad]
+    lr = cfg.train.optim.lr
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.train.optim.weight_decay)
+
+    def ap50(images) -> dict[str, float]:
+        module.stage = DentalStage(tier="diagnosis")
+        dets = dict(module.predict_dataset(DentexDetection(images, cfg, train=False), level=2))
+        result = all_levels(images, dets)
+        return {level: round(result[level]["AP50"], 3) for level in LEVELS}
+
+    test, curve, done, cpu = dm.splits["disease"]["test"], [], 0, time.process_time()
+    for tier, iters in steps:
+        module.stage = DentalStage(tier=tier)
+        loader = torch.utils.data.DataLoader(
+            dm.datasets[DATA_TIER[tier]][0], batch_size=cfg.train.batch_size, shuffle=True, collate_fn=collate
+        )
+        left = iters
+        while left > 0:
+            for batch in loader:
+                module.train()
+                module.stage = DentalStage(tier=tier)
+                for group in opt.param_groups:
+                    group["lr"] = lr * min(1.0, 0.01 + (done + 1) / warmup)
+                loss, _ = module.training_loss(batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip or 1.0)
+                opt.step()
+                done, left = done + 1, left - 1
+                if every and done % every == 0:
+                    curve.append({"iteration": done, "tier": tier, "loss": round(loss.item(), 2), **ap50(test)})
+                    print(json.dumps(curve[-1]), flush=True)
+                if left == 0:
+                    break
+    train_cpu = time.process_time() - cpu
+    return {
+        "plan": plan,
+        "seed": seed,
+        "overrides": overrides,
+        "curve": curve,
+        "test_ap50": ap50(test),
+        "train_ap50": ap50(dm.splits["disease"]["train"][:16]),
+        "cpu_s": round(train_cpu, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", choices=("tiny", "paper"), default="tiny")
     parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--curve", help="tier:iterations,... : learning curve of the tiny recipe on synthetic DENTEX")
+    parser.add_argument("--every", type=int, default=0, help="score the test split every N iterations (--curve)")
+    parser.add_argument("--set", nargs="*", default=[], help="config overrides (--curve)")
+    parser.add_argument("--seed", type=int, default=0, help="torch seed of the training (--curve)")
+    parser.add_argument("--data", type=Path, default=Path("/tmp/medml-dental-curve"), help="synthetic DENTEX (--curve)")
     args = parser.parse_args()
+    if args.curve:
+        print(json.dumps(learning_curve(args.curve, args.every, args.set, args.data, seed=args.seed)))
+        return
     device = torch.device(args.device)
     if device.type == "cuda":
         print(json.dumps(gpu_benchmark(device, args.iters), indent=2))
