@@ -69,9 +69,9 @@ def test_three_stages_each_from_the_previous_with_injected_priors(dental_demo):
 
 def test_tiny_recipe_trains_and_is_scored_per_level(dental_demo):
     """The issue's goal, quadrant AP50 >= 0.5 on the synthetic test split, is NOT reached by the CPU-minute tiny
-    recipe (0.0015): the model needs >= 1000 iterations at 256 x 512 (8+ CPU minutes) and a lucky seed (model card,
-    tiny section; the opt-in `test_learning.py`). What is checked here: every stage's loss falls, and the evaluation
-    reports the challenge's 12 numbers and their mean."""
+    recipe (0.0015): it takes 300 training proposals and ~1000 iterations (~10 CPU minutes; model card, tiny
+    section; the opt-in `test_learning.py` asserts it). What is checked here: every stage's loss falls, and the
+    evaluation reports the challenge's 12 numbers and their mean."""
     rows = _rows(dental_demo.run_dir / "metrics.csv")
     for stage in ("quadrant", "enumeration", "diagnosis"):
         losses = [float(r["train_loss"]) for r in rows if r["stage"] == stage and r.get("train_loss")]
