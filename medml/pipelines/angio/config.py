@@ -64,6 +64,13 @@ class AngioModel(Strict):
     refine_pseudo_labels: bool = True
     # Steps before the diffusion pseudo-labels are used (DiffRect refine_start [V]); the segmenter's before.
     refine_start_step: NonNegativeInt = 1000
+    # The same start as a share of the run's optimiser steps (overrides refine_start_step when set): a fixed step
+    # count is early in a short run and late in a long one.
+    refine_start_fraction: Probability | None = None
+    # Diffusion pseudo-labels only while the teacher's diffusion predictor scores at least its segmenter on the
+    # labelled batch (EMAs of the mean foreground Dice against the ground truth); else the segmenter's. A weaker
+    # predictor taking over the pseudo-labels feeds its own errors back (measured: see the model card).
+    refine_gate: bool = False
     # diffrect/rnpll: what predicts. "diffusion": DDIM over the label latent conditioned on the frame, decoded to
     # logits (the method); "segmenter": the plain segmenter (the supervised baseline's predictor).
     predictor: Literal["diffusion", "segmenter"] = "diffusion"
