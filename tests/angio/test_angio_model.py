@@ -155,7 +155,10 @@ def test_ddim_timesteps_follow_step_and_latent_noise_level(
     for e in eps[1:]:
         assert torch.allclose(e, eps[0], atol=1e-4)
     cond, skips = net.encode_image(x)
-    assert torch.allclose(out, net.decode(clean, skips), atol=1e-5)
+    # The sample is the decoded final x0 (plus the segmenter's log-softmax: model.prior_residual, the default).
+    assert net.prior_residual
+    expected = net.decode(clean, skips) + torch.log_softmax(net.segment(x), dim=1)
+    assert torch.allclose(out, expected, atol=1e-5)
 
 
 def test_prototype_ema_update_matches_hand_computation():
