@@ -43,8 +43,10 @@ MAIN = {
     "mean_teacher": ["model.method=mean_teacher"],
     "diffrect": ["model.method=diffrect"],
     "rnpll": ["model.method=rnpll"],
-    # Not run by default: the diffusion model rectifies the segmenter in logit space (model.prior_residual).
-    "rnpll_prior_residual": ["model.method=rnpll", "model.prior_residual=true"],
+    # Not run by default: the former default (decoded latent alone, diffusion pseudo-labels from refine_start_step
+    # whatever the diffusion predictor scores), and the decoder's image bypass on top of the default.
+    "rnpll_former": ["model.method=rnpll", "model.prior_residual=false", "model.refine_gate=false"],
+    "rnpll_decoder_skips": ["model.method=rnpll", "model.decoder_skips=true"],
 }
 DEFAULT_METHODS = ["supervised", "mean_teacher", "diffrect", "rnpll"]
 ABLATIONS = {
@@ -55,6 +57,8 @@ ABLATIONS = {
     "rnpll -diffusion_pseudo_labels": ["model.method=rnpll", "model.refine_pseudo_labels=false"],
     "rnpll -segmenter_prior": ["model.method=rnpll", "model.segmenter_prior=false"],
     "rnpll +decoder_skips": ["model.method=rnpll", "model.decoder_skips=true"],
+    "rnpll -prior_residual": ["model.method=rnpll", "model.prior_residual=false"],
+    "rnpll -refine_gate": ["model.method=rnpll", "model.refine_gate=false"],
 }
 # The pseudo-label recipe before the fixes of issue 12 (no warm-up, class weights on pseudo-labels, no balancing).
 FORMER_PSEUDO = ["loss.warmup_fraction=0", "loss.unsup_class_weights=true", "loss.pseudo_balance=none"]

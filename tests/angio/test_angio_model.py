@@ -155,7 +155,10 @@ def test_ddim_timesteps_follow_step_and_latent_noise_level(
     for e in eps[1:]:
         assert torch.allclose(e, eps[0], atol=1e-4)
     cond, skips = net.encode_image(x)
-    assert torch.allclose(out, net.decode(clean, skips), atol=1e-5)
+    # The sample is the decoded final x0 (plus the segmenter's log-softmax: model.prior_residual, the default).
+    assert net.prior_residual
+    expected = net.decode(clean, skips) + torch.log_softmax(net.segment(x), dim=1)
+    assert torch.allclose(out, expected, atol=1e-5)
 
 
 def test_prototype_ema_update_matches_hand_computation():
@@ -643,3 +646,29 @@ def test_class_balanced_pseudo_label_weights():
     assert AngioModule(weighted.config).unsup_loss.class_weights is None
     weighted.config.loss.unsup_class_weights = True
     assert AngioModule(weighted.config).unsup_loss.class_weights.tolist() == [1.0, 2.0, 2.0, 2.0, 8.0]
+
+
+def test_refine_start_fraction_and_gate(monkeypatch: pytest.MonkeyPatch):
+    """Diffusion pseudo-labels from ``refine_start_fraction`` of the run, and with ``refine_gate`` only while the
+    teacher's diffusion predictor scores at least its segmenter on the labelled batch."""
+    torch.manual_seed(0)
+    rnpll = AngioModule(tiny_config(refine_start_fraction=0.5, refine_gate=True))
+    rnpll._total_steps = 100
+    step = {"global": 0}
+    monkeypatch.setattr(AngioModule, "global_step", property(lambda self: step["global"]))
+    assert rnpll.refine_start() == 50
+    step["global"] = 49
+    rnpll.refine_scores.copy_(torch.tensor([0.3, 0.6]))
+    assert not rnpll.refine_active()  # before the start, whatever the scores
+    step["global"] = 50
+    assert rnpll.refine_active()
+    rnpll.refine_scores.copy_(torch.tensor([0.6, 0.3]))
+    assert not rnpll.refine_active()  # the diffusion predictor is worse: the segmenter keeps the pseudo-labels
+    assert not rnpll.teacher_view(torch.rand(2, 1, 32, 32))["refined"]
+    batch = _batch()
+    rnpll.train()
+    rnpll.refine_scores.fill_(-1.0)
+    rnpll.loss_terms(batch)  # past the warm-up and the start: the gate scores are measured on the labelled batch
+    assert bool((rnpll.refine_scores >= 0).all()) and bool((rnpll.refine_scores <= 1).all())
+    ungated = AngioModule(tiny_config(refine_start_step=0))
+    assert ungated.refine_active() and ungated.refine_start() == 0

@@ -102,6 +102,8 @@ class AngioModule(MedmlModule):
         # class-balanced pseudo-label weights; not saved (they re-settle within a few steps of a resume).
         self.register_buffer("label_prior", torch.zeros(num_classes), persistent=False)
         self.register_buffer("pseudo_prior", torch.zeros(num_classes), persistent=False)
+        # Refine gate: EMAs of the teacher's labelled-batch Dice (segmenter, diffusion predictor); -1 = not yet.
+        self.register_buffer("refine_scores", torch.full((2,), -1.0), persistent=False)
         self._total_steps = 1
         self._ema_step = 0  # global_step at the last teacher update
         self._val_stats: torch.Tensor | None = None
@@ -143,6 +145,36 @@ class AngioModule(MedmlModule):
         if self.global_step < start:
             return 0.0
         return L_.sigmoid_rampup(self.global_step - start, self.config.loss.rampup_fraction * self._total_steps)
+
+    def refine_start(self) -> int:
+        """Optimiser step from which the teacher's pseudo-labels may come from its diffusion predictor."""
+        mc = self.config.model
+        if mc.refine_start_fraction is not None:
+            return int(mc.refine_start_fraction * self._total_steps)
+        return mc.refine_start_step
+
+    def refine_active(self) -> bool:
+        """Whether the diffusion predictor makes the pseudo-labels now (start reached and, with
+        ``model.refine_gate``, its labelled-batch Dice EMA at least the segmenter's)."""
+        mc = self.config.model
+        if not (self.uses_diffusion and mc.refine_pseudo_labels and self.global_step >= self.refine_start()):
+            return False
+        return not mc.refine_gate or bool(self.refine_scores[1] >= self.refine_scores[0])
+
+    @torch.no_grad()
+    def _update_refine_gate(self, x_l: torch.Tensor, y_l: torch.Tensor) -> None:
+        """EMA of the teacher's mean foreground Dice on the labelled batch: segmenter, diffusion predictor."""
+        teacher, num_classes = self.teacher.module, self.config.model.num_classes
+        seg = teacher.segment(x_l).float()
+        diff = teacher.sample(x_l, self.ddim, self.sample_steps, seg_logits=seg)["logits"]
+        scores = []
+        for logits in (seg, diff):
+            dice_sum, frames = frame_dice_sums(logits.argmax(dim=1), y_l, num_classes)[:, 1:]
+            scores.append((dice_sum / frames.clamp_min(1))[frames > 0].mean() if bool((frames > 0).any()) else 0.0)
+        new = torch.tensor([float(s) for s in scores], device=self.refine_scores.device)
+        first = bool((self.refine_scores < 0).all())
+        m = self.config.loss.pseudo_balance_momentum
+        self.refine_scores.copy_(new if first else m * self.refine_scores + (1 - m) * new)
 
     def _noise(self, shape: tuple[int, ...], device: torch.device, seed: int) -> torch.Tensor:
         return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
@@ -191,6 +223,10 @@ class AngioModule(MedmlModule):
                 out.update(self.prototype_terms(diff_l, y_l, None, None, 0.0))
             return out
         ramp = self.unsup_ramp()
+        mc = self.config.model
+        if self.training and self.uses_diffusion and mc.refine_pseudo_labels and mc.refine_gate:
+            if self.global_step >= self.refine_start():
+                self._update_refine_gate(x_l, y_l)
         x_w, x_s = unl["image_weak"], unl["image_strong"]
         teacher = self.teacher_view(x_w)
         pseudo, weight = teacher["labels"], teacher["weight"]
@@ -205,6 +241,8 @@ class AngioModule(MedmlModule):
             confident_fraction=(pseudo != IGNORE_INDEX).float().mean(),
             pseudo_weight=weight[pseudo != IGNORE_INDEX].mean() if bool((pseudo != IGNORE_INDEX).any()) else 0.0,
             refined=float(teacher["refined"]),
+            gate_dice_segmenter=float(self.refine_scores[0]),
+            gate_dice_diffusion=float(self.refine_scores[1]),
         )
         if diff_l is not None:
             # Same noise as the teacher's sampling: the two views differ only by the strong perturbations.
@@ -292,7 +330,7 @@ class AngioModule(MedmlModule):
             )
             sample = teacher.sample(x_weak, self.ddim, self.sample_steps, noise=noise, seg_logits=logits)
             out.update(latent=sample["latent"], noise=noise)
-            if mc.refine_pseudo_labels and self.global_step >= mc.refine_start_step:
+            if self.refine_active():
                 logits, out["refined"] = sample["logits"], True
         labels, confident, _ = L_.confident_pseudo_labels(torch.softmax(logits, dim=1), mc.confidence)
         labels = torch.where(confident, labels, torch.full_like(labels, IGNORE_INDEX))
