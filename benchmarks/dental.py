@@ -161,8 +161,12 @@ def learning_curve(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.train.optim.weight_decay)
 
     def ap50(images) -> dict[str, float]:
-        module.stage = DentalStage(tier="diagnosis")
-        dets = dict(module.predict_dataset(DentexDetection(images, cfg, train=False), level=2))
+        """Test-split AP50 per level, ranked by the diagnosis score; the training stage is left as it was."""
+        stage, module.stage = module.stage, DentalStage(tier="diagnosis")
+        try:
+            dets = dict(module.predict_dataset(DentexDetection(images, cfg, train=False), level=2))
+        finally:
+            module.stage = stage
         result = all_levels(images, dets)
         return {level: round(result[level]["AP50"], 3) for level in LEVELS}
 
@@ -176,7 +180,6 @@ def learning_curve(
         while left > 0:
             for batch in loader:
                 module.train()
-                module.stage = DentalStage(tier=tier)
                 for group in opt.param_groups:
                     group["lr"] = lr * min(1.0, 0.01 + (done + 1) / warmup)
                 loss, _ = module.training_loss(batch)
