@@ -71,6 +71,7 @@ class AngioModel(Strict):
     # labelled batch (EMAs of the mean foreground Dice against the ground truth); else the segmenter's. A weaker
     # predictor taking over the pseudo-labels feeds its own errors back (measured: see the model card).
     refine_gate: bool = True
+    refine_gate_momentum: Decay = 0.9  # EMA of the two labelled-batch Dice scores the gate compares
     # diffrect/rnpll: what predicts. "diffusion": DDIM over the label latent conditioned on the frame, decoded to
     # logits (the method); "segmenter": the plain segmenter (the supervised baseline's predictor).
     predictor: Literal["diffusion", "segmenter"] = "diffusion"

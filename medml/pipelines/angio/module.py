@@ -173,7 +173,7 @@ class AngioModule(MedmlModule):
             scores.append((dice_sum / frames.clamp_min(1))[frames > 0].mean() if bool((frames > 0).any()) else 0.0)
         new = torch.tensor([float(s) for s in scores], device=self.refine_scores.device)
         first = bool((self.refine_scores < 0).all())
-        m = self.config.loss.pseudo_balance_momentum
+        m = self.config.model.refine_gate_momentum
         self.refine_scores.copy_(new if first else m * self.refine_scores + (1 - m) * new)
 
     def _noise(self, shape: tuple[int, ...], device: torch.device, seed: int) -> torch.Tensor:
