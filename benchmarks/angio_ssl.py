@@ -13,6 +13,7 @@ and without the prototype anchoring (prototype terms and pseudo-label denoising 
     python benchmarks/angio_ssl.py                                  # 1/8 and 1/4, 3 seeds, main methods (~1 h CPU)
     python benchmarks/angio_ssl.py --seeds 0 --epochs 4 --quick     # the smallest meaningful run
     python benchmarks/angio_ssl.py --ablations --fractions 0.25
+    python benchmarks/angio_ssl.py --ablations proto_infonce proto_denoise --methods rnpll
     python benchmarks/angio_ssl.py --corrupt 0.3 --fractions 0.25
 
 Writes ``<out>/results.json`` and ``<out>/table.md`` (the model card's table format).
@@ -115,8 +116,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("angio_ssl_runs"))
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.125, 0.25])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, help=f"from {list(MAIN)}")
-    parser.add_argument("--ablations", action="store_true", help="rnpll without each of its parts")
+    parser.add_argument("--methods", nargs="*", default=DEFAULT_METHODS, help=f"from {list(MAIN)}")
+    parts = [name.split(" ")[1][1:] for name in ABLATIONS]
+    parser.add_argument(
+        "--ablations", nargs="*", metavar="PART", help=f"rnpll without each of its parts (all, or some of {parts})"
+    )
     parser.add_argument("--diagnosis", action="store_true", help="mean teacher without each pseudo-label fix")
     parser.add_argument("--corrupt", type=float, default=0.0, help="stress test: corrupted pseudo-label share")
     parser.add_argument("--recipe", default="tiny")
@@ -131,8 +135,11 @@ def main() -> None:
         n_trainval, n_test, frames = (16, 4, 15) if args.quick else (args.videos, 6, 20)
         write_synthetic_mosxav(data, n_trainval=n_trainval, n_test=n_test, n_frames=frames, difficulty="hard")
     methods = {m: MAIN[m] for m in args.methods}
-    if args.ablations:
-        methods.update(ABLATIONS)
+    if args.ablations is not None:
+        unknown = [a for a in args.ablations if a not in parts]
+        if unknown:
+            parser.error(f"unknown ablation(s) {unknown}; choose from {parts}")
+        methods.update({k: ABLATIONS[k] for k, p in zip(ABLATIONS, parts) if p in (args.ablations or parts)})
     if args.diagnosis:
         methods.update(DIAGNOSIS)
     if args.corrupt > 0:
