@@ -130,7 +130,6 @@ class DentalLoss(Strict):
     focal_alpha: Probability = 0.25
     focal_gamma: float = Field(2.0, ge=0.0)
     ota_k: PositiveInt = 5
-    min_k: PositiveInt = 1  # fewest predictions per GT (SimOTA: 1)
     center_radius: float = Field(2.5, gt=0.0)
     deep_supervision: bool = True
 

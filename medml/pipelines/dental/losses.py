@@ -3,8 +3,7 @@
 
 Per image and per head stage: the class cost is the mean over the image's supervised levels of the focal cost at
 the GT class; cost = 5 L1 + class + 2 GIoU + 100 outside(box and centre region) (+10000 outside both); each GT takes
-its k = max(min_k, int(sum of its top-5 IoUs)) cheapest predictions (SimOTA: min_k = 1), a prediction claimed twice
-keeps its cheapest GT.
+its k = max(1, int(sum of its top-5 IoUs)) cheapest predictions, a prediction claimed twice keeps its cheapest GT.
 Loss per stage: sigmoid focal (alpha .25, gamma 2) over all N x C logits of every level the image has, L1 on
 normalised xyxy and 1 - GIoU on the matched predictions, each divided by the number of matched predictions of the
 batch; a level an image lacks (``levels[i, k]`` False) contributes nothing, so its classifier gets no gradient.
@@ -26,16 +25,14 @@ def focal_cost(prob: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
     return pos - neg
 
 
-def dynamic_k_match(
-    cost: torch.Tensor, iou: torch.Tensor, ota_k: int, min_k: int = 1
-) -> tuple[torch.Tensor, torch.Tensor]:
+def dynamic_k_match(cost: torch.Tensor, iou: torch.Tensor, ota_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """SimOTA assignment. ``cost``/``iou``: (N predictions, G GT). Returns (selected (N,) bool, gt index (N,) long,
     meaningful where selected). Every GT gets at least one prediction; a prediction at most one GT."""
     n, g = cost.shape
     cost = cost.clone()
     matching = torch.zeros_like(cost, dtype=torch.bool)
     topk = iou.topk(min(ota_k, n), dim=0).values
-    ks = topk.sum(0).int().clamp(min=min(min_k, n), max=n).tolist()
+    ks = topk.sum(0).int().clamp(min=1, max=n).tolist()
     for j, k in enumerate(ks):
         matching[cost[:, j].topk(k, largest=False).indices, j] = True
 
@@ -88,7 +85,7 @@ def match_image(
     in_centre = ((centre[:, None] - gt_centre[None]).abs() < cfg.center_radius * gt_wh[None]).all(-1)
     cost = cfg.l1_weight * cost_l1 + cost_cls + cfg.giou_weight * (-giou) + 100.0 * (~(in_box & in_centre)).float()
     cost[~(in_box | in_centre).any(1)] += 10000.0
-    return dynamic_k_match(cost, box_iou(boxes, gt_boxes), cfg.ota_k, cfg.min_k)
+    return dynamic_k_match(cost, box_iou(boxes, gt_boxes), cfg.ota_k)
 
 
 def set_loss(
