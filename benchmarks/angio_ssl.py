@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("angio_ssl_runs"))
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.125, 0.25])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="*", default=DEFAULT_METHODS, help=f"from {list(MAIN)}")
+    parser.add_argument("--methods", nargs="*", default=DEFAULT_METHODS, help=f"from {list(MAIN)} (may be empty)")
     parts = [name.split(" ")[1][1:] for name in ABLATIONS]
     parser.add_argument(
         "--ablations", nargs="*", metavar="PART", help=f"rnpll without each of its parts (all, or some of {parts})"
@@ -130,14 +130,11 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides for every run")
     args = parser.parse_args()
 
-    data = args.out / "data"
-    if not data.exists():
-        n_trainval, n_test, frames = (16, 4, 15) if args.quick else (args.videos, 6, 20)
-        write_synthetic_mosxav(data, n_trainval=n_trainval, n_test=n_test, n_frames=frames, difficulty="hard")
+    if unknown := [m for m in args.methods if m not in MAIN]:
+        parser.error(f"unknown method(s) {unknown}; choose from {list(MAIN)}")
     methods = {m: MAIN[m] for m in args.methods}
     if args.ablations is not None:
-        unknown = [a for a in args.ablations if a not in parts]
-        if unknown:
+        if unknown := [a for a in args.ablations if a not in parts]:
             parser.error(f"unknown ablation(s) {unknown}; choose from {parts}")
         methods.update({k: ABLATIONS[k] for k, p in zip(ABLATIONS, parts) if p in (args.ablations or parts)})
     if args.diagnosis:
@@ -153,6 +150,10 @@ def main() -> None:
                 *corrupt,
             ],
         }
+    data = args.out / "data"
+    if not data.exists():
+        n_trainval, n_test, frames = (16, 4, 15) if args.quick else (args.videos, 6, 20)
+        write_synthetic_mosxav(data, n_trainval=n_trainval, n_test=n_test, n_frames=frames, difficulty="hard")
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     started = time.perf_counter()
     results_path = args.out / "results.json"
