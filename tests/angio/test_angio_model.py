@@ -672,3 +672,17 @@ def test_refine_start_fraction_and_gate(monkeypatch: pytest.MonkeyPatch):
     assert bool((rnpll.refine_scores >= 0).all()) and bool((rnpll.refine_scores <= 1).all())
     ungated = AngioModule(tiny_config(refine_start_step=0))
     assert ungated.refine_active() and ungated.refine_start() == 0
+
+
+def test_pseudo_label_priors_and_gate_scores_are_checkpointed():
+    """The class priors of the balanced pseudo-label weights and the refine gate's Dice EMAs are part of the
+    module's state, like the prototype bank, so a resumed run continues them instead of starting them again."""
+    torch.manual_seed(0)
+    trained = AngioModule(tiny_config())
+    trained.label_prior.copy_(torch.tensor([0.7, 0.1, 0.1, 0.05, 0.05]))
+    trained.pseudo_prior.copy_(torch.tensor([0.8, 0.1, 0.05, 0.05, 0.0]))
+    trained.refine_scores.copy_(torch.tensor([0.6, 0.4]))
+    resumed = AngioModule(tiny_config())
+    resumed.load_state_dict(trained.state_dict())
+    for name in ("label_prior", "pseudo_prior", "refine_scores"):
+        assert torch.equal(getattr(resumed, name), getattr(trained, name)), name

@@ -99,11 +99,11 @@ class AngioModule(MedmlModule):
             class_weights=lc.class_weights if lc.unsup_class_weights else None,
         )
         # Class frequencies of the labelled ground truth (pi) and of the confident pseudo-labels (q), EMAs for the
-        # class-balanced pseudo-label weights; not saved (they re-settle within a few steps of a resume).
-        self.register_buffer("label_prior", torch.zeros(num_classes), persistent=False)
-        self.register_buffer("pseudo_prior", torch.zeros(num_classes), persistent=False)
+        # class-balanced pseudo-label weights. Saved like the prototypes, so that a resumed run continues them.
+        self.register_buffer("label_prior", torch.zeros(num_classes))
+        self.register_buffer("pseudo_prior", torch.zeros(num_classes))
         # Refine gate: EMAs of the teacher's labelled-batch Dice (segmenter, diffusion predictor); -1 = not yet.
-        self.register_buffer("refine_scores", torch.full((2,), -1.0), persistent=False)
+        self.register_buffer("refine_scores", torch.full((2,), -1.0))
         self._total_steps = 1
         self._ema_step = 0  # global_step at the last teacher update
         self._val_stats: torch.Tensor | None = None
@@ -224,9 +224,9 @@ class AngioModule(MedmlModule):
             return out
         ramp = self.unsup_ramp()
         mc = self.config.model
-        if self.training and self.uses_diffusion and mc.refine_pseudo_labels and mc.refine_gate:
-            if self.global_step >= self.refine_start():
-                self._update_refine_gate(x_l, y_l)
+        gate_due = self.uses_diffusion and mc.refine_pseudo_labels and mc.refine_gate
+        if self.training and gate_due and self.global_step >= self.refine_start():
+            self._update_refine_gate(x_l, y_l)
         x_w, x_s = unl["image_weak"], unl["image_strong"]
         teacher = self.teacher_view(x_w)
         pseudo, weight = teacher["labels"], teacher["weight"]
