@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.125, 0.25])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="*", default=DEFAULT_METHODS, help=f"from {list(MAIN)} (may be empty)")
-    parts = [name.split(" ")[1][1:] for name in ABLATIONS]
+    parts = [name.split(" ")[1][1:] for name in ABLATIONS]  # "rnpll -proto_infonce" -> "proto_infonce"
     parser.add_argument(
         "--ablations", nargs="*", metavar="PART", help=f"rnpll without each of its parts (all, or some of {parts})"
     )
