@@ -648,6 +648,33 @@ def test_class_balanced_pseudo_label_weights():
     assert AngioModule(weighted.config).unsup_loss.class_weights.tolist() == [1.0, 2.0, 2.0, 2.0, 8.0]
 
 
+def test_distribution_alignment_raises_an_under_predicted_class():
+    """With ``loss.distribution_alignment`` the teacher's probabilities are scaled by pi_c / p_bar_c and renormalised:
+    a class the teacher predicts at a seventh of its labelled frequency gains confident pixels; off, nothing changes."""
+    torch.manual_seed(0)
+    mt = AngioModule(tiny_config(method="mean_teacher", num_classes=3, class_names=["bg", "a", "b"]))
+    mt.train()
+    probs = torch.zeros(1, 3, 10, 10)
+    probs[:, 0], probs[:, 1], probs[:, 2] = 0.89, 0.10, 0.01
+    probs[0, :, 0, 0] = torch.tensor([0.55, 0.0, 0.45])  # ambiguous between bg and b; p_bar_b = 0.0144
+    assert torch.equal(mt.aligned(probs), probs) and mt.teacher_prior.sum() == 0  # off by default
+    mt.config.loss.distribution_alignment = True
+    labels = torch.zeros(1, 10, 10, dtype=torch.long)
+    labels[0, 0, :] = 1
+    labels[0, 1, :] = 2  # pi = (0.8, 0.1, 0.1)
+    mt._update_prior(mt.label_prior, labels)
+    out = mt.aligned(probs)
+    p_bar = probs.mean(dim=(0, 2, 3))
+    assert torch.allclose(mt.teacher_prior, p_bar)
+    expected = probs[0, :, 0, 0] * torch.tensor([0.8, 0.1, 0.1]) / p_bar
+    assert torch.allclose(out[0, :, 0, 0], expected / expected.sum(), atol=1e-6)
+    assert torch.allclose(out.sum(dim=1), torch.ones(1, 10, 10))
+    labels_before, confident_before, _ = L_.confident_pseudo_labels(probs, 0.8)
+    labels_after, confident_after, _ = L_.confident_pseudo_labels(out, 0.8)
+    assert labels_before[0, 0, 0] == 0 and not confident_before[0, 0, 0]
+    assert labels_after[0, 0, 0] == 2 and confident_after[0, 0, 0]  # the under-predicted class is now taught
+
+
 def test_refine_start_fraction_and_gate(monkeypatch: pytest.MonkeyPatch):
     """Diffusion pseudo-labels from ``refine_start_fraction`` of the run, and with ``refine_gate`` only while the
     teacher's diffusion predictor scores at least its segmenter on the labelled batch."""
@@ -681,8 +708,9 @@ def test_pseudo_label_priors_and_gate_scores_are_checkpointed():
     trained = AngioModule(tiny_config())
     trained.label_prior.copy_(torch.tensor([0.7, 0.1, 0.1, 0.05, 0.05]))
     trained.pseudo_prior.copy_(torch.tensor([0.8, 0.1, 0.05, 0.05, 0.0]))
+    trained.teacher_prior.copy_(torch.tensor([0.8, 0.1, 0.05, 0.05, 0.0]))
     trained.refine_scores.copy_(torch.tensor([0.6, 0.4]))
     resumed = AngioModule(tiny_config())
     resumed.load_state_dict(trained.state_dict())
-    for name in ("label_prior", "pseudo_prior", "refine_scores"):
+    for name in ("label_prior", "pseudo_prior", "teacher_prior", "refine_scores"):
         assert torch.equal(getattr(resumed, name), getattr(trained, name)), name

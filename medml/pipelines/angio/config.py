@@ -133,7 +133,12 @@ class AngioLoss(Strict):
     # class frequency of the labelled ground truth and q_c that of the confident pseudo-labels (both EMAs), so a class
     # the teacher over-predicts (hallucinations) counts only as much as the labelled prior supports; "none": weight 1.
     pseudo_balance: Literal["prior", "none"] = "prior"
-    pseudo_balance_momentum: Decay = 0.9  # EMA of pi and q
+    pseudo_balance_momentum: Decay = 0.9  # EMA of pi and q (and of the teacher's mean probabilities)
+    # Distribution alignment (ReMixMatch) of the teacher before thresholding: probabilities times pi_c / p_c, p_c the
+    # EMA of the teacher's mean probability of class c on unlabelled pixels (ratio capped at 10), renormalised. A class
+    # the teacher under-predicts (balloons) gains confident pixels instead of being taught as background; the
+    # "prior" weights above can only lower the weight of an over-predicted class.
+    distribution_alignment: bool = False
     diff_weight: NonNegativeFloat = 1.0  # lambda_diff: x0 latent MSE + decoded Dice/CE + label auto-encoding
     # lambda_p: InfoNCE of the student's denoised latents against the prototypes (labelled cells: ground truth;
     # unlabelled cells: the prototype-checked pseudo-labels).

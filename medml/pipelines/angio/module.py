@@ -102,6 +102,7 @@ class AngioModule(MedmlModule):
         # class-balanced pseudo-label weights. Saved like the prototypes, so that a resumed run continues them.
         self.register_buffer("label_prior", torch.zeros(num_classes))
         self.register_buffer("pseudo_prior", torch.zeros(num_classes))
+        self.register_buffer("teacher_prior", torch.zeros(num_classes))  # mean teacher probabilities (alignment)
         # Refine gate: EMAs of the teacher's labelled-batch Dice (segmenter, diffusion predictor); -1 = not yet.
         self.register_buffer("refine_scores", torch.full((2,), -1.0))
         self._total_steps = 1
@@ -273,6 +274,25 @@ class AngioModule(MedmlModule):
         safe = torch.where(valid, pseudo, torch.zeros_like(pseudo)).long()
         return torch.where(valid, per_class[safe], ones)
 
+    @torch.no_grad()
+    def aligned(self, probs: torch.Tensor) -> torch.Tensor:
+        """Teacher probabilities (B, C, H, W) aligned to the labelled class frequencies, ``p * pi / p_bar``
+        renormalised (``loss.distribution_alignment``); ``p_bar`` is updated from ``probs`` in training."""
+        if not self.config.loss.distribution_alignment:
+            return probs
+        if self.training:
+            m = self.config.loss.pseudo_balance_momentum
+            mean = probs.float().mean(dim=(0, 2, 3))
+            self.teacher_prior.copy_(
+                torch.where(self.teacher_prior.sum() > 0, m * self.teacher_prior + (1 - m) * mean, mean)
+            )
+        if self.label_prior.sum() <= 0 or self.teacher_prior.sum() <= 0:
+            return probs
+        ratio = self.label_prior / self.teacher_prior.clamp_min(1e-8)
+        ratio = ratio.clamp(max=10.0)  # a class the teacher never predicts is raised tenfold, not without bound
+        scaled = probs * ratio.view(1, -1, 1, 1).to(probs.dtype)
+        return scaled / scaled.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
     def diffusion_terms(
         self,
         x: torch.Tensor,
@@ -332,7 +352,7 @@ class AngioModule(MedmlModule):
             out.update(latent=sample["latent"], noise=noise)
             if self.refine_active():
                 logits, out["refined"] = sample["logits"], True
-        labels, confident, _ = L_.confident_pseudo_labels(torch.softmax(logits, dim=1), mc.confidence)
+        labels, confident, _ = L_.confident_pseudo_labels(self.aligned(torch.softmax(logits, dim=1)), mc.confidence)
         labels = torch.where(confident, labels, torch.full_like(labels, IGNORE_INDEX))
         if mc.pseudo_label_corruption > 0:  # stress test only
             generator = torch.Generator().manual_seed(int(self.global_step))
