@@ -714,3 +714,20 @@ def test_pseudo_label_priors_and_gate_scores_are_checkpointed():
     resumed.load_state_dict(trained.state_dict())
     for name in ("label_prior", "pseudo_prior", "teacher_prior", "refine_scores"):
         assert torch.equal(getattr(resumed, name), getattr(trained, name)), name
+
+
+def test_checkpoint_from_before_the_training_emas_were_saved_still_loads():
+    """A state dict without the pseudo-label priors and gate scores (checkpoints written before they were saved)
+    loads with them at their initial values; every weight still has to fit."""
+    torch.manual_seed(0)
+    trained = AngioModule(tiny_config())
+    trained.label_prior.fill_(0.2)
+    old = {k: v for k, v in trained.state_dict().items() if k not in ("label_prior", "pseudo_prior", "refine_scores")}
+    old.pop("teacher_prior")
+    loaded = AngioModule(tiny_config())
+    loaded.load_state_dict(old)
+    assert loaded.label_prior.sum() == 0 and bool((loaded.refine_scores == -1).all())
+    assert torch.equal(loaded.prototypes, trained.prototypes)
+    first = next(iter(trained.net.state_dict()))
+    with pytest.raises(RuntimeError):
+        loaded.load_state_dict({k: v for k, v in old.items() if k != "net." + first})

@@ -36,6 +36,7 @@ from medml.pipelines.angio.model import AngioNet
 from medml.pipelines.base import MedmlModule
 
 DIFFUSION_METHODS = ("diffrect", "rnpll")
+TRAINING_EMAS = ("label_prior", "pseudo_prior", "teacher_prior", "refine_scores")  # buffers only training updates
 
 
 def build_net(cfg: Any) -> AngioNet:
@@ -102,12 +103,19 @@ class AngioModule(MedmlModule):
         # class-balanced pseudo-label weights. Saved like the prototypes, so that a resumed run continues them.
         self.register_buffer("label_prior", torch.zeros(num_classes))
         self.register_buffer("pseudo_prior", torch.zeros(num_classes))
-        self.register_buffer("teacher_prior", torch.zeros(num_classes))  # mean teacher probabilities (alignment)
+        self.register_buffer("teacher_prior", torch.zeros(num_classes))  # the teacher's mean class probabilities
         # Refine gate: EMAs of the teacher's labelled-batch Dice (segmenter, diffusion predictor); -1 = not yet.
         self.register_buffer("refine_scores", torch.full((2,), -1.0))
         self._total_steps = 1
         self._ema_step = 0  # global_step at the last teacher update
         self._val_stats: torch.Tensor | None = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before these training EMAs were saved still load (for predict, evaluate or a resume):
+        # the EMAs restart from their initial values, as they do in a new run.
+        for name in TRAINING_EMAS:
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def uses_diffusion(self) -> bool:
@@ -259,8 +267,12 @@ class AngioModule(MedmlModule):
         if not valid.numel():
             return
         freq = torch.bincount(valid.long(), minlength=len(prior)).float()[: len(prior)] / valid.numel()
+        self._ema_frequencies(prior, freq)
+
+    def _ema_frequencies(self, prior: torch.Tensor, value: torch.Tensor) -> None:
+        """``prior`` <- EMA of per-class frequencies (``loss.pseudo_balance_momentum``); the first value as is."""
         m = self.config.loss.pseudo_balance_momentum
-        prior.copy_(torch.where(prior.sum() > 0, m * prior + (1 - m) * freq, freq))
+        prior.copy_(torch.where(prior.sum() > 0, m * prior + (1 - m) * value, value))
 
     @torch.no_grad()
     def class_balance(self, pseudo: torch.Tensor) -> torch.Tensor:
@@ -281,11 +293,7 @@ class AngioModule(MedmlModule):
         if not self.config.loss.distribution_alignment:
             return probs
         if self.training:
-            m = self.config.loss.pseudo_balance_momentum
-            mean = probs.float().mean(dim=(0, 2, 3))
-            self.teacher_prior.copy_(
-                torch.where(self.teacher_prior.sum() > 0, m * self.teacher_prior + (1 - m) * mean, mean)
-            )
+            self._ema_frequencies(self.teacher_prior, probs.float().mean(dim=(0, 2, 3)))
         if self.label_prior.sum() <= 0 or self.teacher_prior.sum() <= 0:
             return probs
         ratio = self.label_prior / self.teacher_prior.clamp_min(1e-8)
