@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.ops import FrozenBatchNorm2d, batched_nms, box_convert, roi_align
+from torchvision.ops import FrozenBatchNorm2d, batched_nms, box_convert
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from medml.errors import ConfigError
+from medml.ops import roi_align
 from medml.pipelines.dental.config import NUM_CLASSES, DentalModel
 
 #: detectron2's pixel statistics on the 0-255 scale (spec §1.1), applied by the pipeline's transforms.
@@ -162,7 +163,8 @@ def roi_pool(features: list[torch.Tensor], boxes: torch.Tensor, resolution: int)
     """Multi-level RoIAlign (``aligned=True``, sampling ratio 2) of ``boxes`` (B, N, 4) on P2..P5 -> (B*N, C, r, r).
 
     Level per box: ``floor(4 + log2(sqrt(area) / 224))`` clamped to P2..P5 (detectron2's ROIAlignV2 pooler;
-    torchvision's MultiScaleRoIAlign uses the same mapping but ``aligned=False``).
+    torchvision's MultiScaleRoIAlign uses the same mapping but ``aligned=False``); `medml.ops.roi_align` is
+    torchvision's RoIAlign, faster on CPU.
     """
     b, n = boxes.shape[:2]
     flat = boxes.reshape(-1, 4)
@@ -175,7 +177,7 @@ def roi_pool(features: list[torch.Tensor], boxes: torch.Tensor, resolution: int)
         idx = torch.nonzero(level == k).squeeze(1)
         if idx.numel():
             scale = feat.shape[-1] / features[0].shape[-1] / 4.0  # P2 is stride 4
-            pooled = roi_align(feat, rois[idx].to(feat.dtype), resolution, scale, 2, aligned=True)
+            pooled = roi_align(feat, rois[idx].to(feat.dtype), resolution, scale, 2)
             out[idx] = pooled.to(out.dtype)
     return out
 
