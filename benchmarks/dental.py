@@ -246,7 +246,46 @@ def roi_align_speed(iters: int = 10) -> list[dict[str, Any]]:
         row["speedup_fwd_bwd"] = round(row["torchvision_fwd_bwd_ms"] / row["medml_fwd_bwd_ms"], 2)
         row["speedup_fwd"] = round(row["torchvision_fwd_ms"] / row["medml_fwd_ms"], 2)
         rows.append(row)
+    rows.append(tiny_step_speed(iters))
     return rows
+
+
+def tiny_step_speed(iters: int) -> dict[str, Any]:
+    """A tiny-recipe training step (batch 4, its proposals) pooling with each RoIAlign, alternated in one run."""
+    import torchvision
+
+    from medml.pipelines.dental import model as dental_model
+
+    cfg = config("tiny")
+    torch.manual_seed(0)
+    model = build_model(cfg, pretrained=False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    images, sizes, targets = batch(cfg, 4, torch.device("cpu"))
+    ops = {"torchvision": functools.partial(torchvision.ops.roi_align, aligned=True), "medml": roi_align}
+    times: dict[str, list[float]] = {name: [] for name in ops}
+    try:
+        for _ in range(3):
+            for name, op in ops.items():
+                dental_model.roi_align = op
+                for i in range(iters + 1):  # the first is a warm-up
+                    t0 = time.perf_counter()
+                    proposals, t = model.noised_proposals([x["boxes"] for x in targets], sizes)
+                    levels, boxes = model(images, proposals, t)
+                    loss, _ = detection_loss(levels, boxes, targets, model.whwh(sizes), cfg.loss)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    if i:
+                        times[name].append(time.perf_counter() - t0)
+    finally:
+        dental_model.roi_align = roi_align
+    best = {name: min(v) for name, v in times.items()}
+    return {
+        "shape": f"tiny training step ({cfg.model.num_proposals} proposals, batch 4)",
+        "torchvision_step_s": round(best["torchvision"], 3),
+        "medml_step_s": round(best["medml"], 3),
+        "speedup_step": round(best["torchvision"] / best["medml"], 2),
+    }
 
 
 def main() -> None:

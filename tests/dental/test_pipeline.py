@@ -67,11 +67,10 @@ def test_three_stages_each_from_the_previous_with_injected_priors(dental_demo):
     assert not any(r.get("prior_boxes_per_image") for r in by_stage["quadrant"])
 
 
-def test_tiny_recipe_trains_and_is_scored_per_level(dental_demo):
-    """The issue's goal, quadrant AP50 >= 0.5 on the synthetic test split, is NOT reached by the CPU-minute tiny
-    recipe (0.0015): it takes 300 training proposals and ~1000 iterations (~10 CPU minutes; model card, tiny
-    section; the opt-in `test_learning.py` asserts it). What is checked here: every stage's loss falls, and the
-    evaluation reports the challenge's 12 numbers and their mean."""
+def test_tiny_recipe_reaches_quadrant_ap50_half_and_is_scored_per_level(dental_demo):
+    """The issue's goal: the tiny recipe trained on CPU reaches quadrant AP50 >= 0.5 on the synthetic test split
+    (training seeds 0, 1, 2, 42: 0.71-0.83; model card, tiny section). Every stage's loss falls, and the evaluation
+    reports the challenge's 12 numbers and their mean."""
     rows = _rows(dental_demo.run_dir / "metrics.csv")
     for stage in ("quadrant", "enumeration", "diagnosis"):
         losses = [float(r["train_loss"]) for r in rows if r["stage"] == stage and r.get("train_loss")]
@@ -80,6 +79,7 @@ def test_tiny_recipe_trains_and_is_scored_per_level(dental_demo):
     assert metrics["split"] == "test" and metrics["n_images"] > 0
     levels = metrics["levels"]
     assert set(levels) == {"quadrant", "enumeration", "diagnosis"}
+    assert levels["quadrant"]["AP50"] >= 0.5, levels["quadrant"]
     for key in ("AP", "AP50", "AP75", "AR"):
         assert 0.0 <= levels["quadrant"][key] <= 1.0
         mean = np.mean([levels[lv][key] for lv in levels])
