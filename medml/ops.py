@@ -56,6 +56,6 @@ def roi_align(
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
         matrix = torch.sparse_csr_tensor(
             crow, cols.reshape(-1), vals.reshape(-1), (k * r * r, n * h * w), check_invariants=False
-        )  # indices in range by construction (clamped taps, image index from the caller)
+        )  # indices in range by construction: clamped taps, image index checked above
     flat = features.permute(0, 2, 3, 1).reshape(n * h * w, c)
     return (matrix @ flat).view(k, r, r, c).permute(0, 3, 1, 2)

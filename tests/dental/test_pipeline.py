@@ -146,4 +146,4 @@ def test_prediction_on_png_jpeg_and_dicom_panoramics(dental_demo):
 def test_tiny_recipe_is_small():
     cfg = load_config(DentalConfig, resolve_recipe("dental", "tiny"))
     assert cfg.model.weights == "none" and cfg.model.backbone == "resnet_small"
-    assert cfg.data.min_size <= 160 and cfg.model.num_proposals <= 200
+    assert cfg.data.min_size <= 160 and cfg.model.num_proposals <= 300
