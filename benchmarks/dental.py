@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -47,6 +48,9 @@ from medml.pipelines.dental.data import DATA_TIER, DentexData, DentexDetection, 
 from medml.pipelines.dental.evaluate import all_levels  # noqa: E402
 from medml.pipelines.dental.losses import detection_loss  # noqa: E402
 from medml.pipelines.dental.module import DentalModule, build_model  # noqa: E402
+
+#: the two RoIAlign implementations `--roi` compares, with one signature
+ROI_ALIGNS = {"torchvision": functools.partial(torchvision.ops.roi_align, aligned=True), "medml": roi_align}
 
 
 def config(size: str, arch: str = "diffusiondet") -> DentalConfig:
@@ -215,8 +219,6 @@ def learning_curve(
 
 def roi_align_speed(iters: int = 10) -> list[dict[str, Any]]:
     """`medml.ops.roi_align` against torchvision's RoIAlign (aligned, sampling ratio 2) on CPU, same inputs."""
-    import torchvision
-
     rows = []
     for name, (n, c, h, w, per_image, size) in {
         "tiny": (4, 64, 32, 64, 300, 5),
@@ -230,9 +232,8 @@ def roi_align_speed(iters: int = 10) -> list[dict[str, Any]]:
         rois = torch.cat(
             [torch.arange(n).repeat_interleave(per_image)[:, None].float(), centre - half, centre + half], 1
         )
-        ops = {"torchvision": functools.partial(torchvision.ops.roi_align, aligned=True), "medml": roi_align}
         row: dict[str, Any] = {"shape": name, "rois": k, "features": [n, c, h, w], "output": size}
-        for label, op in ops.items():
+        for label, op in ROI_ALIGNS.items():
             grad = torch.ones_like(op(features, rois, size, 0.25, 2))
             t0 = time.perf_counter()
             for _ in range(iters):
@@ -252,8 +253,6 @@ def roi_align_speed(iters: int = 10) -> list[dict[str, Any]]:
 
 def tiny_step_speed(iters: int) -> dict[str, Any]:
     """A tiny-recipe training step (batch 4, its proposals) pooling with each RoIAlign, alternated in one run."""
-    import torchvision
-
     from medml.pipelines.dental import model as dental_model
 
     cfg = config("tiny")
@@ -261,11 +260,10 @@ def tiny_step_speed(iters: int) -> dict[str, Any]:
     model = build_model(cfg, pretrained=False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     images, sizes, targets = batch(cfg, 4, torch.device("cpu"))
-    ops = {"torchvision": functools.partial(torchvision.ops.roi_align, aligned=True), "medml": roi_align}
-    times: dict[str, list[float]] = {name: [] for name in ops}
+    times: dict[str, list[float]] = {name: [] for name in ROI_ALIGNS}
     try:
         for _ in range(3):
-            for name, op in ops.items():
+            for name, op in ROI_ALIGNS.items():
                 dental_model.roi_align = op
                 for i in range(iters + 1):  # the first is a warm-up
                     t0 = time.perf_counter()
